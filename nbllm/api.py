@@ -1,0 +1,126 @@
+"""The provider-level Python API: models, health, enable/disable, the default.
+
+Thin functions over the registry, session and bridge that every face (magics,
+widgets, command line) calls; anything those faces do is one call here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import bridge, session
+from .catalog import AUTO
+from .factory import build_model
+from .health import ProviderHealth
+from .registry import Choice, StatusSummary, get_registry
+
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+
+__all__ = [
+    "get_model", "get_model_async", "resolve", "check_all_providers", "check_provider", "health",
+    "enable", "disable", "reinit", "status", "providers",
+]
+
+
+def get_model(provider: str | None = None, model: str | None = None) -> "Model":
+    """A pydantic-ai model for `provider` (default: the kernel-wide default). No network.
+
+    `auto` resolves offline: OpenAI when its key is set, else the first local
+    server by priority. Use `get_model_async` to probe which local server answers.
+    """
+    selection = session.current()
+    choice = get_registry().choose_offline(provider or selection.provider, model or (None if provider else selection.model))
+    spec, settings = get_registry().require(choice.provider)
+    return build_model(spec, settings, choice.model)
+
+
+async def get_model_async(
+    provider: str | None = None, test_connection: bool = False, auto_detect_model: bool = True, model: str | None = None
+) -> "Model":
+    """Like `get_model`, but `auto` probes local servers and local model ids are detected.
+
+    `test_connection=True` raises `ModelError` (provider, URL, cause) when the
+    provider does not answer.
+    """
+    choice = await resolve(provider, model, auto_detect_model=auto_detect_model, test_connection=test_connection)
+    spec, settings = get_registry().require(choice.provider)
+    return build_model(spec, settings, choice.model)
+
+
+async def resolve(
+    provider: str | None = None, model: str | None = None, auto_detect_model: bool = True, test_connection: bool = False
+) -> Choice:
+    """Which provider and model a call would use, and why."""
+    from .errors import ModelError
+
+    selection = session.current()
+    registry = get_registry()
+
+    async def _resolve() -> Choice:
+        choice = await registry.choose(
+            provider or selection.provider, model or (None if provider else selection.model), auto_detect_model
+        )
+        if test_connection:
+            spec = registry.spec(choice.provider)
+            if spec.kind == "local":
+                h = (await registry.check([choice.provider]))[choice.provider]
+                if not h.connected:
+                    raise ModelError(choice.provider, h.error or "not answering", url=h.base_url,
+                                     hint=spec.install_hint)
+            elif not registry.settings(choice.provider).has_key:
+                raise ModelError(choice.provider, "no API key configured", url=registry.settings(choice.provider).base_url)
+        return choice
+
+    return await bridge.run_async(_resolve())
+
+
+async def check_all_providers(timeout: float | None = None) -> dict[str, ProviderHealth]:
+    """Probe every provider concurrently (about one health timeout in all)."""
+    return await bridge.run_async(get_registry().check(None, timeout))
+
+
+async def check_provider(name: str, timeout: float | None = None) -> ProviderHealth:
+    """Probe one provider; never raises for one that is down."""
+    registry = get_registry()
+    spec = registry.spec(name)
+    return (await bridge.run_async(registry.check([spec.name], timeout)))[spec.name]
+
+
+def health(names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
+    """Sync `check_all_providers` (safe inside a running kernel)."""
+    return bridge.run(get_registry().check(names, timeout))
+
+
+def enable(name: str, save: bool = False) -> None:
+    get_registry().enable(name, save=save)
+
+
+def disable(name: str, save: bool = False) -> None:
+    """Disable a provider; if it was the default, the default falls back to auto."""
+    registry = get_registry()
+    spec = registry.spec(name)
+    registry.disable(spec.name, save=save)
+    if session.current().provider == spec.name:
+        session.use(AUTO)
+
+
+def reinit() -> None:
+    """Re-read the environment, `.env` and the user config file; keep the default if still valid."""
+    previous = session.current()
+    registry = get_registry()
+    registry.reinit()
+    try:
+        session.use(previous.provider, previous.model)
+    except Exception:
+        session.use(registry.global_settings.provider if registry.global_settings.provider else AUTO)
+
+
+def status(health: dict[str, ProviderHealth] | None = None) -> StatusSummary:
+    """Counts: total, enabled, configured, available (available needs a health dict)."""
+    return get_registry().summary(health)
+
+
+def providers() -> list[str]:
+    """The registered provider names, in catalog order."""
+    return get_registry().names()

@@ -1,0 +1,250 @@
+"""Send one prompt to one provider: `ask`, `ask_async`, `stream`, `astream`.
+
+All work runs on nbllm's background loop (see bridge.py), so these work inside a
+Jupyter kernel, in plain Python and under uvloop. A failure becomes a `ModelError`
+that names the provider and URL; a stream that breaks keeps the text that arrived
+(`Answer.text`) and says what failed (`Answer.error`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import bridge
+from .errors import ConfigurationError, ModelError, NbllmError, redact
+from .factory import model_settings, shared_model
+from .registry import get_registry
+from .session import Conversation, current
+
+__all__ = ["Answer", "Request", "ask", "ask_async", "stream", "astream", "TextStream", "describe_failure"]
+
+
+@dataclass
+class Answer:
+    """The text of an answer and what it cost; `str(answer)` is the text."""
+
+    text: str
+    provider: str
+    model: str
+    latency_ms: float = 0.0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    error: str | None = None
+    reason: str = ""
+    cost_usd: float | None = None
+    messages: list[Any] = field(default_factory=list, repr=False)
+    failure: NbllmError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        return self.text
+
+    def metadata(self) -> dict[str, Any]:
+        """What a notebook display records alongside the text."""
+        return {
+            "provider": self.provider, "model": self.model, "latency_ms": round(self.latency_ms, 1),
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+            "cost_usd": self.cost_usd, "error": self.error,
+        }
+
+
+@dataclass
+class Request:
+    """One prompt and its options; None means 'the provider's configured value'."""
+
+    prompt: str
+    provider: str | None = None
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float | None = None
+    chat: Conversation | None = None
+
+
+def describe_failure(exc: BaseException, provider: str, url: str | None, secrets: tuple[str, ...] = ()) -> ModelError:
+    """Turn any exception from a model call into one readable ModelError."""
+    if isinstance(exc, ModelError):
+        return exc
+    from pydantic_ai.exceptions import ModelHTTPError
+
+    from .probes import describe_http_error
+
+    hint = None
+    if isinstance(exc, ModelHTTPError):
+        message = describe_http_error(exc.status_code)
+        body = exc.body if isinstance(exc.body, str) else (str(exc.body) if exc.body else "")
+        if body and exc.status_code < 500:
+            message += f" ({body[:200]})"
+        if exc.status_code in (401, 403):
+            hint = f"check {provider.upper()}_API_KEY"
+        elif exc.status_code == 404:
+            hint = f"check the model name ({provider.upper()}_MODEL) and base URL"
+    else:
+        name = type(exc).__name__
+        text = str(exc) or name
+        low = (name + " " + text).lower()
+        if "timeout" in low or "timed out" in low:
+            message, hint = "timed out", f"raise {provider.upper()}_TIMEOUT or check the server"
+        elif "connect" in low or "refused" in low:
+            message, hint = "connection failed (is the server running?)", f"check {provider.upper()}_BASE_URL"
+        elif "json" in low or "decode" in low or "validation" in low:
+            message = f"the server sent a malformed answer ({name})"
+        elif "incomplete" in low or "peer closed" in low or "remoteprotocol" in low or "stream" in low:
+            message = f"the stream was cut off ({text[:160]})"
+        else:
+            message = f"{name}: {text[:300]}"
+    return ModelError(provider, redact(message, secrets), url=url, hint=hint)
+
+
+async def _prepare(request: Request) -> tuple[Any, Any, list[Any], dict[str, Any], Any]:
+    from pydantic_ai.messages import ModelRequest, UserPromptPart
+
+    registry = get_registry()
+    selection = current()
+    provider = request.provider or selection.provider
+    wanted_model = request.model or (selection.model if request.provider is None else None)
+    choice = await registry.choose(provider, wanted_model)
+    spec, settings = registry.require(choice.provider)
+    if request.timeout is not None:
+        settings = settings.with_(timeout=request.timeout)
+    model = shared_model(spec, settings, choice.model)
+    history = list(request.chat.messages) if request.chat is not None else []
+    new_request = ModelRequest(parts=[UserPromptPart(request.prompt)], instructions=request.system or None)
+    options = model_settings(
+        settings, temperature=request.temperature, max_tokens=request.max_tokens, timeout=request.timeout
+    )
+    return choice, model, [*history, new_request], options, settings
+
+
+def _finish(answer: Answer, response: Any, request: Request, sent: list[Any]) -> Answer:
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        answer.input_tokens = getattr(usage, "input_tokens", None)
+        answer.output_tokens = getattr(usage, "output_tokens", None)
+    try:
+        price = response.cost()
+        answer.cost_usd = float(price.total_price)
+    except Exception:  # prices are unknown for local models
+        answer.cost_usd = None
+    answer.messages = [sent[-1], response]
+    if request.chat is not None and answer.ok:
+        request.chat.extend(answer.messages)
+    return answer
+
+
+async def _ask(request: Request) -> Answer:
+    from pydantic_ai.direct import model_request
+
+    choice, model, messages, options, settings = await _prepare(request)
+    started = time.perf_counter()
+    try:
+        response = await model_request(model, messages, model_settings=options)
+    except Exception as exc:
+        raise describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets()) from None
+    text = "".join(part.content for part in response.parts if getattr(part, "part_kind", "") == "text")
+    answer = Answer(text, choice.provider, choice.model, (time.perf_counter() - started) * 1000, reason=choice.reason)
+    return _finish(answer, response, request, messages)
+
+
+async def _events(request: Request) -> AsyncIterator[str | Answer]:
+    """Yield text deltas, then one final Answer (with `error` set if the stream broke)."""
+    from pydantic_ai.direct import model_request_stream
+    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
+
+    try:
+        choice, model, messages, options, settings = await _prepare(request)
+    except NbllmError as exc:
+        yield Answer("", request.provider or current().provider, request.model or "", error=str(exc), failure=exc)
+        return
+    started = time.perf_counter()
+    chunks: list[str] = []
+    answer = Answer("", choice.provider, choice.model, reason=choice.reason)
+    response = None
+    try:
+        async with model_request_stream(model, messages, model_settings=options) as streamed:
+            async for event in streamed:
+                delta = None
+                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                    delta = event.part.content
+                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                    delta = event.delta.content_delta
+                if delta:
+                    chunks.append(delta)
+                    yield delta
+            response = streamed.get()
+    except Exception as exc:
+        answer.failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets())
+        answer.error = str(answer.failure)
+    answer.text = "".join(chunks)
+    answer.latency_ms = (time.perf_counter() - started) * 1000
+    if response is not None:
+        _finish(answer, response, request, messages)
+    yield answer
+
+
+class TextStream:
+    """Iterate to receive text as it is generated; `.answer` holds the result afterwards.
+
+    With `raise_errors=True` (the default) a failure raises `ModelError` after the
+    text that arrived was yielded; `.answer` keeps that partial text either way.
+    """
+
+    def __init__(self, request: Request, raise_errors: bool = True):
+        self.request = request
+        self.raise_errors = raise_errors
+        self.answer: Answer | None = None
+
+    def _take(self, item: str | Answer) -> str | None:
+        if isinstance(item, Answer):
+            self.answer = item
+            if item.failure is not None and self.raise_errors:
+                raise item.failure
+            return None
+        return item
+
+    def __iter__(self) -> Iterator[str]:
+        for item in bridge.iterate(_events(self.request)):
+            delta = self._take(item)
+            if delta is not None:
+                yield delta
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for item in bridge.aiterate(_events(self.request)):
+            delta = self._take(item)
+            if delta is not None:
+                yield delta
+
+    @property
+    def text(self) -> str:
+        return self.answer.text if self.answer else ""
+
+
+def _request(prompt: str, options: dict[str, Any]) -> Request:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigurationError("The prompt is empty: give some text to send.")
+    return Request(prompt=prompt, **options)
+
+
+async def ask_async(prompt: str, **options: Any) -> Answer:
+    """Ask and await the whole answer (works with top-level await in a notebook)."""
+    return await bridge.run_async(_ask(_request(prompt, options)))
+
+
+def ask(prompt: str, **options: Any) -> Answer:
+    """Ask and wait: `provider`, `model`, `system`, `temperature`, `max_tokens`, `timeout`, `chat`."""
+    return bridge.run(_ask(_request(prompt, options)))
+
+
+def stream(prompt: str, *, raise_errors: bool = True, **options: Any) -> TextStream:
+    """A stream of text deltas; iterate it (sync) or `async for` it."""
+    return TextStream(_request(prompt, options), raise_errors=raise_errors)
+
+
+astream = stream

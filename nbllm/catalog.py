@@ -1,0 +1,161 @@
+"""The providers as data: one small `ProviderSpec` each, all the same shape.
+
+Facts about a provider (where it lives, what it is called, how to probe it, which
+pydantic-ai model class speaks to it) live here; behaviour lives in the few
+functions that read them (`config`, `probes`, `factory`). Built-in providers are
+registered the same way a third-party package does, through
+`register_provider`, which the `nbllm.providers` entry-point group also feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import ConfigurationError
+
+__all__ = ["ProviderSpec", "register_provider", "get_spec", "provider_names", "all_specs", "AUTO"]
+
+AUTO = "auto"
+
+Kind = Literal["cloud", "local"]
+# How health is probed: "key" (cloud: a key is present, no paid call), or the
+# local server dialect whose endpoints are asked (see probes.py).
+ProbeStyle = Literal["key", "openai", "lmstudio", "ollama", "llamacpp"]
+# Which pydantic-ai model the factory builds (see factory.py).
+Builder = Literal["openai", "anthropic", "google", "openai_compatible"]
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """Everything nbllm needs to know about one provider, and nothing it can compute."""
+
+    name: str
+    label: str
+    kind: Kind
+    default_model: str
+    base_url: str
+    builder: Builder = "openai_compatible"
+    probe: ProbeStyle = "openai"
+    key_env: tuple[str, ...] = ()
+    """Other environment names for the key, tried after `{NAME}_API_KEY`."""
+    alt_base_urls: tuple[str, ...] = ()
+    """Further addresses probed when no base URL is configured (first that answers wins)."""
+    host_env: str | None = None
+    """An environment variable users already set to point at the server (e.g. OLLAMA_HOST)."""
+    default_port: int | None = None
+    auto_priority: int = 100
+    """Lower comes first when `auto` chooses among local servers."""
+    install_hint: str | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def env_prefix(self) -> str:
+        return self.name.upper()
+
+    @property
+    def needs_key(self) -> bool:
+        return self.kind == "cloud"
+
+
+def key_env_names(spec: ProviderSpec) -> list[str]:
+    """Every variable that may hold the provider's key, in the order they are tried."""
+    names = [f"{spec.env_prefix}_API_KEY"]
+    return names + [n for n in spec.key_env if n not in names]
+
+
+def key_names(spec: ProviderSpec) -> str:
+    """'OPENAI_API_KEY' or 'GROK_API_KEY or XAI_API_KEY', for messages."""
+    return " or ".join(key_env_names(spec)[:2])
+
+
+_REGISTRY: dict[str, ProviderSpec] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_provider(spec: ProviderSpec, *, replace: bool = False) -> ProviderSpec:
+    """Add a provider to the catalog (used for the built-ins and by plug-ins)."""
+    if spec.name == AUTO or not spec.name.isidentifier() or spec.name != spec.name.lower():
+        raise ConfigurationError(f"Invalid provider name {spec.name!r}: use a lower-case identifier other than 'auto'.")
+    if spec.name in _REGISTRY and not replace:
+        raise ConfigurationError(f"Provider {spec.name!r} is already registered.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_entry_points() -> None:
+    """Let installed packages add providers through the `nbllm.providers` group."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    import logging
+
+    for ep in entry_points(group="nbllm.providers"):
+        try:
+            obj = ep.load()
+            specs = obj() if callable(obj) and not isinstance(obj, ProviderSpec) else obj
+            for spec in specs if isinstance(specs, (list, tuple)) else [specs]:
+                if spec.name not in _REGISTRY:
+                    register_provider(spec)
+        except Exception as exc:  # a broken plug-in must not break nbllm
+            logging.getLogger("nbllm").warning("provider plug-in %s could not be loaded: %s", ep.name, exc)
+
+
+def all_specs() -> list[ProviderSpec]:
+    """Every registered provider, built-ins first in catalog order."""
+    _load_entry_points()
+    return list(_REGISTRY.values())
+
+
+def provider_names() -> list[str]:
+    return [spec.name for spec in all_specs()]
+
+
+def get_spec(name: str) -> ProviderSpec:
+    """The spec for `name`; an unknown name is a `ConfigurationError` listing valid ones."""
+    specs = {spec.name: spec for spec in all_specs()}
+    key = (name or "").strip().lower()
+    if key in specs:
+        return specs[key]
+    valid = ", ".join([*specs, AUTO])
+    raise ConfigurationError(f"Invalid LLM provider {name!r}. Valid providers: {valid}.")
+
+
+for _spec in (
+    ProviderSpec(
+        name="openai", label="OpenAI", kind="cloud", default_model="gpt-5-mini",
+        base_url="https://api.openai.com/v1", builder="openai", probe="key",
+    ),
+    ProviderSpec(
+        name="anthropic", label="Anthropic", kind="cloud", default_model="claude-haiku-4-5",
+        base_url="https://api.anthropic.com", builder="anthropic", probe="key",
+    ),
+    ProviderSpec(
+        name="gemini", label="Google Gemini", kind="cloud", default_model="gemini-2.5-flash",
+        base_url="https://generativelanguage.googleapis.com", builder="google", probe="key",
+        key_env=("GOOGLE_API_KEY",),
+    ),
+    ProviderSpec(
+        name="grok", label="xAI Grok", kind="cloud", default_model="grok-4-1-fast-non-reasoning",
+        base_url="https://api.x.ai/v1", probe="key", key_env=("XAI_API_KEY", "GROK_API_KEY"),
+    ),
+    ProviderSpec(
+        name="lmstudio", label="LM Studio", kind="local", default_model="local-model",
+        base_url="http://localhost:1234/v1", probe="lmstudio", default_port=1234, auto_priority=10,
+        install_hint="start LM Studio's server (Developer tab → Start Server) on port 1234",
+    ),
+    ProviderSpec(
+        name="ollama", label="Ollama", kind="local", default_model="llama3.2",
+        base_url="http://localhost:11434", probe="ollama", host_env="OLLAMA_HOST", default_port=11434,
+        auto_priority=20, install_hint="run `ollama serve` (and `ollama pull llama3.2`)",
+    ),
+    ProviderSpec(
+        name="llamacpp", label="llama.cpp", kind="local", default_model="default",
+        base_url="http://localhost:8080", probe="llamacpp", alt_base_urls=("http://localhost:9931",),
+        default_port=8080, auto_priority=30, install_hint="run `llama-server -m MODEL.gguf`",
+    ),
+):
+    register_provider(_spec)

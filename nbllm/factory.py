@@ -1,0 +1,130 @@
+"""Build pydantic-ai model objects from catalog facts and settings.
+
+`build_model` makes a fresh model (for users who want to drive pydantic-ai
+themselves); `shared_model` returns one cached per event loop and settings, so
+nbllm's own calls pay the ~45 ms of building a provider and its HTTP client once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, Callable
+
+from .catalog import ProviderSpec, key_names
+from .clients import cached_per_loop
+from .config import ProviderSettings, openai_base
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+
+__all__ = ["build_model", "shared_model", "model_settings"]
+
+_LOCAL_PLACEHOLDER_KEY = "nbllm-local"  # OpenAI's SDK insists on a non-empty key
+
+
+def _api_base(spec: ProviderSpec, settings: ProviderSettings) -> str:
+    return openai_base(settings.base_url) if spec.kind == "local" else settings.base_url
+
+
+def _key(spec: ProviderSpec, settings: ProviderSettings) -> str:
+    if settings.api_key:
+        return settings.api_key.get()
+    if spec.needs_key:
+        raise ConfigurationError(
+            f"{spec.name} is not configured: set {key_names(spec)} (in the environment or a .env file)."
+        )
+    return _LOCAL_PLACEHOLDER_KEY
+
+
+def _openai_client(spec: ProviderSpec, settings: ProviderSettings) -> Any:
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(
+        api_key=_key(spec, settings), base_url=_api_base(spec, settings),
+        max_retries=settings.max_retries, timeout=settings.timeout,
+    )
+
+
+def _build_openai(spec: ProviderSpec, settings: ProviderSettings, model_id: str) -> "Model":
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    return OpenAIChatModel(model_id, provider=OpenAIProvider(openai_client=_openai_client(spec, settings)))
+
+
+def _build_openai_compatible(spec: ProviderSpec, settings: ProviderSettings, model_id: str) -> "Model":
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.profiles.openai import OpenAIModelProfile
+    from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
+
+    # Local servers ignore `max_completion_tokens`: send the classic `max_tokens`. A
+    # stream that ends without a finish reason was cut off: report it, don't hide it.
+    profile = OpenAIModelProfile(
+        openai_chat_supports_max_completion_tokens=False, openai_chat_streaming_requires_finish_reason=True
+    )
+    provider = OpenAICompatibleProvider(spec.name, openai_client=_openai_client(spec, settings), profile=profile)
+    return OpenAIChatModel(model_id, provider=provider)
+
+
+def _build_anthropic(spec: ProviderSpec, settings: ProviderSettings, model_id: str) -> "Model":
+    from anthropic import AsyncAnthropic
+    from pydantic_ai.models.anthropic import AnthropicModel
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+
+    client = AsyncAnthropic(
+        api_key=_key(spec, settings), base_url=settings.base_url,
+        max_retries=settings.max_retries, timeout=settings.timeout,
+    )
+    return AnthropicModel(model_id, provider=AnthropicProvider(anthropic_client=client))
+
+
+def _build_google(spec: ProviderSpec, settings: ProviderSettings, model_id: str) -> "Model":
+    from google.genai.types import HttpRetryOptions
+    from pydantic_ai.models.google import GoogleModel
+    from pydantic_ai.providers.google import GoogleProvider
+
+    provider = GoogleProvider(
+        api_key=_key(spec, settings), base_url=settings.base_url,
+        retry_options=HttpRetryOptions(attempts=settings.max_retries + 1),
+    )
+    return GoogleModel(model_id, provider=provider)
+
+
+_BUILDERS: dict[str, Callable[[ProviderSpec, ProviderSettings, str], "Model"]] = {
+    "openai": _build_openai,
+    "openai_compatible": _build_openai_compatible,
+    "anthropic": _build_anthropic,
+    "google": _build_google,
+}
+
+
+def build_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | None = None) -> "Model":
+    """A new pydantic-ai model for `spec` (no network is touched)."""
+    builder = _BUILDERS.get(spec.builder)
+    if builder is None:
+        raise ConfigurationError(f"Provider {spec.name!r} names unknown builder {spec.builder!r}.")
+    return builder(spec, settings, model_id or settings.model)
+
+
+def _fingerprint(settings: ProviderSettings) -> str:
+    secret = settings.api_key.get() if settings.api_key else ""
+    return hashlib.sha256(f"{secret}|{settings.base_url}|{settings.timeout}|{settings.max_retries}".encode()).hexdigest()
+
+
+def shared_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | None = None) -> "Model":
+    """The model for these settings, built once per running event loop."""
+    model_id = model_id or settings.model
+    key = ("model", spec.name, model_id, _fingerprint(settings))
+    return cached_per_loop(key, lambda: build_model(spec, settings, model_id))
+
+
+def model_settings(settings: ProviderSettings, **overrides: Any) -> dict[str, Any]:
+    """pydantic-ai `ModelSettings` from provider settings plus per-call overrides."""
+    values: dict[str, Any] = {
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+        "timeout": settings.timeout,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values

@@ -1,0 +1,105 @@
+"""Probe providers: one, or all concurrently, each bounded by the health timeout.
+
+Never raises for a provider that is down: the reason goes into
+`ProviderHealth.error` in words (refused, timed out, HTTP 503 loading, bad JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .catalog import ProviderSpec, key_names
+from .config import ProviderSettings
+from . import probes
+
+__all__ = ["ProviderHealth", "check_provider", "check_providers"]
+
+
+@dataclass
+class ProviderHealth:
+    """What one probe found. `connected` is None for a cloud provider (no paid call is made)."""
+
+    provider: str
+    enabled: bool
+    connected: bool | None
+    model_detected: bool = False
+    model_id: str | None = None
+    models: list[str] = field(default_factory=list)
+    base_url: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    kind: str = "local"
+    configured: bool = True
+
+    @property
+    def available(self) -> bool:
+        """Usable now: enabled, configured, and (for local servers) answering."""
+        return self.enabled and self.configured and self.connected is not False
+
+    @property
+    def status(self) -> str:
+        """One word for tables and selectors."""
+        if not self.enabled:
+            return "disabled"
+        if not self.configured:
+            return "not installed" if self.kind == "local" else "not configured"
+        if self.connected is False:
+            return "down"
+        return "available"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
+
+
+async def check_provider(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> ProviderHealth:
+    """Probe one provider within `timeout` seconds; always returns a ProviderHealth."""
+    base = ProviderHealth(
+        provider=spec.name, enabled=settings.enabled, connected=None,
+        model_id=settings.model, base_url=settings.base_url, kind=spec.kind,
+    )
+    if not settings.enabled:
+        base.connected = None if spec.kind == "cloud" else False
+        base.error = f"disabled (enable with `%llm_providers --enable {spec.name}`)"
+        return base
+    if spec.kind == "cloud":
+        base.configured = settings.has_key
+        if not settings.has_key:
+            base.error = f"no API key: set {key_names(spec)}"
+        return base
+    started = time.perf_counter()
+    try:
+        found = await asyncio.wait_for(probes.probe(spec, settings, timeout), timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        base.connected = False
+        base.error = f"timed out after {timeout:g} s (the server accepted no answer in time)"
+    except probes.ProbeError as exc:
+        base.connected = False
+        base.error = str(exc)
+    except Exception as exc:  # never raise for a provider that is down
+        base.connected = False
+        base.error = f"probe failed: {type(exc).__name__}: {exc}"
+    else:
+        base.connected = True
+        base.base_url = found.base_url
+        base.models = found.models
+        detected = found.loaded or (found.models[0] if found.models else None)
+        if not settings.model_is_default:
+            base.model_id = settings.model
+        elif detected:
+            base.model_id = detected
+        base.model_detected = detected is not None
+        if not found.models and found.note:
+            base.error = found.note
+    base.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    return base
+
+
+async def check_providers(
+    items: list[tuple[ProviderSpec, ProviderSettings]], timeout: float
+) -> dict[str, ProviderHealth]:
+    """Probe all concurrently: the whole table costs about one timeout, not the sum."""
+    results = await asyncio.gather(*(check_provider(spec, st, timeout) for spec, st in items))
+    return {health.provider: health for health in results}

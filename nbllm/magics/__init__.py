@@ -1,0 +1,38 @@
+"""IPython magics: `%llm_providers` (providers.py) and `%%llm` / `%llm` (llm.py).
+
+`%load_ext nbllm` registers both families and imports nothing heavy; pydantic-ai,
+pandas and ipywidgets load when a magic first needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+
+_MAGIC_CLASSES: list[Any] = []
+
+
+def _classes() -> list[type]:
+    from .llm import LLMMagics
+    from .providers import ProviderMagics
+
+    return [ProviderMagics, LLMMagics]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    unload_ipython_extension(ipython)  # reload must not leave duplicates behind
+    for cls in _classes():
+        instance = cls(shell=ipython)
+        ipython.register_magics(instance)
+        _MAGIC_CLASSES.append(instance)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    manager = ipython.magics_manager
+    for instance in list(_MAGIC_CLASSES):
+        for kind, names in instance.magics.items():
+            for name in names:
+                manager.magics[kind].pop(name, None)
+        manager.registry.pop(type(instance).__name__, None)
+        _MAGIC_CLASSES.remove(instance)

