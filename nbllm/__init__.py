@@ -21,13 +21,19 @@ _EXPORTS: dict[str, str] = {
     "ProviderHealth": "health", "get_registry": "registry",
     # provider-level API
     "get_model": "api", "get_model_async": "api", "resolve": "api", "check_all_providers": "api",
-    "check_provider": "api", "health": "api", "enable": "api", "disable": "api", "reinit": "api",
+    "check_provider": "api", "health_check": "api", "enable": "api", "disable": "api", "reinit": "api",
     "status": "api", "providers": "api",
     # the kernel-wide default
     "use": "session", "current": "session", "observe": "session", "conversation": "session",
     # asking
-    "ask": "ask", "ask_async": "ask", "stream": "ask", "astream": "ask", "Answer": "ask",
+    "ask": "calls", "ask_async": "calls", "stream": "calls", "astream": "calls", "Answer": "calls",
+    # tables and widgets
+    "health_table": "tables", "panel": "widgets",
+    # many providers at once, the call log and the replay cache
+    "compare": "multi", "consensus": "multi", "map": "batch", "history": "calllog", "cache": "replay",
 }
+# Module names never equal an exported name: importing a submodule sets an attribute
+# of the same name on the package, which would shadow the function.
 
 __all__ = sorted([*_EXPORTS, "load_ipython_extension", "unload_ipython_extension", "__version__"])
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
 __all__ = [
-    "get_model", "get_model_async", "resolve", "check_all_providers", "check_provider", "health",
+    "get_model", "get_model_async", "resolve", "check_all_providers", "check_provider", "health_check",
     "enable", "disable", "reinit", "status", "providers",
 ]
 
@@ -87,7 +87,7 @@ async def check_provider(name: str, timeout: float | None = None) -> ProviderHea
     return (await bridge.run_async(registry.check([spec.name], timeout)))[spec.name]
 
 
-def health(names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
+def health_check(names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
     """Sync `check_all_providers` (safe inside a running kernel)."""
     return bridge.run(get_registry().check(names, timeout))
 

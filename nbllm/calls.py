@@ -66,6 +66,8 @@ class Request:
     max_tokens: int | None = None
     timeout: float | None = None
     chat: Conversation | None = None
+    cache: str | None = None
+    """Replay-cache mode for this call ("record" | "replay" | "off"); None: the global mode."""
 
 
 def describe_failure(exc: BaseException, provider: str, url: str | None, secrets: tuple[str, ...] = ()) -> ModelError:
