@@ -1,33 +1,53 @@
 """Tables for people: health and configuration as pandas DataFrames, text or HTML.
 
 Keys never reach a table: rows are built from `ProviderHealth` and the masked
-variable listing, which hold no secrets.
+variable listing, which hold no secrets. Styling (a pandas Styler) is only for
+display; every function that returns data returns a plain DataFrame.
 """
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 from .health import ProviderHealth
 
 if TYPE_CHECKING:
     import pandas as pd
+    from pandas.io.formats.style import Styler
 
-__all__ = ["HEALTH_COLUMNS", "health_rows", "health_frame", "frame", "to_text"]
+__all__ = [
+    "HEALTH_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS", "health_rows", "health_frame", "health_table",
+    "variables_frame", "frame", "to_text", "to_html", "styled", "display_bundle",
+]
 
 HEALTH_COLUMNS = ["provider", "status", "enabled", "connected", "model", "latency_ms", "base_url", "error"]
+"""What `--health-check` and `health_table()` show (plus `models`, see `health_table`)."""
+STATUS_COLUMNS = ["provider", "kind", "status", "model", "base_url", "error"]
+"""The compact table of `--status`."""
+VARIABLE_COLUMNS = ["provider", "variable", "set", "source", "value"]
+
+_STATUS_COLOURS = {
+    "available": "#1a7f37",
+    "down": "#cf222e",
+    "disabled": "#6e7781",
+    "not configured": "#9a6700",
+    "not installed": "#9a6700",
+}
 
 
 def health_rows(health: dict[str, ProviderHealth]) -> list[dict[str, Any]]:
-    """One plain dict per provider, in catalog order, with the columns tables show."""
+    """One plain dict per provider, in catalog order, with every column a table may show."""
     rows = []
     for h in health.values():
         rows.append({
             "provider": h.provider,
+            "kind": h.kind,
             "status": h.status,
             "enabled": h.enabled,
             "connected": {True: "yes", False: "no", None: "—"}[h.connected],
             "model": h.model_id or "",
+            "models": ", ".join(h.models),
             "latency_ms": h.latency_ms,
             "base_url": h.base_url or "",
             "error": h.error or "",
@@ -41,9 +61,28 @@ def frame(rows: list[dict[str, Any]], columns: list[str] | None = None) -> "pd.D
     return pd.DataFrame(rows, columns=columns)
 
 
-def health_frame(health: dict[str, ProviderHealth]) -> "pd.DataFrame":
+def health_frame(health: dict[str, ProviderHealth], columns: list[str] | None = None) -> "pd.DataFrame":
     """The health table as a DataFrame indexed by provider."""
-    return frame(health_rows(health), HEALTH_COLUMNS).set_index("provider")
+    return frame(health_rows(health), columns or HEALTH_COLUMNS).set_index("provider")
+
+
+def health_table(timeout: float | None = None) -> "pd.DataFrame":
+    """Probe every provider now (concurrently) and return the table, models included.
+
+    Safe inside a running kernel; costs about one health timeout in all.
+    """
+    from .api import health_check
+
+    return health_frame(health_check(timeout=timeout), [*HEALTH_COLUMNS[:5], "models", *HEALTH_COLUMNS[5:]])
+
+
+def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
+    """Every variable each provider reads, whether it is set and from where (keys masked)."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    rows = [row for name in (names or registry.names()) for row in registry.variables(name)]
+    return frame(rows, VARIABLE_COLUMNS)
 
 
 def to_text(df: "pd.DataFrame") -> str:
@@ -52,3 +91,36 @@ def to_text(df: "pd.DataFrame") -> str:
 
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 80):
         return df.to_string()
+
+
+def styled(df: "pd.DataFrame") -> "Styler":
+    """The DataFrame with its `status` column coloured (display only)."""
+
+    def colour(value: Any) -> str:
+        code = _STATUS_COLOURS.get(str(value))
+        return f"color: {code}; font-weight: bold" if code else ""
+
+    styler = df.style
+    if "status" in df.columns:
+        styler = styler.map(colour, subset=["status"])
+    if "latency_ms" in df.columns:
+        styler = styler.format({"latency_ms": lambda v: "" if v is None or v != v else f"{v:.0f}"})
+    return styler
+
+
+def to_html(df: "pd.DataFrame") -> str:
+    """HTML for notebooks: the styled table, or pandas' plain HTML if styling is unavailable."""
+    try:
+        return styled(df).to_html()
+    except ImportError:  # Styler needs jinja2
+        return df.to_html()
+
+
+def display_bundle(df: "pd.DataFrame", caption: str | None = None) -> dict[str, str]:
+    """A MIME bundle: HTML for notebooks, plain text for terminals."""
+    text = to_text(df)
+    body = to_html(df)
+    if caption:
+        text = f"{caption}\n{text}"
+        body = f"<p>{html.escape(caption)}</p>\n{body}"
+    return {"text/plain": text, "text/html": body}

@@ -1,0 +1,84 @@
+"""`%llm_providers`: see, test, enable/disable and choose LLM providers from a notebook.
+
+The options are the command line's (`nbllm.cli.add_provider_arguments`), so
+`nbllm providers --status` and `%llm_providers --status` mean the same thing; this
+file only parses, calls `nbllm.cli.run_providers` and displays. Changes apply to
+this kernel; `--save` keeps them in the user config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import ArgDecorator, magic_arguments, parse_argstring
+
+from ..cli import Outcome, add_provider_arguments, has_action, run_providers
+
+__all__ = ["ProviderMagics"]
+
+
+class provider_arguments(ArgDecorator):
+    """Adds the shared provider options to the magic's parser (so `%llm_providers?` lists them)."""
+
+    def add_to_parser(self, parser: argparse.ArgumentParser, group: Any) -> None:
+        add_provider_arguments(parser, "magic")
+
+
+@magics_class
+class ProviderMagics(Magics):
+    """Magics that show and change which LLM providers this kernel uses."""
+
+    @magic_arguments()
+    @provider_arguments()
+    @line_magic
+    def llm_providers(self, line: str = "") -> None:
+        """See which LLM providers are reachable, test one, enable or disable providers and
+        choose the kernel-wide default. With no option, --status is shown.
+
+        Changes apply to this kernel; add --save to keep them for new kernels and the
+        `nbllm` command line (environment variables still win over saved choices).
+        Tables are HTML in a notebook and plain text in a terminal; keys are never shown.
+        """
+        args = parse_argstring(self.llm_providers, line)
+        if args.panel:
+            _show_panel()
+            if not has_action(args):
+                return
+        from ..errors import ConfigurationError, NbllmError
+
+        try:
+            outcome = run_providers(args, persist=args.save)
+        except ConfigurationError as exc:  # a user mistake: one line, no traceback
+            raise UsageError(str(exc)) from None
+        except NbllmError as exc:  # a provider failed (e.g. --test): report it, keep the kernel going
+            print(f"nbllm: {exc}", file=sys.stderr)
+            return
+        _show(outcome)
+
+
+def _show_panel() -> None:
+    import nbllm
+    from IPython.display import display
+
+    widget = nbllm.panel()
+    if widget is not None:
+        display(widget)
+
+
+def _show(outcome: Outcome) -> None:
+    from IPython.display import display
+
+    from ..cli import scrub
+    from ..tables import display_bundle
+
+    if outcome.message:
+        print(scrub(outcome.message))
+    if outcome.table is not None:
+        bundle = {mime: scrub(text) for mime, text in display_bundle(outcome.table).items()}
+        display(bundle, raw=True)
+    if outcome.error:
+        print(f"nbllm: {scrub(outcome.error)}", file=sys.stderr)

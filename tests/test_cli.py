@@ -1,0 +1,223 @@
+"""The `nbllm providers` command line: tables, JSON, exit codes, what it saves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nbllm
+from nbllm.cli import build_providers_parser, main
+from nbllm.config import user_config_path
+from nbllm.registry import reset_registry
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["providers", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys, *argv: str) -> tuple[int, dict]:
+    code, out, _ = run(capsys, *argv, "--json")
+    return code, json.loads(out)
+
+
+def new_process() -> None:
+    """A later `nbllm` invocation: nothing of this one survives but the config file."""
+    reset_registry()
+    from nbllm import session
+
+    session.reset_default()
+
+
+def test_status_is_the_default(capsys, fake_server, monkeypatch):
+    monkeypatch.setenv("OLLAMA_BASE_URL", fake_server.url)
+    code, out, err = run(capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == "default: auto" and lines[1].endswith("1 available")
+    assert "ollama" in out and "available" in out and "connection refused" in out
+    code, explicit, _ = run(capsys, "--status")
+    assert code == 0 and explicit.splitlines()[:2] == lines[:2]
+
+
+def test_status_json(capsys, fake_server, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    code, data = run_json(capsys, "--status")
+    assert code == 0 and data["ok"] is True
+    assert list(data["providers"])[:7] == ["openai", "anthropic", "gemini", "grok", "lmstudio", "ollama", "llamacpp"]
+    assert data["providers"]["lmstudio"]["status"] == "available"
+    assert data["providers"]["lmstudio"]["model_id"] == "fake-model"
+    assert data["summary"]["available"] == 1 and data["default"] == {"provider": "auto", "model": None}
+
+
+def test_health_check_succeeds_when_something_answers(capsys, fake_server, monkeypatch):
+    monkeypatch.setenv("LLAMACPP_BASE_URL", fake_server.url)
+    code, out, err = run(capsys, "--health-check")
+    assert code == 0 and err == ""
+    assert "models" in out.splitlines()[1] and "fake-model" in out
+
+
+def test_health_check_fails_when_nothing_is_available(capsys):
+    code, out, err = run(capsys, "--health-check")
+    assert code == 1 and "llamacpp" in out
+    assert err.count("\n") == 1 and err.startswith("nbllm: no provider is available")
+
+
+def test_health_check_timeout_option_with_a_hanging_server(capsys, make_server, monkeypatch):
+    hang = make_server(mode="hang")
+    monkeypatch.setenv("OLLAMA_BASE_URL", hang.url)
+    code, data = run_json(capsys, "--health-check", "--timeout", "0.2")
+    assert code == 1 and data["ok"] is False and "no provider" in data["error"]
+    assert "timed out after 0.2 s" in data["providers"]["ollama"]["error"]
+
+
+def test_list_shows_variables_masked(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k-anthropic-value")
+    (tmp_path / ".env").write_text("OLLAMA_MODEL=phi4\n")
+    code, out, err = run(capsys, "--list")
+    assert code == 0 and err == ""
+    assert f"user config file: {user_config_path()}" in out
+    line = next(row for row in out.splitlines() if "ANTHROPIC_API_KEY" in row)
+    assert "********" in line and "env" in line and "k-anthropic-value" not in out
+    assert "phi4" in next(row for row in out.splitlines() if "OLLAMA_MODEL" in row)
+
+
+def test_list_reports_bad_values(capsys, monkeypatch):
+    monkeypatch.setenv("GROK_TEMPERATURE", "9")
+    code, data = run_json(capsys, "--list")
+    assert code == 0 and any("GROK_TEMPERATURE='9'" in p for p in data["problems"])
+
+
+def test_bad_values_are_one_line_on_stderr_not_a_python_warning(capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_WEIGHT", "much")
+    code, out, err = run(capsys, "--list")
+    assert code == 0
+    assert "NbllmConfigWarning" not in err and "warnings.warn" not in err
+
+
+def test_enable_disable_always_persist(capsys):
+    code, out, err = run(capsys, "--disable", "Ollama")
+    assert code == 0 and out.startswith("ollama disabled (saved to ") and err == ""
+    assert json.loads(user_config_path().read_text())["disabled"] == ["ollama"]
+    new_process()
+    assert not nbllm.get_registry().settings("ollama").enabled
+    code, data = run_json(capsys, "--status")
+    assert data["providers"]["ollama"]["status"] == "disabled"
+    assert run(capsys, "--enable", "ollama")[0] == 0
+    new_process()
+    assert nbllm.get_registry().settings("ollama").enabled
+
+
+def test_enable_notes_when_the_environment_wins(capsys, monkeypatch):
+    monkeypatch.setenv("GEMINI_ENABLED", "false")
+    code, out, _ = run(capsys, "--enable", "gemini")
+    assert code == 0 and "GEMINI_ENABLED=false in the environment wins" in out
+
+
+def test_use_persists_the_default(capsys):
+    code, out, _ = run(capsys, "--use", "ollama", "--model", "qwen3")
+    assert code == 0 and out.startswith("default: ollama (qwen3) (saved to ")
+    new_process()
+    assert (nbllm.current().provider, nbllm.current().model) == ("ollama", "qwen3")
+    code, data = run_json(capsys, "--use", "auto")
+    assert code == 0 and data == {"ok": True, "provider": "auto", "model": None, "saved": True}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--enable", "nope"], "Invalid LLM provider 'nope'"),
+    (["--use", "nope"], "Invalid LLM provider 'nope'"),
+    (["--test", "nope"], "Invalid LLM provider 'nope'"),
+    (["--model", "m"], "--model goes with --use NAME"),
+])
+def test_user_mistakes_exit_1_with_one_line(capsys, argv, words):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("nbllm: ") and words in err
+
+
+def test_use_a_disabled_provider_fails(capsys):
+    run(capsys, "--disable", "grok")
+    code, _, err = run(capsys, "--use", "grok")
+    assert code == 1 and "disabled" in err and "--enable grok" in err
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    assert main(["providers", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["providers", "--status", "--list"]) == 2  # one action at a time
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_help_and_version(capsys):
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("nbllm ")
+    assert main(["providers", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--status", "--list", "--enable", "--disable", "--test", "--health-check", "--reinit", "--use",
+                   "--model", "--save", "--json"):
+        assert option in out
+
+
+def test_test_local_success(capsys, fake_server, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    code, out, err = run(capsys, "--test", "lmstudio")
+    assert code == 0 and err == ""
+    assert out.startswith(f"lmstudio: answering at {fake_server.url}/v1 in ") and "model fake-model" in out
+
+
+def test_test_local_failure(capsys, make_server, monkeypatch):
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.2")
+    hang = make_server(mode="hang")
+    monkeypatch.setenv("LLAMACPP_BASE_URL", hang.url)
+    code, out, err = run(capsys, "--test", "llamacpp")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and f"llamacpp at {hang.url}" in err and "timed out" in err
+    code, data = run_json(capsys, "--test", "llamacpp")
+    assert code == 1 and data["ok"] is False and "timed out" in data["error"]
+
+
+def test_test_cloud(capsys, monkeypatch):
+    code, _, err = run(capsys, "--test", "anthropic")
+    assert code == 1 and "no API key" in err
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k-a")
+    new_process()
+    code, out, _ = run(capsys, "--test", "anthropic")
+    assert code == 0 and "configured" in out and "no request made" in out
+
+
+def test_reinit(capsys):
+    code, out, _ = run(capsys, "--reinit")
+    assert code == 0 and out.startswith("re-read the environment") and "providers:" in out
+
+
+def test_the_parser_is_the_shared_one():
+    cli = {a.dest for a in build_providers_parser("cli")._actions}
+    magic = {a.dest for a in build_providers_parser("magic")._actions}
+    assert cli - magic == {"json"} and magic - cli == {"panel"}
+    args = build_providers_parser().parse_args(["--use", "ollama", "-m", "x", "--save"])
+    assert (args.use, args.model, args.save, args.status) == ("ollama", "x", True, False)
+
+
+def test_console_script_runs_in_a_new_process(tmp_path):
+    env = {k: v for k, v in os.environ.items()}
+    script = os.path.join(os.path.dirname(sys.executable), "nbllm")
+    result = subprocess.run([script, "providers", "--use", "ollama", "--json"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["provider"] == "ollama"
+    result = subprocess.run([script, "providers", "--status", "--json"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and json.loads(result.stdout)["default"]["provider"] == "ollama"
+    result = subprocess.run([script, "providers", "--disable", "nope"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("nbllm: Invalid LLM provider 'nope'")
