@@ -17,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["get_loop", "run", "run_async", "iterate", "aiterate", "shutdown", "on_loop_thread"]
+__all__ = ["get_loop", "run", "run_async", "iterate", "aiterate", "shutdown", "on_loop_thread", "IDLE"]
 
 T = TypeVar("T")
 
@@ -80,11 +80,17 @@ async def _as_coro(aw: Awaitable[T]) -> T:
 _DONE = object()
 
 
-def iterate(agen: AsyncIterator[T]) -> Iterator[T]:
+IDLE: Any = object()
+"""Yielded by `iterate(..., idle=s)` when no item arrived for `s` seconds."""
+
+
+def iterate(agen: AsyncIterator[T], idle: float | None = None) -> Iterator[T]:
     """Consume an async iterator on nbllm's loop, yielding its items in this thread.
 
     Items arrive through a queue as soon as they are produced; closing the iterator
-    (or Ctrl-C while waiting) cancels the producer.
+    (or Ctrl-C while waiting) cancels the producer. With `idle`, `IDLE` is yielded
+    whenever nothing arrived for that long, so a consumer can refresh a display
+    between slow chunks without a thread of its own.
     """
     items: queue.Queue[Any] = queue.Queue()
 
@@ -106,7 +112,11 @@ def iterate(agen: AsyncIterator[T]) -> Iterator[T]:
     future = asyncio.run_coroutine_threadsafe(pump(), get_loop())
     try:
         while True:
-            ok, item = items.get()
+            try:
+                ok, item = items.get(timeout=idle)
+            except queue.Empty:
+                yield IDLE
+                continue
             if not ok:
                 raise item
             if item is _DONE:

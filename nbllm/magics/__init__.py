@@ -21,7 +21,7 @@ def _classes() -> list[type]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    unload_ipython_extension(ipython)  # reload must not leave duplicates behind
+    _unregister(ipython)  # loading twice must not leave duplicates behind
     for cls in _classes():
         instance = cls(shell=ipython)
         ipython.register_magics(instance)
@@ -29,10 +29,21 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and stop nbllm's loop thread (it restarts on next use)."""
+    from .. import bridge, clients
+
+    _unregister(ipython)
+    bridge.shutdown()
+    clients.clear()  # clients of the stopped loop must not be reused
+
+
+def _unregister(ipython: Any) -> None:
     manager = ipython.magics_manager
     for instance in list(_MAGIC_CLASSES):
         for kind, names in instance.magics.items():
             for name in names:
                 manager.magics[kind].pop(name, None)
         manager.registry.pop(type(instance).__name__, None)
+        if instance in getattr(ipython, "configurables", ()):  # Magics.__init__ added it for %config
+            ipython.configurables.remove(instance)
         _MAGIC_CLASSES.remove(instance)

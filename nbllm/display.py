@@ -1,0 +1,198 @@
+"""How an answer looks: one display that grows while the answer streams, then a final one.
+
+In a front end that renders displays (Jupyter, VS Code, Colab) the answer is a
+single display updated in place — re-rendered Markdown, at most one update per
+`interval` but always the last — whose final version carries the answer's
+metadata (provider, model, usage, latency). In a terminal the text is printed as
+it arrives. Failures are shown as one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pprint import pformat
+from typing import Any
+
+__all__ = [
+    "FORMATS", "AnswerView", "CellError", "Interrupted", "Converted", "convert", "extract_code", "footer", "rich_frontend",
+]
+
+FORMATS = ("markdown", "text", "code", "json", "html")
+
+
+class CellError(Exception):
+    """A failure a magic reports as one readable line; IPython shows `_render_traceback_`, not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"nbllm: {self}"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C / kernel interrupt during a request: still an interrupt, shown as one line."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"nbllm: {self}"]
+
+
+def rich_frontend(shell: Any) -> bool:
+    """True when displays reach something that renders them (a kernel's front end, a capture)."""
+    if shell is None:
+        return False
+    from IPython.core.displaypub import DisplayPublisher
+
+    return type(getattr(shell, "display_pub", None)) is not DisplayPublisher
+
+
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(text: str) -> str:
+    """The code in an answer: its fenced blocks joined, or the whole text if it has none."""
+    blocks = [block.strip("\n") for block in _FENCE.findall(text)]
+    blocks = [block for block in blocks if block.strip()]
+    return "\n\n".join(blocks) if blocks else text.strip("\n")
+
+
+@dataclass
+class Converted:
+    """An answer in its requested format: the value to store, how to show it, and any problem."""
+
+    value: Any
+    bundle: dict[str, Any]
+    problem: str | None = None
+
+
+def _plain_bundle(text: str, fmt: str) -> dict[str, Any]:
+    if fmt == "text":
+        return {"text/plain": text}
+    if fmt == "html":
+        return {"text/html": text, "text/plain": text}
+    return {"text/markdown": text, "text/plain": text}
+
+
+def convert(text: str, fmt: str) -> Converted:
+    """Turn the answer's text into the value and display bundle of format `fmt`."""
+    if fmt == "code":
+        code = extract_code(text)
+        return Converted(code, {"text/markdown": f"```python\n{code}\n```", "text/plain": code})
+    if fmt == "json":
+        source = extract_code(text) if "```" in text else text.strip()
+        try:
+            value = json.loads(source)
+        except ValueError as exc:
+            problem = f"the answer is not valid JSON ({exc}); its text is kept"
+            return Converted(text, {"text/plain": text}, problem)
+        return Converted(value, {"application/json": value, "text/plain": pformat(value)})
+    return Converted(text, _plain_bundle(text, fmt))
+
+
+def footer(meta: dict[str, Any]) -> str:
+    """`provider · model · tokens · latency` for the optional line under an answer."""
+    parts = [str(meta.get("provider") or "?"), str(meta.get("model") or "?")]
+    usage = meta.get("usage") or {}
+    if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
+        parts.append(f"{usage.get('input_tokens') or 0}→{usage.get('output_tokens') or 0} tokens")
+    if meta.get("latency_ms"):
+        parts.append(f"{meta['latency_ms']:.0f} ms")
+    if meta.get("cost_usd"):
+        parts.append(f"${meta['cost_usd']:.4f}")
+    return " · ".join(parts)
+
+
+def _with_footer(bundle: dict[str, Any], line: str) -> dict[str, Any]:
+    bundle = dict(bundle)
+    if "text/markdown" in bundle:
+        bundle["text/markdown"] = f"{bundle['text/markdown']}\n\n<sub>{line}</sub>"
+    if "text/html" in bundle:
+        bundle["text/html"] = f"{bundle['text/html']}<br><sub>{line}</sub>"
+    return bundle
+
+
+class AnswerView:
+    """One answer on screen: `add()` text while it streams, `finish()` once at the end.
+
+    Rich front ends get one display (created with the first text) updated in place,
+    throttled to one update per `interval` seconds; call `tick()` when idle so the
+    last throttled text still appears. Terminals get the text printed as it comes.
+    """
+
+    def __init__(self, fmt: str = "markdown", *, rich: bool, interval: float = 0.05, show_footer: bool = False,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.fmt = fmt
+        self.rich = rich
+        self.interval = interval
+        self.show_footer = show_footer
+        self.clock = clock
+        self.parts: list[str] = []
+        self.updates = 0
+        self._handle: Any = None
+        self._last = -math.inf
+        self._pending = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def _live_bundle(self) -> dict[str, Any]:
+        text = self.text
+        return {"text/plain": text} if self.fmt in ("text", "json") else _plain_bundle(text, "markdown")
+
+    def _publish(self, bundle: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+        from IPython.display import display
+
+        if self._handle is None:
+            self._handle = display(bundle, raw=True, metadata=metadata, display_id=True)
+        else:
+            self._handle.update(bundle, raw=True, metadata=metadata)
+        self.updates += 1
+
+    def _refresh(self) -> None:
+        now = self.clock()
+        if now - self._last < self.interval:
+            self._pending = True
+            return
+        self._publish(self._live_bundle())
+        self._last = now
+        self._pending = False
+
+    def add(self, delta: str) -> None:
+        """Show one more piece of the answer."""
+        if not delta:
+            return
+        self.parts.append(delta)
+        if self.rich:
+            self._refresh()
+        else:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+
+    def tick(self) -> None:
+        """Nothing new arrived for a while: show text held back by the throttle."""
+        if self.rich and self._pending:
+            self._refresh()
+
+    def finish(self, converted: Converted | None, metadata: dict[str, Any], streamed: bool = True) -> None:
+        """Show the final answer with its metadata (`converted` None: keep the text as it is)."""
+        if converted is None:
+            converted = Converted(self.text, _plain_bundle(self.text, "text" if self.fmt == "json" else "markdown"))
+        line = footer(metadata) if self.show_footer else None
+        if self.rich:
+            if not converted.bundle.get("text/plain") and self._handle is None:
+                return  # nothing arrived: the error line says why, an empty display would not
+            bundle = _with_footer(converted.bundle, line) if line else converted.bundle
+            self._publish(bundle, {"nbllm": metadata})
+            return
+        text = self.text if streamed else str(converted.bundle.get("text/plain", ""))
+        if not streamed and text:
+            sys.stdout.write(text)
+        if text and not text.endswith("\n"):
+            sys.stdout.write("\n")
+        if line:
+            sys.stdout.write(f"[{line}]\n")
+        sys.stdout.flush()

@@ -1,0 +1,110 @@
+"""Fill `{name}`, `{obj.attr}` and `{obj[key]}` in a prompt from the user's namespace.
+
+Why not `str.format_map`: prompts often contain code (JSON, dict and set
+literals, f-strings), and format_map raises on most of it. Here a placeholder
+is filled only when it is a simple reference that resolves; anything else —
+an unknown name, a failing attribute, an expression, a format spec — is left
+exactly as written. Nothing is evaluated beyond attribute and item access on
+values already in the namespace.
+
+Braces: `{{` and `}}` are literal braces (`{{name}}` sends `{name}`). A `}}`
+that closes braces opened literally (the end of nested JSON such as
+`{"a": {"b": 1}}`) is left as written, so pasted JSON arrives unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["interpolate"]
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_KEY = r"-?\d+|'[^'\\]*'|\"[^\"\\]*\"|" + _NAME
+# A reference: a name, then any number of `.attr` or `[key]` steps, and nothing else.
+_REFERENCE = re.compile(rf"({_NAME})((?:\.{_NAME}|\[(?:{_KEY})\])*)")
+_STEP = re.compile(rf"\.({_NAME})|\[({_KEY})\]")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+_MISSING = object()
+
+
+def _key(token: str, namespace: Mapping[str, Any]) -> Any:
+    """An index key: an int or quoted string literal, or a name's value (else the name itself)."""
+    if token[0] in "'\"":
+        return token[1:-1]
+    if token.lstrip("-").isdigit():
+        return int(token)
+    value = namespace.get(token, _MISSING)
+    return token if value is _MISSING else value
+
+
+def _resolve(reference: str, namespace: Mapping[str, Any]) -> Any:
+    """The value a reference names, or `_MISSING` if it is not a simple reference that resolves."""
+    match = _REFERENCE.fullmatch(reference)
+    if match is None:
+        return _MISSING
+    value = namespace.get(match.group(1), _MISSING)
+    if value is _MISSING:
+        return _MISSING
+    for step in _STEP.finditer(match.group(2)):
+        attribute, key = step.groups()
+        try:
+            if attribute is not None:
+                if attribute.startswith("__"):  # no walking into interpreter internals
+                    return _MISSING
+                value = getattr(value, attribute)
+            else:
+                value = value[_key(key, namespace)]
+        except Exception:
+            return _MISSING
+    return value
+
+
+def _text(value: Any) -> str | None:
+    try:
+        return str(value)
+    except Exception:
+        return None
+
+
+def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
+    """Return `template` with resolvable `{reference}` placeholders filled; never raises."""
+    out: list[str] = []
+    literal_depth = 0  # braces opened literally (e.g. JSON) and not yet closed
+    i, n = 0, len(template)
+    while i < n:
+        char = template[i]
+        if char == "{":
+            if template.startswith("{{", i):
+                out.append("{")
+                i += 2
+                continue
+            match = _PLACEHOLDER.match(template, i)
+            if match is not None:
+                value = _resolve(match.group(1), namespace)
+                text = None if value is _MISSING else _text(value)
+                if text is not None:
+                    out.append(text)
+                    i = match.end()
+                    continue
+            out.append("{")
+            literal_depth += 1
+            i += 1
+        elif char == "}":
+            if template.startswith("}}", i) and literal_depth == 0:
+                out.append("}")
+                i += 2
+                continue
+            out.append("}")
+            literal_depth = max(0, literal_depth - 1)
+            i += 1
+        else:
+            j = i
+            while j < n and template[j] not in "{}":
+                j += 1
+            out.append(template[i:j])
+            i = j
+    return "".join(out)
+

@@ -1,0 +1,288 @@
+"""`%%llm` and `%llm`: send a cell (or a line) as a prompt and show the answer.
+
+These magics only parse options, call nbllm's Python API (`nbllm.calls`,
+`nbllm.session`, `nbllm.multi`) and display what comes back; the look of an
+answer lives in `nbllm.display`, prompt filling in `nbllm.interpolate`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import shlex
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Enum, Float
+
+from ..display import FORMATS, AnswerView, CellError, Interrupted, convert, rich_frontend
+from ..errors import NbllmError
+from ..interpolate import interpolate
+
+__all__ = ["LLMMagics", "split_line"]
+
+_TOKEN = re.compile(r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\s"'])+""")
+_PROVIDER_LIST = re.compile(r"[\w.\-]+(?:,[\w.\-]+)+")
+
+
+def _unquote(token: str) -> str:
+    return shlex.split(token)[0] if ('"' in token or "'" in token) else token
+
+
+def _option(parser: ArgumentParser, name: str) -> Any:
+    """The argparse action an option names (unique `--prefix`es allowed, as argparse does)."""
+    actions = parser._option_string_actions
+    if name in actions:
+        return actions[name]
+    matches = {actions[o] for o in actions if name.startswith("--") and o.startswith(name)}
+    return matches.pop() if len(matches) == 1 else None
+
+
+def _next_token(line: str, i: int) -> re.Match[str] | None:
+    while i < len(line) and line[i].isspace():
+        i += 1
+    return _TOKEN.match(line, i) if i < len(line) else None
+
+
+def split_line(line: str, parser: ArgumentParser) -> tuple[list[str], str]:
+    """Split `%llm [options] question` into option arguments and the question, kept verbatim.
+
+    Options are read from the start of the line; the question is the rest (after
+    `--` if given), so apostrophes and dashes inside it need no quoting. An option
+    with an optional value (`--compare a,b`) takes the next word only if it is a
+    comma-separated list (or use `--compare=a`).
+    """
+    argv: list[str] = []
+    i = 0
+    wants_value = False
+    while (match := _next_token(line, i)) is not None:
+        token = match.group()
+        if wants_value:
+            argv.append(_unquote(token))
+            wants_value = False
+        elif token == "--":
+            i = match.end()
+            break
+        elif token.startswith("-") and len(token) > 1 and not token[1].isdigit():
+            argv.append(_unquote(token))
+            action = None if "=" in token else _option(parser, token)
+            attached = not token.startswith("--") and len(token) > 2  # -t0.2
+            if action is not None and not attached:
+                if action.nargs is None:
+                    wants_value = True
+                elif action.nargs == "?":
+                    following = _next_token(line, match.end())
+                    wants_value = following is not None and bool(_PROVIDER_LIST.fullmatch(following.group()))
+        else:
+            break
+        i = match.end()
+    return argv, line[i:].strip()
+
+
+@magics_class
+class LLMMagics(Magics):
+    """Ask a language model from a notebook: `%%llm` sends the cell, `%llm` one line.
+
+    Settings (`%config LLMMagics.<name> = value`, or ipython_config.py):
+    default_format, stream, show_footer, update_interval, interpolate.
+    """
+
+    default_format = Enum(FORMATS, default_value="markdown", help="Format when -f is not given.").tag(config=True)
+    stream = Bool(True, help="Stream answers into the display as they are generated.").tag(config=True)
+    show_footer = Bool(False, help="Show 'provider · model · tokens · latency' under each answer.").tag(config=True)
+    update_interval = Float(0.05, min=0.0, help="Least seconds between two updates of a streaming display.").tag(
+        config=True
+    )
+    interpolate = Bool(True, help="Fill {name} placeholders from the namespace (per cell: --raw).").tag(config=True)
+
+    last_answer: Any = None
+
+    @magic_arguments("%llm")  # help shows it as %%llm
+    @argument("-p", "--provider", help="provider to ask (default: the kernel-wide default, see %%llm_providers)")
+    @argument("-m", "--model", help="model id (default: the provider's configured model)")
+    @argument("-s", "--system", help="system prompt")
+    @argument("-t", "--temperature", type=float, help="sampling temperature, 0..2")
+    @argument("--max-tokens", type=int, metavar="N", help="largest answer, in tokens")
+    @argument("--timeout", type=float, metavar="SECONDS", help="seconds allowed for this request")
+    @argument("-f", "--format", choices=FORMATS, default=None,
+              help="markdown (default), text, code (into the next cell), json (parsed object), html")
+    @argument("-o", "--out", metavar="NAME", help="store the answer (text, or parsed object) in variable NAME")
+    @argument("--chat", action="store_true", help="continue the kernel's conversation (nbllm.conversation())")
+    @argument("--reset", action="store_true", help="clear the conversation first (alone: just clear it)")
+    @argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming it")
+    @argument("--raw", action="store_true", help="send the text exactly; no {name} interpolation")
+    @argument("--cache", action="store_true", help="record the answer in the replay cache")
+    @argument("--compare", nargs="?", const="", metavar="PROVIDERS",
+              help="ask several providers (comma-separated; default: all usable) and show them side by side")
+    @argument("--consensus", nargs="?", const="", metavar="PROVIDERS",
+              help="ask several providers and show their weighted consensus")
+    @argument("question", nargs="*", help="the prompt, for the one-line %%llm form")
+    @line_cell_magic
+    def llm(self, line: str, cell: str | None = None) -> Any:
+        """Send the cell (or, as `%llm`, the rest of the line) to a model and show the answer.
+
+        `{name}`, `{obj.attr}` and `{obj[key]}` are filled from the notebook's variables;
+        `{{` and `}}` are literal braces; anything that does not resolve (JSON, code) is
+        sent as written. The answer streams into one display whose metadata records the
+        provider, model, token usage and latency. `%llm question` returns the answer
+        (a parsed object with -f json) instead of displaying it. (IPython reads a line with
+        an apostrophe that ends in `?` as a help request: use the cell form for those.)
+        """
+        args, prompt = self._arguments(line, cell)
+        fmt = args.format or self.default_format
+        if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
+            raise UsageError(f"-o needs a variable name, not {args.out!r}.")
+        from ..session import conversation
+
+        if args.reset:
+            conversation().reset()
+        if not prompt.strip():
+            if args.reset:
+                print("nbllm: the conversation is cleared.")
+                return None
+            where = "cell below %%llm" if cell is not None else "line after %llm"
+            raise UsageError(f"The prompt is empty: write it in the {where} (see %llm? for options).")
+        prompt = prompt.lstrip("\n").rstrip()
+        if self.interpolate and not args.raw:
+            prompt = interpolate(prompt, self.shell.user_ns if self.shell is not None else {})
+        options = self._call_options(args, conversation() if args.chat else None)
+        if args.compare is not None or args.consensus is not None:
+            return self._many(args, prompt, options, show=cell is not None)
+        if cell is None:
+            return self._ask_line(prompt, options, fmt, args.out)
+        self._ask_cell(prompt, options, fmt, args.out, stream=self.stream and not args.no_stream)
+        return None
+
+    # --- parsing -----------------------------------------------------------------
+    def _arguments(self, line: str, cell: str | None) -> tuple[Namespace, str]:
+        parser = self.llm.parser
+        if cell is None:
+            argv, prompt = split_line(line, parser)
+        else:
+            try:
+                argv = shlex.split(line)
+            except ValueError as exc:
+                raise UsageError(f"Cannot read the options {line.strip()!r}: {exc}.") from None
+            prompt = cell
+        args = parser.parse_args(argv)
+        if args.question:  # only the cell form can get here: the line form keeps its question apart
+            raise UsageError(f"Unexpected {' '.join(args.question)!r} after %%llm: the prompt goes in the cell.")
+        return args, prompt
+
+    @staticmethod
+    def _call_options(args: Namespace, chat: Any) -> dict[str, Any]:
+        options = {
+            "provider": args.provider, "model": args.model, "system": args.system,
+            "temperature": args.temperature, "max_tokens": args.max_tokens, "timeout": args.timeout,
+            "chat": chat, "cache": "record" if args.cache else None,
+        }
+        return {key: value for key, value in options.items() if value is not None}
+
+    # --- one provider --------------------------------------------------------------
+    @staticmethod
+    def _ask(prompt: str, options: dict[str, Any]) -> Any:
+        """The whole answer at once; failures and Ctrl-C become one-line errors."""
+        from ..calls import ask
+
+        try:
+            return ask(prompt, **options)
+        except NbllmError as exc:
+            raise CellError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted, the request was cancelled") from None
+
+    def _ask_line(self, prompt: str, options: dict[str, Any], fmt: str, out: str | None) -> Any:
+        answer = self._ask(prompt, options)
+        self.last_answer = answer
+        converted = convert(answer.text, fmt)
+        self._keep(converted.value, out, fmt, answer.ok)
+        if converted.problem:
+            raise CellError(converted.problem)
+        return converted.value
+
+    def _ask_cell(self, prompt: str, options: dict[str, Any], fmt: str, out: str | None, stream: bool) -> None:
+        view = AnswerView(fmt, rich=rich_frontend(self.shell), interval=self.update_interval,
+                          show_footer=self.show_footer)
+        if stream:
+            answer = self._stream(prompt, options, view, fmt, out)
+        else:
+            answer = self._ask(prompt, options)
+        self.last_answer = answer
+        metadata = {**answer.metadata(), "format": fmt}
+        if answer.failure is not None and not answer.text:
+            raise CellError(answer.error)
+        converted = convert(answer.text, fmt) if answer.ok else None
+        view.finish(converted, metadata, streamed=stream)
+        value = converted.value if converted is not None else answer.text
+        self._keep(value, out, fmt, answer.ok)
+        if answer.failure is not None:
+            kept = f"; the text that arrived is kept{f' in {out}' if out else ''}"
+            raise CellError(f"{answer.error}{kept}")
+        if converted is not None and converted.problem:
+            raise CellError(converted.problem + (f" in {out}" if out else ""))
+
+    def _stream(self, prompt: str, options: dict[str, Any], view: AnswerView, fmt: str, out: str | None) -> Any:
+        from .. import bridge
+        from ..calls import Answer, stream
+        from ..session import current
+
+        text_stream = stream(prompt, raise_errors=False, **options)
+        # Its async iterator runs on nbllm's loop; `idle` wakes us to flush throttled text.
+        try:
+            for item in bridge.iterate(text_stream.__aiter__(), idle=max(self.update_interval, 0.01)):
+                if item is bridge.IDLE:
+                    view.tick()
+                else:
+                    view.add(item)
+        except KeyboardInterrupt:
+            selection = current()
+            provider = options.get("provider") or selection.provider
+            partial = Answer(view.text, provider, options.get("model") or selection.model or "", error="interrupted")
+            self.last_answer = partial
+            if view.text:
+                view.finish(None, {**partial.metadata(), "format": fmt})
+                self._keep(view.text, out, fmt, ok=False)
+            kept = f"; the text that arrived is kept{f' in {out}' if out else ''}" if view.text else ""
+            raise Interrupted(f"interrupted, the request was cancelled{kept}") from None
+        return text_stream.answer
+
+    def _keep(self, value: Any, out: str | None, fmt: str, ok: bool) -> None:
+        """Store the result in the namespace; code also goes into the next cell."""
+        if self.shell is None:
+            return
+        if out:
+            self.shell.user_ns[out] = value
+        if fmt == "code" and ok and isinstance(value, str) and value.strip():
+            self.shell.set_next_input(value, replace=False)
+
+    # --- many providers --------------------------------------------------------------
+    def _many(self, args: Namespace, prompt: str, options: dict[str, Any], show: bool) -> Any:
+        import nbllm
+
+        kind = "compare" if args.compare is not None else "consensus"
+        names = args.compare if args.compare is not None else args.consensus
+        try:
+            function = getattr(nbllm, kind)
+        except (ImportError, AttributeError):
+            raise CellError(f"--{kind} is not available: nbllm.{kind} could not be imported.") from None
+        if "provider" in options:
+            raise UsageError(f"--{kind} takes the providers itself: --{kind} a,b instead of -p.")
+        providers = [name.strip() for name in names.split(",") if name.strip()] or None
+        try:
+            result = function(prompt, providers=providers, **options)
+        except NbllmError as exc:
+            raise CellError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted, the requests were cancelled") from None
+        if args.out and self.shell is not None:
+            self.shell.user_ns[args.out] = result
+        if not show:
+            return result
+        from IPython.display import display
+
+        display(result)
+        return None
+
