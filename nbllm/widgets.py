@@ -1,0 +1,394 @@
+"""The provider panel: pick the kernel-wide default with a click, see what answers.
+
+`panel()` builds plain ipywidgets 8 widgets (no front-end build of our own, so it
+renders in JupyterLab, Notebook 7 and VS Code). The panel holds no logic: choosing
+calls `session.use()`, and it follows `session.observe()`, so a magic or
+`nbllm.use()` in another cell moves every panel. Health checks run on nbllm's
+background loop; their results are applied from that thread (ipywidgets sends
+trait changes through the kernel's comm from any thread), so neither the kernel
+nor the page waits for a slow provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import html
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import ipywidgets as widgets
+
+from . import bridge, session
+from .catalog import AUTO, all_specs
+from .errors import NbllmError, redact
+from .health import ProviderHealth
+from .registry import get_registry
+from .session import Selection
+from .tables import _STATUS_COLOURS, health_rows
+
+if TYPE_CHECKING:
+    from .registry import ProviderRegistry
+
+__all__ = ["ProviderPanel", "panel"]
+
+log = logging.getLogger("nbllm")
+
+CHECKING = "checking…"
+DEFAULT_MODEL = ""
+"""Model selector value meaning "the provider's own default" (configured, or detected at call time)."""
+
+_CELL_STYLE = "style='text-align:left; padding:2px 8px; vertical-align:top'"
+_TABLE_HEADINGS = [
+    ("provider", "provider"), ("status", "status"), ("enabled", "enabled"), ("connected", "connected"),
+    ("model", "model"), ("latency_ms", "latency"), ("base_url", "base URL"), ("error", "error"),
+]
+
+
+def panel() -> "ProviderPanel":
+    """A new provider panel; display it (it is its own repr in a notebook)."""
+    return ProviderPanel()
+
+
+class ProviderPanel(widgets.VBox):
+    """Provider and model selectors, Refresh, the health table and the current default.
+
+    Every panel in a kernel shows the same default: a change made anywhere goes
+    through `nbllm.use()` and comes back to each panel through its observer.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._lock = threading.RLock()
+        self._syncing = False  # True while the panel itself moves its selectors
+        self._health: dict[str, ProviderHealth] = {}
+        self._generation = 0
+        self._future: concurrent.futures.Future | None = None
+        self._checked = threading.Event()
+        self._note = ""  # why the last choice was refused, shown in the status line
+
+        self.provider_select = widgets.Dropdown(description="Provider", options=[(AUTO, AUTO)], value=AUTO)
+        self.model_select = widgets.Dropdown(description="Model", options=[("provider default", DEFAULT_MODEL)])
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh", tooltip="Check every provider again")
+        self.check_label = widgets.HTML()
+        self.default_line = widgets.HTML()
+        self.table = widgets.HTML()
+        for w in (self.provider_select, self.model_select):
+            w.style.description_width = "70px"
+            w.layout.width = "360px"
+        self.refresh_button.layout.width = "110px"
+        controls = widgets.HBox([self.provider_select, self.model_select, self.refresh_button, self.check_label])
+        super().__init__(children=[controls, self.default_line, self.table], **kwargs)
+        self.add_class("nbllm-panel")
+
+        with self._syncing_widgets():
+            self._fill_providers()
+            self._show_selection(session.current())
+        self._render_table()
+
+        self.provider_select.observe(self._on_provider_chosen, names="value")
+        self.model_select.observe(self._on_model_chosen, names="value")
+        self.refresh_button.on_click(lambda _button: self.refresh())
+        self._unsubscribe: Callable[[], None] | None = _subscribe(self)
+        self.refresh()
+
+    # ---- public -------------------------------------------------------------
+    def refresh(self) -> concurrent.futures.Future:
+        """Check every provider on nbllm's loop; the panel updates when it completes."""
+        registry = get_registry()
+        timeout = registry.health_timeout
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._checked.clear()
+            if self._future is not None and not self._future.done():
+                self._future.cancel()
+            self.refresh_button.disabled = True
+            self.check_label.value = _small(CHECKING)
+            with self._syncing_widgets():
+                self._fill_providers(checking=True)
+            self._render_table(checking=True)
+        future = asyncio.run_coroutine_threadsafe(_bounded_check(registry, timeout), bridge.get_loop())
+        self._future = future
+        future.add_done_callback(lambda f: self._on_checked(f, generation, timeout))
+        return future
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the latest check has been applied to the widgets (for scripts and tests)."""
+        return self._checked.wait(timeout)
+
+    @property
+    def health(self) -> dict[str, ProviderHealth]:
+        """The latest check's results (empty until the first completes)."""
+        return dict(self._health)
+
+    def close(self) -> None:
+        """Stop following the default, drop any check in flight and close every child widget."""
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
+            self._unsubscribe = None
+        future = getattr(self, "_future", None)
+        if future is not None and not future.done():
+            future.cancel()
+        for child in list(_walk(self)):
+            if child is not self:
+                child.close()
+        super().close()
+
+    # ---- the selectors --------------------------------------------------------
+    def _on_provider_chosen(self, change: dict[str, Any]) -> None:
+        with self._lock:
+            if self._syncing or change["new"] is None:
+                return
+            with self._syncing_widgets():
+                self._fill_models(change["new"], None)
+            self._choose(change["new"], None)
+
+    def _on_model_chosen(self, change: dict[str, Any]) -> None:
+        with self._lock:
+            if self._syncing or change["new"] is None:
+                return
+            self._choose(self.provider_select.value, change["new"] or None)
+
+    def _choose(self, provider: str, model: str | None) -> None:
+        """Make the user's pick the kernel-wide default; a refused pick puts the selectors back."""
+        note = ""
+        try:
+            session.use(provider, model)
+        except NbllmError as exc:
+            note = str(exc)
+        # use() tells observers only on a change; show the outcome (and any refusal) either way.
+        self._on_selection(session.current(), note)
+
+    def _on_selection(self, selection: Selection, note: str = "") -> None:
+        """Observer of the kernel-wide default (any thread): move the selectors to it."""
+        with self._lock:
+            self._note = note
+            with self._syncing_widgets():
+                self._show_selection(selection)
+
+    def _show_selection(self, selection: Selection) -> None:
+        if selection.provider not in self._provider_values():
+            self._fill_providers()
+        self.provider_select.value = selection.provider
+        self._fill_models(selection.provider, selection.model)
+        self._render_default(selection)
+
+    def _provider_values(self) -> list[str]:
+        return [value for _label, value in self.provider_select.options]
+
+    def _fill_providers(self, checking: bool = False) -> None:
+        registry = get_registry()
+        options = [("auto — first that answers", AUTO)]
+        for spec in all_specs():
+            status = _status(registry, spec.name, self._health.get(spec.name), checking)
+            options.append((f"{spec.label} — {status}", spec.name))
+        _set_options(self.provider_select, options)
+
+    def _fill_models(self, provider: str, model: str | None) -> None:
+        """Models the chosen provider offers: the ones a local server reports, else the configured one."""
+        health = self._health.get(provider)
+        options = [(_default_model_label(provider, health), DEFAULT_MODEL)]
+        for name in (health.models if health and provider != AUTO else []):
+            options.append((name, name))
+        if model and model not in [value for _label, value in options]:
+            options.append((model, model))
+        _set_options(self.model_select, options, model or DEFAULT_MODEL)
+
+    # ---- the background check -------------------------------------------------
+    def _on_checked(self, future: concurrent.futures.Future, generation: int, timeout: float) -> None:
+        """Done-callback on nbllm's loop thread: apply the results unless a newer check started."""
+        with self._lock:
+            if generation != self._generation or future.cancelled():
+                return
+            error = future.exception()
+            stamp = time.strftime("%H:%M:%S")
+            if error is None:
+                self._health = future.result()
+                available = sum(1 for h in self._health.values() if h.available)
+                self.check_label.value = _small(f"checked {stamp} · {available} of {len(self._health)} available")
+            elif isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+                self.check_label.value = _small(f"timed out after {timeout:g} s ({stamp})")
+            else:
+                self.check_label.value = _small(_escape(f"check failed: {type(error).__name__}: {error}"))
+            try:
+                with self._syncing_widgets():
+                    self._fill_providers()
+                    self._show_selection(session.current())
+                self._render_table()
+            finally:
+                self.refresh_button.disabled = False
+                self._checked.set()
+
+    # ---- rendering ------------------------------------------------------------
+    def _render_default(self, selection: Selection) -> None:
+        model = selection.model or "the provider's default"
+        text = (f"Kernel-wide default: <b class='nbllm-current'>{_escape(selection.provider)}</b>"
+                f" · model: <code>{_escape(model)}</code>"
+                " — used by <code>%%llm</code> without <code>-p</code> and <code>nbllm.ask()</code>")
+        health = self._health.get(selection.provider)
+        if health is not None and not health.available:
+            reason = _escape(_scrub(health.error or health.status))
+            text += (f"<br>⚠ <b>{_escape(selection.provider)} is {health.status}</b>: {reason}."
+                     " Calls will fail until it answers.")
+        if self._note:
+            text += f"<br>⚠ {_escape(_scrub(self._note))}"
+        self.default_line.value = f'<div class="nbllm-default">{text}</div>'
+
+    def _render_table(self, checking: bool = False) -> None:
+        registry = get_registry()
+        if self._health:
+            rows = health_rows({n: self._health[n] for n in registry.names() if n in self._health})
+        else:
+            rows = [_pending_row(registry, spec.name) for spec in all_specs()]
+        head = "".join(f"<th {_CELL_STYLE}>{label}</th>" for _key, label in _TABLE_HEADINGS)
+        body = "".join(
+            "<tr>" + "".join(_td(key, row.get(key)) for key, _label in _TABLE_HEADINGS) + "</tr>" for row in rows
+        )
+        caption = f"<caption style='text-align:left; caption-side:top'>{CHECKING}</caption>" if checking else ""
+        self.table.value = (
+            "<div style='overflow-x:auto'><table class='nbllm-health' style='border-collapse:collapse;"
+            f" font-size:0.9em; line-height:1.3'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+        )
+
+    def _syncing_widgets(self) -> "_Syncing":
+        return _Syncing(self)
+
+
+class _Syncing:
+    """Context: the panel moves its own selectors, so their observers must not call use()."""
+
+    def __init__(self, owner: ProviderPanel):
+        self.owner = owner
+
+    def __enter__(self) -> None:
+        self.previous = self.owner._syncing
+        self.owner._syncing = True
+
+    def __exit__(self, *exc: Any) -> None:
+        self.owner._syncing = self.previous
+
+
+def _subscribe(owner: ProviderPanel) -> Callable[[], None]:
+    """Follow the default without keeping the panel alive: the observer holds a weak
+    reference and drops itself once the panel is gone; `close()` unsubscribes at once."""
+    ref = weakref.ref(owner)
+    unsubscribe: list[Callable[[], None]] = []
+
+    def observer(selection: Selection) -> None:
+        target = ref()
+        if target is None:
+            unsubscribe[0]()
+        else:
+            target._on_selection(selection)
+
+    unsubscribe.append(session.observe(observer))
+    return unsubscribe[0]
+
+
+async def _bounded_check(registry: "ProviderRegistry", timeout: float) -> dict[str, ProviderHealth]:
+    """Each probe is bounded by `timeout`; this bounds the whole check too, whatever happens."""
+    return await asyncio.wait_for(registry.check(None, timeout), timeout + 2.0)
+
+
+def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, str]], value: str | None = None) -> None:
+    """Replace the options keeping the selection (ipywidgets resets it to the first option)."""
+    keep = dropdown.value if value is None else value
+    values = [v for _label, v in options]
+    with dropdown.hold_sync():
+        if list(dropdown.options) != options:
+            dropdown.options = options
+        dropdown.value = keep if keep in values else values[0]
+
+
+def _status(registry: "ProviderRegistry", name: str, health: ProviderHealth | None, checking: bool) -> str:
+    """`ProviderHealth.status`, or what is known offline before the first check answers."""
+    if health is not None:
+        return health.status + (f" ({CHECKING})" if checking else "")
+    settings = registry.settings(name)
+    if not settings.enabled:
+        return "disabled"
+    if not registry.is_configured(name):
+        return "not configured"
+    return "available" if registry.spec(name).kind == "cloud" else CHECKING
+
+
+def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
+    if provider == AUTO:
+        return "the chosen provider's default"
+    settings = get_registry().settings(provider)
+    if health is not None and health.model_detected and settings.model_is_default:
+        return f"{health.model_id} (loaded)"
+    if get_registry().spec(provider).kind == "local" and settings.model_is_default:
+        return "detect at call time"
+    return f"{settings.model} (configured)"
+
+
+def _pending_row(registry: "ProviderRegistry", name: str) -> dict[str, Any]:
+    settings = registry.settings(name)
+    return {"provider": name, "status": _status(registry, name, None, True), "enabled": settings.enabled,
+            "connected": "—", "model": settings.model, "latency_ms": None, "base_url": settings.base_url, "error": ""}
+
+
+def _td(key: str, value: Any) -> str:
+    style = _CELL_STYLE
+    if key == "status":
+        colour = _STATUS_COLOURS.get(str(value).split(" (")[0])
+        if colour:
+            style = style[:-1] + f"; color:{colour}; font-weight:bold'"
+    if key in ("error", "base_url"):
+        style = style[:-1] + "; max-width:24em; overflow-wrap:anywhere'"
+    else:
+        style = style[:-1] + "; white-space:nowrap'"
+    return f"<td {style}>{_cell(key, value)}</td>"
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "latency_ms":
+        return f"{value:.0f} ms"
+    if key == "enabled":
+        return "yes" if value else "no"
+    if key == "base_url":
+        value = _without_credentials(str(value))
+    return _escape(_scrub(str(value)))
+
+
+def _without_credentials(url: str) -> str:
+    """A base URL may carry user:password@; tables show the host only."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _scrub(text: str) -> str:
+    """Mask every configured key (and key-shaped token) that might sit in an error message."""
+    registry = get_registry()
+    secrets = tuple(s for n in registry.names() for s in registry.settings(n).secrets())
+    return redact(text, secrets)
+
+
+def _escape(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _small(text: str) -> str:
+    return f"<span style='opacity:0.75'>{text}</span>"
+
+
+def _walk(widget: widgets.Widget) -> Iterator[widgets.Widget]:
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _walk(child)

@@ -1,0 +1,180 @@
+"""The panel in a real JupyterLab page, driven by headless Debian Chromium (Playwright).
+
+JupyterLab runs on 127.0.0.1 with LM Studio pointed at a fake OpenAI-compatible
+server and every other local provider at a closed port; the kernel starts with
+Ollama (down) as its default, so only a choice made in the rendered Dropdown can
+make the next prompt reach the fake server. Screenshot: artifacts/browser/panel.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fakeserver import FakeLLMServer
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK = Path(__file__).with_name("panel.ipynb")
+SCREENSHOT = REPO / "artifacts" / "browser" / "panel.png"
+REPLY = "Bonjour from the fake LM Studio (7f3a-panel)"
+TOKEN = "nbllm-browser-test"
+_PROVIDER_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "XAI_", "LMSTUDIO_", "OLLAMA_",
+                      "LLAMACPP_", "NBLLM_", "EMBEDDED_")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def llm_server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(reply=REPLY, models=["panel-model"], loaded="panel-model") as server:
+        yield server
+
+
+@pytest.fixture
+def lab_url(llm_server: FakeLLMServer, tmp_path: Path) -> Iterator[str]:
+    """JupyterLab on a free port with a known token, in a temp root; always shut down."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / "panel.ipynb")
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    # No news or update toasts over the page.
+    quiet = {"checkForUpdates": False, "fetchNews": "false"}
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps(quiet))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PROVIDER_PREFIXES)}
+    closed = f"http://127.0.0.1:{_free_port()}"
+    # Run All also runs the %%llm cell (before the pick, so it fails on Ollama): its first
+    # pydantic-ai import competes for the GIL with the panel's first health check, so the
+    # probes get a roomier bound than the default 2 s.
+    env.update({
+        "LMSTUDIO_BASE_URL": llm_server.url + "/v1", "OLLAMA_BASE_URL": closed, "LLAMACPP_BASE_URL": closed,
+        "EMBEDDED_BASE_URL": closed,
+        "NBLLM_PROVIDER": "ollama", "NBLLM_HEALTH_TIMEOUT": "5", "NBLLM_CONFIG": str(tmp_path / "nbllm.json"),
+        "LMSTUDIO_MAX_RETRIES": "0", "OLLAMA_MAX_RETRIES": "0", "LMSTUDIO_TIMEOUT": "10",
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+    })
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "jupyter", "lab", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
+        "--ServerApp.port_retries=0", "--ServerApp.open_browser=False", "--ServerApp.allow_root=True", f"--IdentityProvider.token={TOKEN}",
+        f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp_path / 'lab-settings'}",
+        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.news_url=",
+    ]
+    log = (tmp_path / "jupyterlab.log").open("w")
+    proc = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_server(base, proc, tmp_path / "jupyterlab.log")
+        yield f"{base}/lab/tree/panel.ipynb?token={TOKEN}&reset"
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _wait_for_server(base: str, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"JupyterLab did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM lets the server shut its kernels down; the process group is killed if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(5)
+
+
+@pytest.fixture
+def page():
+    """A headless Debian Chromium page (never a downloaded browser); always closed."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    browser = None
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.set_default_timeout(20_000)
+        try:
+            yield page
+        finally:  # what the page showed last, for a failing run
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT.with_name("last.png")))
+    finally:
+        if browser is not None:
+            browser.close()
+        playwright.stop()
+
+
+def test_panel_choice_becomes_the_kernel_default(lab_url: str, page, llm_server: FakeLLMServer) -> None:
+    page.goto(lab_url)
+    page.get_by_text("| Idle").wait_for()  # the kernel is up: Run All will not ask for one
+    page.get_by_role("menuitem", name="Run").click()
+    page.locator('[data-command="runmenu:run-all"]').click()
+
+    # The panel rendered as real ipywidgets, and the background health check's
+    # results (applied from nbllm's loop thread) reached the page.
+    provider = page.locator(".nbllm-panel .widget-dropdown select").first
+    provider.wait_for()
+    page.locator(".nbllm-panel option", has_text="LM Studio — available").wait_for(state="attached")
+    page.locator(".nbllm-panel .nbllm-health", has_text="panel-model").wait_for()
+    assert page.locator(".nbllm-panel .nbllm-current").inner_text() != "lmstudio"  # not before the pick
+
+    provider.select_option("LM Studio — available")
+    page.locator(".nbllm-panel .nbllm-current", has_text="lmstudio").wait_for()
+
+    # Run the prompt cell and the one that prints the kernel's default.
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    cells.nth(1).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Shift+Enter")
+    page.locator(".jp-OutputArea-output", has_text=REPLY).wait_for()
+    page.locator(".jp-OutputArea-output", has_text="KERNEL DEFAULT = lmstudio").wait_for()
+    assert llm_server.chat_requests(), "the prompt never reached the LM Studio test server"
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    cells.nth(0).scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOT))
+
+    # And back: nbllm.use() in a cell moves the rendered selector.
+    page.keyboard.press("Shift+Enter")
+    page.locator(".nbllm-panel .nbllm-current", has_text="llamacpp").wait_for()
+    selected = provider.evaluate("select => select.options[select.selectedIndex].text")
+    assert selected.startswith("llama.cpp")

@@ -1,0 +1,258 @@
+"""The provider panel, driven at Python level against real local test servers.
+
+Setting a Dropdown's `value` here is what a click in the page does in the kernel
+(the front end sends the new index; ipywidgets turns it into `value`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+import nbllm
+from nbllm import session
+from nbllm.session import Selection
+from nbllm.widgets import CHECKING, DEFAULT_MODEL, ProviderPanel, _subscribe
+
+SECRET = "sk-nbllm-PANEL-SECRET-4242"
+WAIT = 10.0  # generous upper bound for a check to be applied; never a timing assertion
+
+
+@pytest.fixture
+def lmstudio(make_server, monkeypatch):
+    """LM Studio is a real fake server with two models, one of them loaded."""
+    server = make_server(models=["alpha-7b", "beta-3b"], loaded="beta-3b", reply="answer from the panel's pick")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    return server
+
+
+@pytest.fixture
+def panels():
+    """Panels built in a test, closed afterwards even when the test fails."""
+    built: list[ProviderPanel] = []
+
+    def build() -> ProviderPanel:
+        p = nbllm.panel()
+        built.append(p)
+        assert p.wait(WAIT), "the first health check was never applied"
+        return p
+
+    yield build
+    for p in built:
+        p.close()
+
+
+def labels(p: ProviderPanel) -> dict[str, str]:
+    return {value: label for label, value in p.provider_select.options}
+
+
+def model_values(p: ProviderPanel) -> list[str]:
+    return [value for _label, value in p.model_select.options]
+
+
+def test_options_are_labelled_with_each_providers_status(lmstudio, panels, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("GROK_ENABLED", "false")
+    p = panels()
+    got = labels(p)
+    assert got["lmstudio"] == "LM Studio — available"
+    assert got["openai"] == "OpenAI — available"
+    assert got["anthropic"] == "Anthropic — not configured"
+    assert got["grok"] == "xAI Grok — disabled"
+    assert got["ollama"] == "Ollama — down"
+    assert list(got)[0] == "auto"
+
+
+def test_model_selector_lists_what_the_local_server_reports(lmstudio, panels):
+    p = panels()
+    p.provider_select.value = "lmstudio"
+    assert model_values(p) == [DEFAULT_MODEL, "alpha-7b", "beta-3b"]
+    assert p.model_select.options[0][0] == "beta-3b (loaded)"
+    assert p.model_select.value == DEFAULT_MODEL
+
+
+def test_model_selector_shows_the_configured_model_for_cloud(panels, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("ANTHROPIC_MODEL", "claude-test-model")
+    p = panels()
+    p.provider_select.value = "anthropic"
+    assert p.model_select.options == ((f"claude-test-model (configured)", DEFAULT_MODEL),)
+    assert nbllm.current() == Selection("anthropic", None)
+
+
+def test_choosing_provider_and_model_sets_the_kernel_default_used_by_ask(lmstudio, panels, monkeypatch):
+    monkeypatch.setenv("NBLLM_PROVIDER", "ollama")
+    p = panels()
+    assert nbllm.current() == Selection("ollama", None)
+    p.provider_select.value = "lmstudio"
+    assert nbllm.current() == Selection("lmstudio", None)
+    p.model_select.value = "alpha-7b"
+    assert nbllm.current() == Selection("lmstudio", "alpha-7b")
+    assert "lmstudio" in p.default_line.value and "alpha-7b" in p.default_line.value
+
+    answer = nbllm.ask("Which provider is this?")  # no provider named: the panel's choice
+    assert answer.text == "answer from the panel's pick"
+    assert lmstudio.chat_requests()[-1]["body"]["model"] == "alpha-7b"
+
+    p.model_select.value = DEFAULT_MODEL
+    assert nbllm.current() == Selection("lmstudio", None)
+    p.provider_select.value = "auto"
+    assert nbllm.current() == Selection("auto", None)
+
+
+def test_use_elsewhere_moves_every_panel_without_feedback(lmstudio, panels):
+    a, b = panels(), panels()
+    seen: list[Selection] = []
+    stop = nbllm.observe(seen.append)
+    try:
+        nbllm.use("lmstudio", "beta-3b")
+        for p in (a, b):
+            assert p.provider_select.value == "lmstudio"
+            assert p.model_select.value == "beta-3b"
+        a.provider_select.value = "ollama"  # a click in one panel moves the other
+        assert b.provider_select.value == "ollama"
+        assert b.model_select.value == DEFAULT_MODEL
+        nbllm.use("lmstudio", "a-model-the-server-did-not-list")
+        assert b.model_select.value == "a-model-the-server-did-not-list"
+    finally:
+        stop()
+    # One notification per change: panels moving their selectors never call use() again.
+    assert seen == [Selection("lmstudio", "beta-3b"), Selection("ollama", None),
+                    Selection("lmstudio", "a-model-the-server-did-not-list")]
+
+
+def test_llm_providers_use_magic_moves_the_panel(lmstudio, panels):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from nbllm.magics.providers import ProviderMagics
+
+    shell = InteractiveShell.instance()
+    shell.register_magics(ProviderMagics)
+    p = panels()
+    shell.run_line_magic("llm_providers", "--use lmstudio")
+    assert p.provider_select.value == "lmstudio"
+    assert nbllm.current().provider == "lmstudio"
+
+
+def test_choosing_a_down_provider_is_allowed_and_marked(panels):
+    p = panels()
+    p.provider_select.value = "ollama"
+    assert nbllm.current() == Selection("ollama", None)
+    assert "ollama is down" in p.default_line.value
+    assert "connection refused" in p.default_line.value
+
+
+def test_a_disabled_provider_is_refused_and_the_selector_goes_back(panels, monkeypatch):
+    monkeypatch.setenv("GROK_ENABLED", "false")
+    monkeypatch.setenv("NBLLM_PROVIDER", "ollama")
+    p = panels()
+    p.provider_select.value = "grok"
+    assert nbllm.current() == Selection("ollama", None)
+    assert p.provider_select.value == "ollama"
+    assert "disabled" in p.default_line.value
+    nbllm.use("lmstudio")  # a change made elsewhere clears the refusal
+    assert "disabled" not in p.default_line.value
+
+
+def test_a_hanging_server_shows_checking_then_timed_out(make_server, panels, monkeypatch):
+    server = make_server(mode="hang")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    p = nbllm.panel()
+    try:
+        # Built and returned while the probe still hangs: nothing waited for it.
+        assert not p.wait(0)
+        assert CHECKING in p.check_label.value
+        assert CHECKING in p.table.value
+        assert labels(p)["lmstudio"] == f"LM Studio — {CHECKING}"
+        assert p.refresh_button.disabled
+        assert p.wait(WAIT)
+        assert labels(p)["lmstudio"] == "LM Studio — down"
+        row = next(r for r in p.table.value.split("<tr>") if "lmstudio" in r)
+        assert "timed out after 0.5 s" in row
+        assert not p.refresh_button.disabled
+    finally:
+        p.close()
+
+
+def test_refresh_runs_in_the_background_and_picks_up_new_models(lmstudio, panels):
+    p = panels()
+    p.provider_select.value = "lmstudio"
+    lmstudio.set(models=["gamma-1b"], loaded="gamma-1b", latency=0.3)
+    future = p.refresh()
+    assert not future.done()  # refresh() returned while the server was still answering
+    assert labels(p)["lmstudio"] == f"LM Studio — available ({CHECKING})"
+    assert p.wait(WAIT)
+    assert model_values(p) == [DEFAULT_MODEL, "gamma-1b"]
+    assert labels(p)["lmstudio"] == "LM Studio — available"
+    assert p.health["lmstudio"].models == ["gamma-1b"]
+
+
+def test_only_the_latest_refresh_is_applied(lmstudio, panels):
+    p = panels()
+    lmstudio.set(models=["old-model"], loaded="old-model", latency=0.3)
+    first = p.refresh()
+    lmstudio.set(models=["new-model"], loaded="new-model", latency=0.0)
+    p.refresh()
+    assert p.wait(WAIT)
+    assert first.cancelled()  # the superseded check was dropped
+    assert p.health["lmstudio"].models == ["new-model"]
+
+
+def test_no_key_appears_in_any_widget_state(lmstudio, panels, monkeypatch):
+    from ipywidgets.widgets.widget import _instances
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET + "-anthropic")
+    monkeypatch.setenv("LMSTUDIO_API_KEY", SECRET + "-lmstudio")
+    monkeypatch.setenv("OLLAMA_BASE_URL", f"http://user:{SECRET}@127.0.0.1:9")
+    p = panels()
+    for name in ("openai", "anthropic", "lmstudio", "ollama"):
+        p.provider_select.value = name
+    p.refresh()
+    assert p.wait(WAIT)
+    states = [json.dumps(w.get_state(), default=str) for w in list(_instances.values())]
+    assert any("gpt-5-mini" in s for s in states)  # the scan does see the panel's text
+    assert not [s for s in states if "PANEL-SECRET" in s]
+
+
+def test_close_unsubscribes_and_closes_children(panels):
+    before = len(session._observers)
+    p = nbllm.panel()
+    p.wait(WAIT)
+    assert len(session._observers) == before + 1
+    children = [p.provider_select, p.model_select, p.table]
+    p.close()
+    assert len(session._observers) == before
+    assert all(c.comm is None for c in children)
+    nbllm.use("ollama")  # a closed panel is not touched
+    assert p.provider_select.value != "ollama"
+
+
+def test_observer_does_not_keep_a_forgotten_panel_alive():
+    class Target:
+        def __init__(self) -> None:
+            self.seen: list[Selection] = []
+
+        def _on_selection(self, selection: Selection) -> None:
+            self.seen.append(selection)
+
+    before = len(session._observers)
+    target = Target()
+    _subscribe(target)  # type: ignore[arg-type]
+    nbllm.use("ollama")
+    assert target.seen == [Selection("ollama", None)]
+    del target
+    gc.collect()
+    nbllm.use("llamacpp")  # the dead observer removes itself
+    assert len(session._observers) == before
+
+
+def test_panel_is_displayable_as_a_widget(panels):
+    p = panels()
+    bundle = p._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "nbllm-panel" in p._dom_classes
