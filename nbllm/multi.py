@@ -1,0 +1,311 @@
+"""Many providers at once: `compare` (a side-by-side table) and weighted `consensus`.
+
+Both ask every *available* provider (health-checked concurrently through the
+registry) or the ones named, all at once on nbllm's loop, so the wall time is
+about the slowest provider's, not the sum. A provider that fails or times out is
+a row with its error; it never turns the whole call into an exception.
+
+Consensus normalises each answer (see `normalise`), gives each distinct answer
+the sum of the `{P}_WEIGHT`s of the providers that gave it, and picks the
+heaviest. `confidence` is the winning weight divided by the weight of the
+providers that *answered* (agreement among answers); `confidence_asked` divides
+by the weight of all providers *asked*, so every failure or timeout lowers it.
+With no answer at all the result has `decision=None`, both confidences 0 and a
+`message` that says why; it does not raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import bridge
+from .errors import ConfigurationError
+from .registry import get_registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "compare", "compare_async", "consensus", "consensus_async", "ConsensusResult", "normalise", "COMPARE_COLUMNS",
+]
+
+COMPARE_COLUMNS = ["provider", "model", "answer", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "error"]
+
+
+# ---- fan-out ---------------------------------------------------------------------------
+
+
+def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """Validate named providers (unknown → ConfigurationError naming valid ones); keep order, drop repeats."""
+    if providers is None:
+        return None
+    if isinstance(providers, str):
+        providers = [p for p in re.split(r"[,\s]+", providers) if p]
+    registry = get_registry()
+    names: list[str] = []
+    for name in providers:
+        canonical = registry.spec(name).name
+        if canonical not in names:
+            names.append(canonical)
+    if not names:
+        raise ConfigurationError("providers=[] names no provider: give names such as ['lmstudio', 'ollama'], "
+                                 "or None for every available one.")
+    return names
+
+
+async def _targets(names: list[str] | None) -> list[tuple[str, str | None]]:
+    """(provider, detected model or None) for the named providers, or every available one."""
+    if names is not None:
+        return [(name, None) for name in names]
+    registry = get_registry()
+    health = await registry.check()
+    available = [(h.provider, h.model_id if h.model_detected else None) for h in health.values() if h.available]
+    if not available:
+        reasons = "; ".join(f"{h.provider}: {h.error or h.status}" for h in health.values() if h.enabled)
+        raise ConfigurationError(
+            f"No provider is available to ask ({reasons or 'all are disabled'}). Start a local server or set "
+            "an API key, or name providers=[...]."
+        )
+    return available
+
+
+async def _one(prompt: str, provider: str, model: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    from .calls import Request, _ask
+
+    opts = dict(options)
+    if model and not opts.get("model"):
+        opts["model"] = model
+    started = time.perf_counter()
+    row: dict[str, Any] = dict.fromkeys(COMPARE_COLUMNS)
+    row.update(provider=provider, model=opts.get("model") or "", answer="")
+    try:
+        answer = await _ask(Request(prompt=prompt, provider=provider, **opts))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a failure is a row, never an exception
+        row.update(latency_ms=round((time.perf_counter() - started) * 1000, 1), error=str(exc) or type(exc).__name__)
+        return row
+    row.update(
+        model=answer.model, answer=answer.text, latency_ms=round(answer.latency_ms, 1),
+        input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, cost_usd=answer.cost_usd,
+        error=answer.error,
+    )
+    return row
+
+
+def check_options(options: dict[str, Any], where: str) -> None:
+    """Unknown keyword options are one clear error up front, not one failure per provider or input."""
+    from dataclasses import fields
+
+    from .calls import Request
+
+    valid = sorted(f.name for f in fields(Request) if f.name not in ("prompt", "provider", "max_retries"))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigurationError(f"{where}() got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}.")
+
+
+def _check_prompt(prompt: Any) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigurationError("The prompt is empty: give some text to send.")
+
+
+async def _fan_out(prompt: str, providers: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per provider, in order; runs on nbllm's loop."""
+    _check_prompt(prompt)
+    check_options(options, "compare/consensus")
+    if options.get("chat") is not None:
+        raise ConfigurationError("compare/consensus do not take chat memory: each provider would add its own turn "
+                                 "to one conversation. Ask them without --chat / chat=.")
+    targets = await _targets(_names(providers))
+    return list(await asyncio.gather(*(_one(prompt, name, model, options) for name, model in targets)))
+
+
+def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    for column in ("input_tokens", "output_tokens"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("latency_ms", "cost_usd"):
+        frame[column] = frame[column].astype("float64")
+    return frame
+
+
+# ---- compare -----------------------------------------------------------------------------
+
+
+def compare(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
+    """Ask several providers at once; one row each: provider, model, answer, latency_ms, tokens, cost_usd, error.
+
+    `providers`: names (a list, or "a,b"); None asks every available provider.
+    `options` are those of `nbllm.ask` (system, temperature, max_tokens, timeout, model, cache).
+    """
+    return _frame(bridge.run(_fan_out(prompt, providers, options)))
+
+
+async def compare_async(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
+    """`compare` for `await` (e.g. top-level await in a notebook)."""
+    return _frame(await bridge.run_async(_fan_out(prompt, providers, options)))
+
+
+# ---- consensus --------------------------------------------------------------------------
+
+_TRAILING = ".,;:!?。！？…"
+_QUOTES = "\"'`“”‘’"
+
+
+def normalise(text: str) -> str:
+    """The form answers are compared in: Unicode NFKC, case-folded, runs of whitespace as
+    one space, no surrounding whitespace or quotes, no trailing punctuation (. , ; : ! ? …).
+
+    So "Paris.", " paris ", "PARIS!" and '"Paris"' are one vote; "Paris, France" is another.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = " ".join(text.split())
+    previous = None
+    while previous != text:
+        previous = text
+        text = text.strip().strip(_QUOTES).rstrip(_TRAILING)
+    return text
+
+
+@dataclass
+class ConsensusResult:
+    """A weighted vote among providers.
+
+    `decision`: the winning answer as the first provider that gave it wrote it (None when
+    nobody answered). `confidence`: winning weight / weight of providers that answered.
+    `confidence_asked`: winning weight / weight of all providers asked (failures lower it).
+    `answers`: provider → answer text; `failed`: provider → error. `votes`: normalised
+    answer → summed weight. `tie`: another answer had the same weight (the one given by
+    the provider asked first wins). `rows`: the per-provider table (`to_frame()`).
+    """
+
+    prompt: str
+    decision: str | None
+    confidence: float
+    confidence_asked: float
+    answers: dict[str, str]
+    failed: dict[str, str]
+    votes: dict[str, float]
+    weight_answered: float
+    weight_asked: float
+    message: str
+    tie: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Some provider answered, so there is a decision."""
+        return self.decision is not None
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_frame(self) -> "pd.DataFrame":
+        """One row per provider asked: answer, normalised form, weight, whether it voted for the decision."""
+        import pandas as pd
+
+        columns = ["provider", "model", "weight", "answer", "normalised", "agrees", "latency_ms", "error"]
+        return pd.DataFrame(self.rows, columns=columns)
+
+    def _summary(self) -> str:
+        if self.decision is None:
+            return self.message
+        failed = f"; failed: {', '.join(self.failed)}" if self.failed else ""
+        tie = " (tie)" if self.tie else ""
+        return (f"confidence {self.confidence:.2f}{tie} — weight {_w(self.votes[normalise(self.decision)])} of "
+                f"{_w(self.weight_answered)} that answered; {self.confidence_asked:.2f} of all "
+                f"{_w(self.weight_asked)} asked{failed}")
+
+    def _repr_markdown_(self) -> str:
+        head = f"**Decision:** {self.decision}\n\n{self._summary()}\n\n" if self.ok else f"**{self.message}**\n\n"
+        lines = ["| provider | weight | answer | agrees | error |", "|---|---|---|---|---|"]
+        for row in self.rows:
+            cells = [row["provider"], _w(row["weight"]), _cell(row["answer"]), "✓" if row["agrees"] else "",
+                     _cell(row["error"] or "")]
+            lines.append("| " + " | ".join(cells) + " |")
+        return head + "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        if self.ok:
+            head = f"<p><b>Decision:</b> {esc(self.decision or '')}<br><small>{esc(self._summary())}</small></p>"
+        else:
+            head = f"<p><b>{esc(self.message)}</b></p>"
+        body = "".join(
+            f"<tr><td>{esc(r['provider'])}</td><td>{_w(r['weight'])}</td><td>{esc(r['answer'] or '')}</td>"
+            f"<td>{'✓' if r['agrees'] else ''}</td><td>{esc(r['error'] or '')}</td></tr>"
+            for r in self.rows
+        )
+        return (head + "<table><thead><tr><th>provider</th><th>weight</th><th>answer</th><th>agrees</th>"
+                "<th>error</th></tr></thead><tbody>" + body + "</tbody></table>")
+
+
+def _w(value: float) -> str:
+    return f"{value:g}"
+
+
+def _cell(text: str | None) -> str:
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
+def _vote(prompt: str, rows: list[dict[str, Any]]) -> ConsensusResult:
+    registry = get_registry()
+    votes: dict[str, float] = {}
+    first_text: dict[str, str] = {}
+    answers: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    table: list[dict[str, Any]] = []
+    weight_asked = weight_answered = 0.0
+    for row in rows:
+        weight = registry.settings(row["provider"]).weight
+        weight_asked += weight
+        text = row["answer"] or ""
+        key = normalise(text) if not row["error"] else ""
+        if row["error"] or not key:
+            failed[row["provider"]] = row["error"] or "empty answer"
+        else:
+            weight_answered += weight
+            answers[row["provider"]] = text
+            votes[key] = votes.get(key, 0.0) + weight
+            first_text.setdefault(key, text.strip())
+        table.append({"provider": row["provider"], "model": row["model"], "weight": weight, "answer": text,
+                      "normalised": key or None, "agrees": False, "latency_ms": row["latency_ms"],
+                      "error": failed.get(row["provider"])})
+    if not votes:
+        reasons = "; ".join(f"{name}: {error}" for name, error in failed.items())
+        return ConsensusResult(prompt, None, 0.0, 0.0, answers, failed, votes, weight_answered, weight_asked,
+                               f"No consensus: no provider answered ({reasons}).", rows=table)
+    best = max(votes.values())
+    winner = next(key for key in votes if votes[key] == best)  # dicts keep order: first provider asked wins a tie
+    tie = sum(1 for value in votes.values() if value == best) > 1
+    for entry in table:
+        entry["agrees"] = entry["normalised"] == winner
+    confidence = best / weight_answered if weight_answered else 0.0
+    confidence_asked = best / weight_asked if weight_asked else 0.0
+    result = ConsensusResult(prompt, first_text[winner], confidence, confidence_asked, answers, failed, votes,
+                             weight_answered, weight_asked, "", tie, table)
+    result.message = f"{result.decision} ({result._summary()})"
+    return result
+
+
+def consensus(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
+    """Ask several providers at once and take a vote weighted by each provider's `{P}_WEIGHT`.
+
+    Answers are compared after `normalise`. Never raises for a provider that fails;
+    with no answer at all, `decision` is None and `message` says why.
+    """
+    return _vote(prompt, bridge.run(_fan_out(prompt, providers, options)))
+
+
+async def consensus_async(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
+    """`consensus` for `await`."""
+    return _vote(prompt, await bridge.run_async(_fan_out(prompt, providers, options)))

@@ -1,0 +1,298 @@
+"""The replay cache: answer a repeated call from SQLite, so a notebook re-runs free.
+
+Modes (global with `nbllm.cache(mode)`, per call with `cache=` / `%%llm --cache`):
+
+- ``"off"``: every call goes to the provider (the default; `NBLLM_CACHE_MODE` sets
+  another initial mode).
+- ``"record"``: a call seen before is answered from the store; a new one goes to
+  the provider and its successful answer is stored.
+- ``"replay"``: strict — answers come only from the store; a call that was never
+  recorded raises `ReplayMiss` (a `ModelError`) and nothing is sent.
+
+A call is "the same" when the provider and model *as asked* (a name, or the
+kernel default such as ``auto``), the prompt, the system prompt, temperature,
+max_tokens and the chat history before it are equal. Keying on what was asked
+(not on what `auto` picked or a local server reported) is what lets a replay run
+with no provider reachable. Temperature and max_tokens are the values the call
+would use (the provider's configured ones unless the call overrides them). A
+replayed answer has the recorded text, provider, model, tokens and cost, and
+`Answer.cached` is True.
+
+The store is `platformdirs.user_data_dir("nbllm")/cache.sqlite`; `NBLLM_CACHE`
+overrides the path. Key-shaped text is masked before it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .calllog import connect
+from .errors import ConfigurationError, ModelError, redact
+
+__all__ = ["cache", "ReplayCache", "ReplayMiss", "Recording", "Recorder", "for_request", "cache_path", "MODES"]
+
+MODES = ("record", "replay", "off")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT,
+    asked TEXT,
+    prompt TEXT,
+    system TEXT,
+    text TEXT NOT NULL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cost_usd REAL,
+    latency_ms REAL
+);
+PRAGMA user_version = 1;
+"""
+
+
+class ReplayMiss(ModelError):
+    """Strict replay found no recorded answer for this call; nothing was sent."""
+
+
+def cache_path() -> Path:
+    """Where recorded answers live (`NBLLM_CACHE` overrides the user data directory)."""
+    override = os.environ.get("NBLLM_CACHE")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("nbllm")) / "cache.sqlite"
+
+
+def _check_mode(mode: Any, where: str) -> str:
+    if mode is True:
+        return "record"
+    if mode is False:
+        return "off"
+    text = str(mode).strip().lower() if mode is not None else ""
+    if text not in MODES:
+        raise ConfigurationError(f"{where}: {mode!r} is not a cache mode; use 'record', 'replay' or 'off'.")
+    return text
+
+
+# ---- the store ---------------------------------------------------------------------
+
+
+class _Store:
+    """One connection per path, used from worker threads under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: tuple[Path, Any] | None = None
+
+    def _connection(self, path: Path) -> Any:
+        if self._conn is None or self._conn[0] != path:
+            if self._conn is not None:
+                self._conn[1].close()
+            self._conn = (path, connect(path, _SCHEMA))
+        return self._conn[1]
+
+    def get(self, path: Path, key: str) -> tuple[Any, ...] | None:
+        if not path.exists():
+            return None
+        with self._lock:
+            return self._connection(path).execute(
+                "SELECT provider, model, text, input_tokens, output_tokens, cost_usd, latency_ms "
+                "FROM answers WHERE key = ?", (key,)
+            ).fetchone()
+
+    def put(self, path: Path, row: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._connection(path).execute(
+                "INSERT OR REPLACE INTO answers (key, created, provider, model, asked, prompt, system, text, "
+                "input_tokens, output_tokens, cost_usd, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
+
+    def count(self, path: Path) -> int:
+        if not path.exists():
+            return 0
+        with self._lock:
+            return self._connection(path).execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def clear(self, path: Path) -> int:
+        if not path.exists():
+            return 0
+        with self._lock:
+            return self._connection(path).execute("DELETE FROM answers").rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn[1].close()
+                self._conn = None
+
+
+_store = _Store()
+
+
+# ---- per call ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A stored answer, as the call layer turns it back into an `Answer`."""
+
+    provider: str
+    model: str
+    text: str
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float | None
+
+
+def _transcript(messages: list[Any]) -> list[list[str]]:
+    """Chat history as (kind, part kind, content), without timestamps or ids that change per run."""
+    out: list[list[str]] = []
+    for message in messages:
+        instructions = getattr(message, "instructions", None)
+        if instructions:
+            out.append([getattr(message, "kind", ""), "instructions", str(instructions)])
+        for part in getattr(message, "parts", []):
+            content = getattr(part, "content", "")
+            out.append([getattr(message, "kind", ""), getattr(part, "part_kind", ""),
+                        content if isinstance(content, str) else repr(content)])
+    return out
+
+
+class Recorder:
+    """The cache's view of one call: its key, and lookup/save on worker threads."""
+
+    def __init__(self, mode: str, asked: dict[str, Any], secrets: tuple[str, ...]):
+        self.mode = mode
+        self.asked = asked
+        self.key = hashlib.sha256(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        self.path = cache_path()
+        self._secrets = secrets
+
+    async def lookup(self) -> Recording | None:
+        """The recorded answer, or None; in strict replay a miss raises `ReplayMiss`."""
+        row = await asyncio.to_thread(_store.get, self.path, self.key)
+        if row is not None:
+            return Recording(*row)
+        if self.mode == "replay":
+            model = f" ({self.asked['model']})" if self.asked.get("model") else ""
+            raise ReplayMiss(
+                self.asked["provider"], f"replay miss: no recorded answer for this prompt and settings{model}",
+                url=str(self.path), hint="run it once with nbllm.cache('record') (or %%llm --cache), "
+                "or switch replay off with nbllm.cache('off')",
+            )
+        return None
+
+    async def save(self, answer: Any) -> None:
+        """Store a successful answer (record mode only)."""
+        if self.mode != "record" or getattr(answer, "error", None):
+            return
+
+        def clean(text: str | None) -> str | None:
+            return redact(text, self._secrets) if text else text
+
+        asked = {k: v for k, v in self.asked.items() if k not in ("prompt", "system", "history")}
+        row = (
+            self.key, datetime.now(timezone.utc).isoformat(timespec="seconds"), answer.provider, answer.model,
+            json.dumps(asked, sort_keys=True), clean(self.asked["prompt"]), clean(self.asked["system"]),
+            clean(answer.text), answer.input_tokens, answer.output_tokens, answer.cost_usd, answer.latency_ms,
+        )
+        await asyncio.to_thread(_store.put, self.path, row)
+
+
+def for_request(request: Any) -> Recorder | None:
+    """A `Recorder` for this call, or None when caching is off for it (no disk is touched)."""
+    mode = cache.mode if request.cache is None else _check_mode(request.cache, "cache option")
+    if mode == "off":
+        return None
+    from .registry import get_registry
+    from .session import current
+
+    selection = current()
+    provider = (request.provider or selection.provider or "auto").strip().lower()
+    model = request.model or (selection.model if request.provider is None else None)
+    temperature, max_tokens, secrets = request.temperature, request.max_tokens, ()
+    if provider != "auto":
+        settings = get_registry().settings(provider)  # unknown name → ConfigurationError naming valid ones
+        provider = settings.provider
+        model = model or settings.model
+        temperature = settings.temperature if temperature is None else temperature
+        max_tokens = settings.max_tokens if max_tokens is None else max_tokens
+        secrets = settings.secrets()
+    asked = {
+        "v": 1, "provider": provider, "model": model, "prompt": request.prompt, "system": request.system or None,
+        "temperature": temperature, "max_tokens": max_tokens,
+        "history": _transcript(list(request.chat.messages)) if request.chat is not None else [],
+    }
+    return Recorder(mode, asked, secrets)
+
+
+# ---- nbllm.cache ----------------------------------------------------------------------
+
+
+_warned: set[str] = set()
+
+
+class ReplayCache:
+    """`nbllm.cache("record" | "replay" | "off")` sets the global mode; `nbllm.cache()` returns it.
+
+    `.path` is the SQLite file, `len(nbllm.cache)` how many answers it holds,
+    `.clear()` empties it.
+    """
+
+    def __init__(self) -> None:
+        self._mode: str | None = None
+
+    def __call__(self, mode: str | bool | None = None) -> str:
+        if mode is not None:
+            self._mode = _check_mode(mode, "nbllm.cache()")
+        return self.mode
+
+    @property
+    def mode(self) -> str:
+        if self._mode is not None:
+            return self._mode
+        initial = os.environ.get("NBLLM_CACHE_MODE", "").strip()
+        if not initial:
+            return "off"
+        try:
+            return _check_mode(initial, "NBLLM_CACHE_MODE")
+        except ConfigurationError as exc:
+            if initial not in _warned:
+                _warned.add(initial)
+                logging.getLogger("nbllm").warning("%s Using 'off'.", exc)
+            return "off"
+
+    def reset(self) -> None:
+        """Forget the mode set in this process (`NBLLM_CACHE_MODE` decides again)."""
+        self._mode = None
+        _store.close()
+
+    @property
+    def path(self) -> Path:
+        return cache_path()
+
+    def __len__(self) -> int:
+        return _store.count(self.path)
+
+    def clear(self) -> int:
+        """Delete every recorded answer; returns how many were removed."""
+        return _store.clear(self.path)
+
+    def __repr__(self) -> str:
+        return f"<nbllm replay cache: mode {self.mode!r}, file {self.path}>"
+
+
+cache = ReplayCache()

@@ -1,0 +1,137 @@
+"""The call log: a real SQLite file per test (conftest points NBLLM_HISTORY into tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import nbllm
+from nbllm import calllog
+from nbllm.errors import ConfigurationError, ModelError
+
+from conftest import reset_nbllm
+
+
+def test_every_call_is_a_row(local_provider, tmp_path):
+    nbllm.ask("hello log", system="be brief", temperature=0.3, max_tokens=20)
+    df = nbllm.history()
+    assert nbllm.history.path == tmp_path / "history.sqlite" and nbllm.history.path.exists()
+    assert len(df) == 1
+    row = df.iloc[-1]
+    assert (row["kind"], row["provider"], row["model"], row["outcome"]) == ("ask", "lmstudio", "fake-model", "ok")
+    assert (row["prompt"], row["system"], row["answer"]) == ("hello log", "be brief", "Echo: hello log")
+    assert (row["input_tokens"], row["output_tokens"]) == (7, 3) and row["latency_ms"] > 0
+    assert json.loads(row["settings"]) == {"temperature": 0.3, "max_tokens": 20, "timeout": 30.0}
+    assert isinstance(row["time"], pd.Timestamp) and str(row["time"].tz) == "UTC"
+    assert pd.isna(row["cost_usd"]) and row["error"] is None
+
+
+def test_failures_and_broken_streams_are_logged(local_provider, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    nbllm.reinit()
+    local_provider.set(mode="error", status=500)
+    with pytest.raises(ModelError):
+        nbllm.ask("will fail")
+    local_provider.set(mode="cut_stream", cut_after=2)
+    list(nbllm.stream("one two three four", raise_errors=False))
+    local_provider.set(mode="ok")
+    "".join(nbllm.stream("streamed fine"))
+    df = nbllm.history()
+    assert list(df["outcome"]) == ["error", "partial", "ok"]
+    assert list(df["kind"]) == ["ask", "stream", "stream"]
+    assert "HTTP 500" in df.iloc[0]["error"] and df.iloc[0]["answer"] == ""
+    assert df.iloc[1]["answer"] == "Echo: one" and df.iloc[1]["error"]
+    assert df.iloc[2]["answer"] == "Echo: streamed fine"
+
+
+def test_limit_and_provider_filter(local_provider):
+    for i in range(5):
+        nbllm.ask(f"n{i}")
+    last = nbllm.history(limit=2)
+    assert list(last["prompt"]) == ["n3", "n4"]  # the latest, oldest first
+    assert len(nbllm.history(limit=None)) == 5
+    assert len(nbllm.history(provider="ollama")) == 0 and len(nbllm.history(provider="LMStudio")) == 5
+    with pytest.raises(ConfigurationError, match="positive whole number"):
+        nbllm.history(limit=0)
+
+
+def test_empty_history_is_an_empty_frame():
+    df = nbllm.history()
+    assert len(df) == 0 and list(df.columns) == calllog.COLUMNS[1:]
+
+
+def test_logging_can_be_turned_off(local_provider, monkeypatch):
+    nbllm.history.disable()
+    assert not nbllm.history.enabled
+    nbllm.ask("not logged")
+    nbllm.history.enable()
+    nbllm.ask("logged")
+    monkeypatch.setenv("NBLLM_LOG", "0")
+    nbllm.history.reset()
+    nbllm.ask("not logged either")
+    assert list(nbllm.history()["prompt"]) == ["logged"]
+    assert "off" in repr(nbllm.history)
+
+
+def test_clear(local_provider):
+    nbllm.ask("a")
+    nbllm.ask("b")
+    assert nbllm.history.clear() == 2 and len(nbllm.history()) == 0
+
+
+def test_keys_never_reach_the_file(fake_server, monkeypatch, tmp_path):
+    key = "sk-test-DO-NOT-STORE-0123456789"
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    monkeypatch.setenv("LMSTUDIO_API_KEY", key)
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    reset_nbllm()
+    nbllm.ask(f"my key is {key}", provider="lmstudio")
+    fake_server.set(mode="error", status=401)
+    with pytest.raises(ModelError):
+        nbllm.ask("again", provider="lmstudio", system=f"key {key}")
+    assert fake_server.chat_requests()[0]["headers"].get("authorization") == f"Bearer {key}"  # it was really used
+    nbllm.history.flush()
+    files = list(tmp_path.glob("history.sqlite*"))
+    assert files and all(key.encode() not in f.read_bytes() for f in files)
+    assert "***" in nbllm.history()["prompt"].iloc[0]
+
+
+def test_writes_do_not_wait_for_the_disk(local_provider, monkeypatch):
+    """A call returns while the writer is still blocked: the row is written afterwards."""
+    gate = threading.Event()
+    real_write = calllog._Writer._write
+    monkeypatch.setattr(calllog._Writer, "_write",
+                        lambda self, path, rows: (gate.wait(10), real_write(self, path, rows)))
+    answer = nbllm.ask("quick")
+    assert answer.text == "Echo: quick"
+    assert not nbllm.history.path.exists()  # a synchronous write would have waited for the gate, then written
+    gate.set()
+    assert list(nbllm.history()["prompt"]) == ["quick"]
+
+
+def test_the_file_is_sqlite_in_wal_mode(local_provider, tmp_path):
+    nbllm.ask("x")
+    nbllm.history.flush()
+    with sqlite3.connect(tmp_path / "history.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("SELECT prompt FROM calls").fetchall() == [("x",)]
+
+
+def test_default_path_is_the_user_data_dir(monkeypatch):
+    from platformdirs import user_data_dir
+
+    monkeypatch.delenv("NBLLM_HISTORY")
+    assert calllog.history_path() == Path(user_data_dir("nbllm")) / "history.sqlite"
+
+
+def test_map_and_compare_are_logged_too(local_provider):
+    nbllm.map(["a", "b", "c"], "{}", provider="lmstudio", progress=False)
+    nbllm.compare("cmp", providers=["lmstudio"])
+    df = nbllm.history(limit=None)
+    assert sorted(df["prompt"]) == ["a", "b", "c", "cmp"]
