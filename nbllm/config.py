@@ -21,6 +21,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .catalog import ProviderSpec, key_env_names
+from .errors import redact
 
 __all__ = [
     "Secret", "ProviderSettings", "GlobalSettings", "NbllmConfigWarning", "FIELDS",
@@ -298,7 +299,10 @@ def load_provider_settings(
             values[fld.attr] = fld.parse(raw)
         except (ValueError, TypeError) as exc:
             default = values.get(fld.attr, getattr(ProviderSettings, fld.attr, None))
-            problem = f"nbllm: {name}={raw.strip()!r} is invalid ({exc}); using the default {default!r}."
+            problem = redact(  # a key pasted in the wrong place must not be echoed
+                f"nbllm: {name}={raw.strip()!r} is invalid ({exc}); using the default {default!r}.",
+                (api_key.get(),) if api_key else (),
+            )
             problems.append(problem)
             if warn:
                 _warn(problem)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .catalog import ProviderSpec, key_names
 from .config import ProviderSettings
+from .errors import ConfigurationError
 from . import probes
+
+Prepare = Callable[[str], Awaitable[ProviderSettings]]
+"""Runs a provider's `prepare` hook (the registry's `prepare`), returning updated settings."""
 
 __all__ = ["ProviderHealth", "check_provider", "check_providers"]
 
@@ -54,8 +59,14 @@ class ProviderHealth:
         return {**asdict(self), "status": self.status}
 
 
-async def check_provider(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> ProviderHealth:
-    """Probe one provider within `timeout` seconds; always returns a ProviderHealth."""
+async def check_provider(
+    spec: ProviderSpec, settings: ProviderSettings, timeout: float, prepare: Prepare | None = None
+) -> ProviderHealth:
+    """Probe one provider within `timeout` seconds; always returns a ProviderHealth.
+
+    A provider with a `prepare` hook (the embedded server) is prepared first; its
+    start-up has its own bound, the probe after it the usual one.
+    """
     base = ProviderHealth(
         provider=spec.name, enabled=settings.enabled, connected=None,
         model_id=settings.model, base_url=settings.base_url, kind=spec.kind,
@@ -69,6 +80,16 @@ async def check_provider(spec: ProviderSpec, settings: ProviderSettings, timeout
         if not settings.has_key:
             base.error = f"no API key: set {key_names(spec)}"
         return base
+    if spec.prepare and prepare is not None:
+        try:
+            settings = await prepare(spec.name)
+        except ConfigurationError as exc:  # e.g. an optional extra is missing
+            base.configured, base.base_url, base.error = False, None, str(exc)
+            return base
+        except Exception as exc:
+            base.connected, base.error = False, str(exc)
+            return base
+        base.base_url = settings.base_url
     started = time.perf_counter()
     try:
         found = await asyncio.wait_for(probes.probe(spec, settings, timeout), timeout)
@@ -98,8 +119,8 @@ async def check_provider(spec: ProviderSpec, settings: ProviderSettings, timeout
 
 
 async def check_providers(
-    items: list[tuple[ProviderSpec, ProviderSettings]], timeout: float
+    items: list[tuple[ProviderSpec, ProviderSettings]], timeout: float, prepare: Prepare | None = None
 ) -> dict[str, ProviderHealth]:
     """Probe all concurrently: the whole table costs about one timeout, not the sum."""
-    results = await asyncio.gather(*(check_provider(spec, st, timeout) for spec, st in items))
+    results = await asyncio.gather(*(check_provider(spec, st, timeout, prepare) for spec, st in items))
     return {health.provider: health for health in results}

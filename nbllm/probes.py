@@ -107,11 +107,10 @@ async def _probe_lmstudio(spec: ProviderSpec, settings: ProviderSettings, timeou
             raise
         return await _openai_models(root, timeout)
     models = _model_ids(payload)
-    loaded = next(
-        (m.get("id") for m in payload.get("data", []) if isinstance(m, dict) and m.get("state") == "loaded"
-         and m.get("type", "llm") in ("llm", "vlm")),
-        None,
-    )
+    chat = [m for m in payload.get("data", []) if isinstance(m, dict) and m.get("type", "llm") in ("llm", "vlm")]
+    loaded = next((m.get("id") for m in chat if m.get("state") == "loaded"), None)
+    # Nothing loaded: LM Studio loads on demand, so offer a chat model, never an embedding model.
+    loaded = loaded or next((m.get("id") for m in chat if isinstance(m.get("id"), str)), None)
     return Found(base_url=openai_base(root), models=models, loaded=loaded)
 
 

@@ -7,6 +7,7 @@ which environment variables override.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -168,7 +169,19 @@ class ProviderRegistry:
         """Probe the named providers (default: all) concurrently; never raises for a down one."""
         specs = [self.spec(n) for n in names] if names else catalog.all_specs()
         items = [(spec, self.settings(spec.name)) for spec in specs]
-        return await check_providers(items, timeout or self.health_timeout)
+        return await check_providers(items, timeout or self.health_timeout, self.prepare)
+
+    async def prepare(self, name: str) -> ProviderSettings:
+        """Run the provider's `prepare` hook (e.g. start the embedded server) and adopt the
+        base URL it returns; settings unchanged for providers without one."""
+        spec = self.spec(name)
+        settings = self.settings(spec.name)
+        if not spec.prepare or not settings.enabled:
+            return settings
+        module, _, function = spec.prepare.partition(":")
+        hook = getattr(importlib.import_module(module), function)
+        base_url = await hook(spec, settings)
+        return settings if base_url == settings.base_url else self.update(spec.name, base_url=base_url)
 
     def summary(self, health: dict[str, ProviderHealth] | None = None) -> StatusSummary:
         names = self.names()
@@ -207,10 +220,17 @@ class ProviderRegistry:
         if openai.enabled and openai.has_key:
             return self._log(Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set"))
         locals_ = self._local_candidates()
-        health = await self.check([s.name for s in locals_]) if locals_ else {}
+        # Providers with a `prepare` hook (a server nbllm starts: the embedded model) are probed
+        # only if reached, and come after every cloud key.
+        plain = [s.name for s in locals_ if not s.prepare]
+        health = await self.check(plain) if plain else {}
+        cloud_key = any(s.kind == "cloud" and self.settings(s.name).enabled and self.settings(s.name).has_key
+                        for s in catalog.all_specs())
         tried = []
         for spec in locals_:
-            h = health[spec.name]
+            if spec.prepare and cloud_key:
+                continue
+            h = health.get(spec.name) or (await self.check([spec.name]))[spec.name]
             if h.connected:
                 self._detected[spec.name] = (h.model_id if h.model_detected else None, time.monotonic())
                 picked = model or (h.model_id if detect_model else None) or self.settings(spec.name).model

