@@ -12,7 +12,8 @@ from . import bridge, session
 from .catalog import AUTO
 from .factory import build_model
 from .health import ProviderHealth
-from .registry import Choice, StatusSummary, get_registry
+from .errors import ConfigurationError
+from .registry import Choice, StatusSummary, get_registry, has_registry
 
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
@@ -60,19 +61,23 @@ async def resolve(
     selection = session.current()
     registry = get_registry()
 
+    async def _test(name: str) -> None:
+        spec = registry.spec(name)
+        if spec.kind == "local":
+            h = (await registry.check([name]))[name]
+            if not h.connected:
+                raise ModelError(name, h.error or "not answering", url=h.base_url, hint=spec.install_hint)
+        elif not registry.settings(name).has_key:
+            raise ModelError(name, "no API key configured", url=registry.settings(name).base_url)
+
     async def _resolve() -> Choice:
-        choice = await registry.choose(
-            provider or selection.provider, model or (None if provider else selection.model), auto_detect_model
-        )
-        if test_connection:
-            spec = registry.spec(choice.provider)
-            if spec.kind == "local":
-                h = (await registry.check([choice.provider]))[choice.provider]
-                if not h.connected:
-                    raise ModelError(choice.provider, h.error or "not answering", url=h.base_url,
-                                     hint=spec.install_hint)
-            elif not registry.settings(choice.provider).has_key:
-                raise ModelError(choice.provider, "no API key configured", url=registry.settings(choice.provider).base_url)
+        wanted = provider or selection.provider
+        named = wanted.strip().lower() != AUTO
+        if test_connection and named:  # probe first: the model detection then reuses this probe
+            await _test(registry.require(wanted)[0].name)
+        choice = await registry.choose(wanted, model or (None if provider else selection.model), auto_detect_model)
+        if test_connection and not named:
+            await _test(choice.provider)
         return choice
 
     return await bridge.run_async(_resolve())
@@ -110,13 +115,18 @@ def disable(name: str, save: bool = False) -> None:
 
 def reinit() -> None:
     """Re-read the environment, `.env` and the user config file; keep the default if still valid."""
-    previous = session.current()
+    fresh = not has_registry()
+    previous = session.current()  # creating the registry (if fresh) has just read everything
     registry = get_registry()
-    registry.reinit()
-    try:
-        session.use(previous.provider, previous.model)
-    except Exception:
-        session.use(registry.global_settings.provider if registry.global_settings.provider else AUTO)
+    if not fresh:
+        registry.reinit()
+    for provider, model in ((previous.provider, previous.model), (registry.global_settings.provider, None)):
+        try:
+            session.use(provider, model)
+            return
+        except ConfigurationError:
+            continue
+    session.use(AUTO)
 
 
 def status(health: dict[str, ProviderHealth] | None = None) -> StatusSummary:

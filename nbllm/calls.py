@@ -125,7 +125,7 @@ async def _prepare(request: Request) -> tuple[Any, Any, list[Any], dict[str, Any
     history = list(request.chat.messages) if request.chat is not None else []
     new_request = ModelRequest(parts=[UserPromptPart(request.prompt)], instructions=request.system or None)
     options = model_settings(
-        settings, temperature=request.temperature, max_tokens=request.max_tokens, timeout=request.timeout,
+        settings, model, temperature=request.temperature, max_tokens=request.max_tokens, timeout=request.timeout,
         max_retries=request.max_retries,
     )
     return choice, model, [*history, new_request], options, settings
@@ -133,9 +133,9 @@ async def _prepare(request: Request) -> tuple[Any, Any, list[Any], dict[str, Any
 
 def _finish(answer: Answer, response: Any, request: Request, sent: list[Any]) -> Answer:
     usage = getattr(response, "usage", None)
-    if usage is not None:
-        answer.input_tokens = getattr(usage, "input_tokens", None)
-        answer.output_tokens = getattr(usage, "output_tokens", None)
+    if usage is not None and (usage.input_tokens or usage.output_tokens):  # 0/0: the server sent no usage
+        answer.input_tokens = usage.input_tokens
+        answer.output_tokens = usage.output_tokens
     try:
         price = response.cost()
         answer.cost_usd = float(price.total_price)
@@ -178,6 +178,7 @@ async def _ask(request: Request) -> Answer:
         response = await model_request(model, messages, model_settings=options)
     except Exception as exc:
         failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets())
+        get_registry().invalidate(choice.provider)  # re-detect (and re-choose `auto`) next time
         failed = Answer("", choice.provider, choice.model, (time.perf_counter() - started) * 1000, error=str(failure))
         calllog.record(request, failed, options, secrets=settings.secrets())
         raise failure from None  # the SDK's exception stays reachable as __context__ (batch.py reads it)
@@ -229,6 +230,7 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
             response = streamed.get()
     except Exception as exc:
         answer.failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets())
+        get_registry().invalidate(choice.provider)
         answer.error = str(answer.failure)
     answer.text = "".join(chunks)
     answer.latency_ms = (time.perf_counter() - started) * 1000

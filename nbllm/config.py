@@ -224,7 +224,7 @@ def read_environment(dotenv_path: str | os.PathLike[str] | None = ".env") -> tup
 
 def _warn(problem: str) -> None:
     warnings.warn(problem, NbllmConfigWarning, stacklevel=3)
-    log.warning(problem)
+    log.debug(problem)  # shown once, as a warning; not again through logging
 
 
 def server_root(url: str) -> str:

@@ -119,12 +119,20 @@ def shared_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str |
     return cached_per_loop(key, lambda: build_model(spec, settings, model_id))
 
 
-def model_settings(settings: ProviderSettings, **overrides: Any) -> dict[str, Any]:
-    """pydantic-ai `ModelSettings` from provider settings plus per-call overrides."""
-    values: dict[str, Any] = {
-        "temperature": settings.temperature,
-        "max_tokens": settings.max_tokens,
-        "timeout": settings.timeout,
-    }
+def _reasoning(model: "Model | None") -> bool:
+    """Whether the model reasons by default (then it rejects sampling settings)."""
+    profile = getattr(model, "profile", None)
+    return bool(profile.get("openai_supports_reasoning", False)) if isinstance(profile, dict) else False
+
+
+def model_settings(settings: ProviderSettings, model: "Model | None" = None, **overrides: Any) -> dict[str, Any]:
+    """pydantic-ai `ModelSettings` from provider settings plus per-call overrides.
+
+    The default temperature is left out for reasoning models (e.g. gpt-5-mini), which
+    refuse it with a warning on every call; one set on purpose (env or per call) is sent.
+    """
+    values: dict[str, Any] = {"max_tokens": settings.max_tokens, "timeout": settings.timeout}
+    if f"{settings.provider.upper()}_TEMPERATURE" in settings.sources or not _reasoning(model):
+        values["temperature"] = settings.temperature
     values.update({k: v for k, v in overrides.items() if v is not None})
     return values

@@ -122,5 +122,8 @@ async def check_providers(
     items: list[tuple[ProviderSpec, ProviderSettings]], timeout: float, prepare: Prepare | None = None
 ) -> dict[str, ProviderHealth]:
     """Probe all concurrently: the whole table costs about one timeout, not the sum."""
+    # Build the HTTP client (and import httpx2) before any probe's clock starts: in a
+    # fresh kernel that import can wait on the main thread's imports for seconds.
+    probes.shared_client()
     results = await asyncio.gather(*(check_provider(spec, st, timeout, prepare) for spec, st in items))
     return {health.provider: health for health in results}

@@ -92,20 +92,24 @@ async def _openai_models(root: str, timeout: float, headers: dict[str, str] | No
     return Found(base_url=url, models=_model_ids(payload))
 
 
+def _auth(settings: ProviderSettings) -> dict[str, str] | None:
+    """A local server may have authentication turned on: send its key when one is set."""
+    return {"Authorization": f"Bearer {settings.api_key.get()}"} if settings.api_key else None
+
+
 async def _probe_openai(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
-    headers = {"Authorization": f"Bearer {settings.api_key.get()}"} if settings.api_key else None
-    return await _openai_models(settings.base_url, timeout, headers)
+    return await _openai_models(settings.base_url, timeout, _auth(settings))
 
 
 async def _probe_lmstudio(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
     """LM Studio's /api/v0/models says which model is loaded; fall back to /v1/models."""
     root = server_root(settings.base_url)
     try:
-        payload = await get_json(f"{root}/api/v0/models", timeout)
+        payload = await get_json(f"{root}/api/v0/models", timeout, _auth(settings))
     except ProbeError as exc:
         if exc.status is None or exc.status >= 500:
             raise
-        return await _openai_models(root, timeout)
+        return await _openai_models(root, timeout, _auth(settings))
     models = _model_ids(payload)
     chat = [m for m in payload.get("data", []) if isinstance(m, dict) and m.get("type", "llm") in ("llm", "vlm")]
     loaded = next((m.get("id") for m in chat if m.get("state") == "loaded"), None)
@@ -118,7 +122,8 @@ async def _probe_ollama(spec: ProviderSpec, settings: ProviderSettings, timeout:
     """Ollama's native /api/tags lists pulled models and /api/ps the loaded ones."""
     root = server_root(settings.base_url)
     tags, running = await asyncio.gather(
-        get_json(f"{root}/api/tags", timeout), get_json(f"{root}/api/ps", timeout), return_exceptions=True
+        get_json(f"{root}/api/tags", timeout, _auth(settings)), get_json(f"{root}/api/ps", timeout, _auth(settings)),
+        return_exceptions=True,
     )
     if isinstance(tags, BaseException):
         raise tags
@@ -131,10 +136,10 @@ async def _probe_ollama(spec: ProviderSpec, settings: ProviderSettings, timeout:
     return Found(base_url=root, models=models, loaded=loaded, note=note)
 
 
-async def _probe_llamacpp_at(root: str, timeout: float) -> Found:
+async def _probe_llamacpp_at(root: str, timeout: float, headers: dict[str, str] | None = None) -> Found:
     """llama-server has /health (503 while loading); llama-cpp-python's server has none."""
     try:
-        health = await get_json(f"{root}/health", timeout)
+        health = await get_json(f"{root}/health", timeout, headers)
     except ProbeError as exc:
         if exc.status == 503:
             raise ProbeError(f"HTTP 503: llama.cpp is still loading its model at {root}", exc.url, 503) from None
@@ -143,7 +148,7 @@ async def _probe_llamacpp_at(root: str, timeout: float) -> Found:
     else:
         if isinstance(health, dict) and health.get("status") not in (None, "ok", "no slot available"):
             raise ProbeError(f"llama.cpp reports status {health.get('status')!r} at {root}", root)
-    found = await _openai_models(root, timeout)
+    found = await _openai_models(root, timeout, headers)
     found.base_url = root
     found.loaded = found.models[0] if found.models else None
     return found
@@ -154,7 +159,7 @@ async def _probe_llamacpp(spec: ProviderSpec, settings: ProviderSettings, timeou
     roots = [server_root(settings.base_url)]
     if settings.base_url_is_default:
         roots += [server_root(u) for u in spec.alt_base_urls]
-    results = await asyncio.gather(*(_probe_llamacpp_at(r, timeout) for r in roots), return_exceptions=True)
+    results = await asyncio.gather(*(_probe_llamacpp_at(r, timeout, _auth(settings)) for r in roots), return_exceptions=True)
     for result in results:
         if isinstance(result, Found):
             return result

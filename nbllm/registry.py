@@ -74,6 +74,7 @@ class ProviderRegistry:
             self._user_config = user_config
             self.global_settings = load_global_settings(env, user_config)
             self._detected: dict[str, tuple[str | None, float]] = {}
+            self._auto: tuple[Choice, float] | None = None
             self._settings = {
                 spec.name: load_provider_settings(spec, env, origin, user_config) for spec in catalog.all_specs()
             }
@@ -116,7 +117,7 @@ class ProviderRegistry:
         spec = self.spec(name)
         with self._lock:
             self._settings[spec.name] = self.settings(spec.name).with_(**changes)
-            self._detected.pop(spec.name, None)
+            self.invalidate(None if "enabled" in changes else spec.name)
             return self._settings[spec.name]
 
     # ---- enable / disable ---------------------------------------------------
@@ -169,7 +170,12 @@ class ProviderRegistry:
         """Probe the named providers (default: all) concurrently; never raises for a down one."""
         specs = [self.spec(n) for n in names] if names else catalog.all_specs()
         items = [(spec, self.settings(spec.name)) for spec in specs]
-        return await check_providers(items, timeout or self.health_timeout, self.prepare)
+        results = await check_providers(items, timeout or self.health_timeout, self.prepare)
+        now = time.monotonic()
+        for h in results.values():  # what a probe detected saves the next call a probe
+            if h.connected and h.kind == "local":
+                self._detected[h.provider] = (h.model_id if h.model_detected else None, now)
+        return results
 
     async def prepare(self, name: str) -> ProviderSettings:
         """Run the provider's `prepare` hook (e.g. start the embedded server) and adopt the
@@ -216,6 +222,27 @@ class ProviderRegistry:
                 return Choice(spec.name, model or settings.model, "named")
             detected = await self.detected_model(spec.name)
             return Choice(spec.name, detected or settings.model, "named; model detected" if detected else "named")
+        cached = self._auto
+        if cached and time.monotonic() - cached[1] < DETECT_TTL:
+            choice = cached[0]
+            return Choice(choice.provider, model, choice.reason) if model else choice
+        choice = await self._choose_auto(model, detect_model)
+        if not model and detect_model:
+            self._auto = (choice, time.monotonic())
+        return choice
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget detected models and the `auto` decision (a provider failed or changed)."""
+        with self._lock:
+            if name is None:
+                self._detected.clear()
+            else:
+                self._detected.pop(name, None)
+            if self._auto and (name is None or self._auto[0].provider == name):
+                self._auto = None
+
+    async def _choose_auto(self, model: str | None, detect_model: bool) -> Choice:
+        """OpenAI with a key; else the first local server that answers; else another cloud key."""
         openai = self.settings("openai")
         if openai.enabled and openai.has_key:
             return self._log(Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set"))
@@ -281,6 +308,11 @@ def get_registry() -> ProviderRegistry:
         if _registry is None:
             _registry = ProviderRegistry()
         return _registry
+
+
+def has_registry() -> bool:
+    """Whether the registry exists yet (creating it reads the environment)."""
+    return _registry is not None
 
 
 def reset_registry() -> None:

@@ -48,6 +48,7 @@ class Behaviour:
     chunk_delay: float = 0.0
     reply: str | None = None
     cut_after: int = 2
+    send_usage: bool = True
     models: list[str] = field(default_factory=lambda: ["fake-model"])
     loaded: str | None = "fake-model"
     fail_rate: float = 0.0
@@ -282,7 +283,9 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                         time.sleep(b.chunk_delay)
                     event(chunk({"content": piece}))
                 final = chunk({}, "stop")
-                final["usage"] = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+                if b.send_usage:
+                    final["usage"] = {"prompt_tokens": 7, "completion_tokens": len(words),
+                                      "total_tokens": 7 + len(words)}
                 event(final)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()

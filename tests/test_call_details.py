@@ -1,0 +1,95 @@
+"""Details of a call that users notice over many calls: what is probed again, what is
+sent by default, what a local server with authentication gets, how usage reads."""
+
+from __future__ import annotations
+
+import warnings
+
+import nbllm
+from nbllm.config import NbllmConfigWarning
+from nbllm.factory import model_settings
+from nbllm.registry import get_registry
+
+
+def probes(server) -> list[str]:
+    return [r["path"] for r in server.requests if r["method"] == "GET"]
+
+
+def test_auto_is_decided_once_then_reused(fake_server, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    nbllm.reinit()
+    for _ in range(3):
+        assert nbllm.ask("hi", provider="auto").provider == "lmstudio"
+    assert len(probes(fake_server)) == 1, probes(fake_server)
+    assert len(fake_server.chat_requests()) == 3
+
+
+def test_a_failed_call_makes_auto_look_again(fake_server, make_server, monkeypatch):
+    ollama = make_server(models=["llama3.2"], loaded="llama3.2")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    monkeypatch.setenv("OLLAMA_BASE_URL", ollama.url)
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.3")
+    nbllm.reinit()
+    assert nbllm.ask("one", provider="auto").provider == "lmstudio"
+    fake_server.set(mode="error", status=500)
+    try:
+        nbllm.ask("two", provider="auto")
+    except nbllm.ModelError:
+        pass
+    fake_server.set(mode="hang")  # LM Studio now never answers its probe: auto moves on
+    answer = nbllm.ask("three", provider="auto")
+    assert answer.provider == "ollama" and "Ollama answered" in answer.reason
+
+
+def test_named_local_provider_is_probed_once_for_its_model(fake_server, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    nbllm.reinit()
+    nbllm.health_check(["lmstudio"])
+    before = len(probes(fake_server))
+    nbllm.ask("hi", provider="lmstudio")
+    assert len(probes(fake_server)) == before, "the health check's detection was reused"
+
+
+def test_default_temperature_is_not_sent_to_reasoning_models(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-notreal-000000")
+    nbllm.reinit()
+    registry = get_registry()
+    reasoning = nbllm.get_model("openai", "gpt-5-mini")
+    plain = nbllm.get_model("lmstudio")
+    assert "temperature" not in model_settings(registry.settings("openai"), reasoning)
+    assert model_settings(registry.settings("lmstudio"), plain)["temperature"] == 0.7
+    assert model_settings(registry.settings("openai"), reasoning, temperature=0.2)["temperature"] == 0.2
+    monkeypatch.setenv("OPENAI_TEMPERATURE", "0.3")
+    nbllm.reinit()
+    assert model_settings(get_registry().settings("openai"), reasoning)["temperature"] == 0.3
+
+
+def test_local_probe_sends_the_key_when_one_is_set(httpx2_mock, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://lms.test:1234/v1")
+    monkeypatch.setenv("LMSTUDIO_API_KEY", "lm-secret-123456")
+    nbllm.reinit()
+    # The route matches only with the right header; the router refuses any other request.
+    route = httpx2_mock.get(
+        "http://lms.test:1234/api/v0/models", headers={"Authorization": "Bearer lm-secret-123456"}
+    ).respond(200, json={"data": [{"id": "m", "type": "llm", "state": "loaded"}]})
+    h = nbllm.health_check(["lmstudio"])["lmstudio"]
+    assert route.called and h.connected and h.model_id == "m"
+
+
+def test_stream_without_usage_reports_unknown_tokens(fake_server, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    nbllm.reinit()
+    fake_server.set(send_usage=False)
+    stream = nbllm.stream("a b", provider="lmstudio")
+    assert "".join(stream) == "Echo: a b"
+    assert stream.answer.input_tokens is None and stream.answer.output_tokens is None
+
+
+def test_reinit_in_a_fresh_process_warns_once(monkeypatch):
+    monkeypatch.setenv("OLLAMA_TEMPERATURE", "hot")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.reinit()
+    mine = [w for w in caught if issubclass(w.category, NbllmConfigWarning)]
+    assert len(mine) == 1 and "OLLAMA_TEMPERATURE='hot'" in str(mine[0].message)
