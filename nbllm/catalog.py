@@ -120,11 +120,11 @@ def provider_names() -> list[str]:
 
 def get_spec(name: str) -> ProviderSpec:
     """The spec for `name`; an unknown name is a `ConfigurationError` listing valid ones."""
-    specs = {spec.name: spec for spec in all_specs()}
-    key = (name or "").strip().lower()
-    if key in specs:
-        return specs[key]
-    valid = ", ".join([*specs, AUTO])
+    _load_entry_points()
+    spec = _REGISTRY.get((name or "").strip().lower())
+    if spec is not None:
+        return spec
+    valid = ", ".join([*_REGISTRY, AUTO])
     raise ConfigurationError(f"Invalid LLM provider {name!r}. Valid providers: {valid}.")
 
 

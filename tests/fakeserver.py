@@ -49,6 +49,8 @@ class Behaviour:
     reply: str | None = None
     cut_after: int = 2
     send_usage: bool = True
+    barrier: threading.Barrier | None = None
+    """The first GET request waits here for the other parties (e.g. other servers' probes)."""
     models: list[str] = field(default_factory=lambda: ["fake-model"])
     loaded: str | None = "fake-model"
     fail_rate: float = 0.0
@@ -193,6 +195,13 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._record(None)
             b = server.behaviour
+            with server._lock:  # only the first GET waits (a probe may send several)
+                barrier, b.barrier = b.barrier, None
+            if barrier is not None:  # proves concurrency: passes only if the peers arrive too
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:
+                    return self._send(504, {"error": {"message": "barrier broken: requests were not concurrent"}})
             path = self.path.split("?")[0].rstrip("/") or "/"
             if path == "/health":
                 if b.mode == "loading":

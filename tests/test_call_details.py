@@ -93,3 +93,41 @@ def test_reinit_in_a_fresh_process_warns_once(monkeypatch):
         nbllm.reinit()
     mine = [w for w in caught if issubclass(w.category, NbllmConfigWarning)]
     assert len(mine) == 1 and "OLLAMA_TEMPERATURE='hot'" in str(mine[0].message)
+
+
+def test_auto_probes_local_servers_at_the_same_time(make_server, monkeypatch):
+    """Each server answers its first probe only when the other's probe has arrived too:
+    probed one after the other, the barrier breaks and both would be reported down."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=1.0)
+    lms = make_server(barrier=barrier, models=["a"], loaded="a")
+    oll = make_server(barrier=barrier, models=["b"], loaded="b")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", lms.url + "/v1")
+    monkeypatch.setenv("OLLAMA_BASE_URL", oll.url)
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "3")
+    nbllm.reinit()
+    choice = nbllm.ask("x", provider="auto")
+    assert choice.provider == "lmstudio" and not barrier.broken
+
+
+def test_offline_auto_prefers_a_cloud_key_over_an_unprobed_server(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0000000000")
+    nbllm.reinit()
+    choice = get_registry().choose_offline("auto")
+    assert choice.provider == "anthropic" and "ANTHROPIC key is set" in choice.reason
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    nbllm.reinit()
+    choice = get_registry().choose_offline("auto")
+    assert choice.provider == "lmstudio" and "not probed" in choice.reason
+
+
+def test_auto_without_model_detection_is_not_served_from_the_cache(fake_server, monkeypatch):
+    import asyncio
+
+    fake_server.set(models=["detected-model"], loaded="detected-model")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    nbllm.reinit()
+    assert asyncio.run(nbllm.resolve("auto")).model == "detected-model"
+    plain = asyncio.run(nbllm.resolve("auto", auto_detect_model=False))
+    assert plain.provider == "lmstudio" and plain.model == "local-model"
