@@ -25,10 +25,13 @@ __all__ = [
 
 
 def get_model(provider: str | None = None, model: str | None = None) -> "Model":
-    """A pydantic-ai model for `provider` (default: the kernel-wide default). No network.
+    """A pydantic-ai model for `provider` (default: the kernel-wide default).
 
-    `auto` resolves offline: OpenAI when its key is set, else the first local
-    server by priority. Use `get_model_async` to probe which local server answers.
+    Sync and without network calls to providers: `auto` resolves offline (a cloud
+    key first, else the first local server by priority, not probed); use
+    `get_model_async` to probe which local server answers. One exception: for
+    `embedded`, get_model starts the local server if it is not running (a process
+    and a model load, up to NBLLM_EMBEDDED_START_TIMEOUT), so the model works.
     """
     selection = session.current()
     choice = get_registry().choose_offline(provider or selection.provider, model or (None if provider else selection.model))
@@ -64,6 +67,8 @@ async def resolve(
     async def _test(name: str) -> None:
         spec = registry.spec(name)
         if spec.kind == "local":
+            if spec.prepare:  # a server nbllm runs (embedded): start it, as the call would
+                await registry.prepare(name)
             h = (await registry.check([name]))[name]
             if not h.connected:
                 raise ModelError(name, h.error or "not answering", url=h.base_url, hint=spec.install_hint)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import bridge
+from .calls import check_options
 from .errors import ConfigurationError
-from .multi import check_options
 from .registry import get_registry
 
 if TYPE_CHECKING:
@@ -310,6 +310,42 @@ def _series(index: Any, results: list[Any], started: float, interrupted: bool) -
     return series
 
 
+class _Run:
+    """The bookkeeping `map` and `map_async` share: results by position, progress bar, and
+    (as a context around the consuming loop) the partial Series when Ctrl-C or a cancel stops it."""
+
+    def __init__(self, values: Any, template: str, provider: str | None, concurrency: int, retries: int | None,
+                 backoff: float, max_wait: float, options: dict[str, Any], progress: bool):
+        self.started = time.perf_counter()
+        self.plan, self.index = _plan(values, template, provider, concurrency, retries, backoff, max_wait, options)
+        self.results: list[Any] = [None] * len(self.plan.prompts)
+        self.progress = progress
+        self.bar: Any = None
+
+    def add(self, position: int, result: Any) -> None:
+        self.results[position] = result
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def series(self, interrupted: bool = False) -> "pd.Series":
+        return _series(self.index, self.results, self.started, interrupted)
+
+    def __enter__(self) -> "_Run":
+        self.bar = _progress(len(self.results), self.progress)
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        global _last_partial
+        if self.bar is not None:
+            self.bar.close()
+        if exc is None or not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError, bridge.Cancelled)):
+            return
+        _last_partial = self.series(interrupted=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise MapInterrupted(_last_partial) from None
+        # a cancelled task stays cancelled; last_partial() keeps what finished
+
+
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -324,55 +360,26 @@ def map(values: Any, template: str, provider: str | None = None, concurrency: in
 
     `options` are those of `nbllm.ask` (model, system, temperature, max_tokens, timeout, cache).
     """
-    global _last_partial
-    started = time.perf_counter()
-    plan, index = _plan(values, template, provider, concurrency, retries, backoff, max_wait, options)
-    results: list[Any] = [None] * len(plan.prompts)
-    if not results:
-        return _series(index, results, started, False)
-    plan = bridge.run(_resolve(plan))
-    bar = _progress(len(results), progress)
-    try:
-        for position, result in bridge.iterate(_results(plan)):
-            results[position] = result
-            if bar is not None:
-                bar.update(1)
-    except KeyboardInterrupt:
-        _last_partial = _series(index, results, started, True)
-        raise MapInterrupted(_last_partial) from None
-    finally:
-        if bar is not None:
-            bar.close()
-    return _series(index, results, started, False)
+    run = _Run(values, template, provider, concurrency, retries, backoff, max_wait, options, progress)
+    if run.results:
+        run.plan = bridge.run(_resolve(run.plan))
+        with run:
+            for position, result in bridge.iterate(_results(run.plan)):
+                run.add(position, result)
+    return run.series()
 
 
 async def map_async(values: Any, template: str, provider: str | None = None, concurrency: int = 8,
                     retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
                     max_wait: float = 60.0, **options: Any) -> "pd.Series":
     """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished."""
-    global _last_partial
-    started = time.perf_counter()
-    plan, index = _plan(values, template, provider, concurrency, retries, backoff, max_wait, options)
-    results: list[Any] = [None] * len(plan.prompts)
-    if not results:
-        return _series(index, results, started, False)
-    plan = await bridge.run_async(_resolve(plan))
-    bar = _progress(len(results), progress)
-    try:
-        async for position, result in bridge.aiterate(_results(plan)):
-            results[position] = result
-            if bar is not None:
-                bar.update(1)
-    except asyncio.CancelledError:
-        _last_partial = _series(index, results, started, True)
-        raise
-    except KeyboardInterrupt:
-        _last_partial = _series(index, results, started, True)
-        raise MapInterrupted(_last_partial) from None
-    finally:
-        if bar is not None:
-            bar.close()
-    return _series(index, results, started, False)
+    run = _Run(values, template, provider, concurrency, retries, backoff, max_wait, options, progress)
+    if run.results:
+        run.plan = await bridge.run_async(_resolve(run.plan))
+        with run:
+            async for position, result in bridge.aiterate(_results(run.plan)):
+                run.add(position, result)
+    return run.series()
 
 
 def failures(result: "pd.Series") -> "pd.DataFrame":

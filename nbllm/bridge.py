@@ -5,6 +5,10 @@ and `run_sync` fail there. Every coroutine nbllm runs is handed to this loop's
 thread; sync callers block on a future (Ctrl-C cancels it), async callers on
 another loop await a wrapped future, and streams cross threads through a queue.
 Keeping all HTTP clients on one loop also lets them be built once and reused.
+
+Only a real Ctrl-C in the waiting thread becomes `KeyboardInterrupt`; a request
+that nbllm itself cancelled (its loop shut down) is a `Cancelled` error, so callers
+can tell "the user stopped it" from "it was stopped under them".
 """
 
 from __future__ import annotations
@@ -15,15 +19,26 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
-__all__ = ["get_loop", "run", "run_async", "iterate", "aiterate", "shutdown", "on_loop_thread", "IDLE"]
+from . import clients
+from .errors import NbllmError
+
+__all__ = ["get_loop", "run", "run_async", "iterate", "aiterate", "shutdown", "on_loop_thread", "IDLE", "Cancelled"]
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
+
+
+class Cancelled(NbllmError):
+    """A request was cancelled on nbllm's loop (e.g. the loop was shut down), not by Ctrl-C here."""
+
+    def __init__(self) -> None:
+        super().__init__("the request was cancelled before it finished (nbllm's loop was stopped, e.g. by "
+                         "%unload_ext); run it again")
 
 
 def get_loop() -> asyncio.AbstractEventLoop:
@@ -51,7 +66,10 @@ def on_loop_thread() -> bool:
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run `coro` on nbllm's loop and wait for it; KeyboardInterrupt cancels it."""
+    """Run `coro` on nbllm's loop and wait for it; Ctrl-C (KeyboardInterrupt) cancels it.
+
+    A cancellation that did not come from this thread raises `Cancelled`.
+    """
     if on_loop_thread():
         coro.close()
         raise RuntimeError("nbllm.bridge.run() called from nbllm's own loop; await the coroutine instead")
@@ -61,16 +79,32 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     except (KeyboardInterrupt, concurrent.futures.TimeoutError):
         future.cancel()
         raise
-    except concurrent.futures.CancelledError:
-        raise KeyboardInterrupt("nbllm request cancelled") from None
+    except concurrent.futures.CancelledError:  # cancelled over there, not by Ctrl-C here
+        raise Cancelled() from None
 
 
 async def run_async(coro: Awaitable[T]) -> T:
-    """Await `coro` on nbllm's loop from any loop (cancelling here cancels it there)."""
+    """Await `coro` on nbllm's loop from any loop (cancelling here cancels it there).
+
+    If this task was cancelled, CancelledError propagates; if only the work on nbllm's
+    loop was, `Cancelled` is raised.
+    """
     loop = get_loop()
     if asyncio.get_running_loop() is loop:
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_as_coro(coro), loop))
+    try:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_as_coro(coro), loop))
+    except asyncio.CancelledError:
+        if _cancelled_here():
+            raise
+        raise Cancelled() from None
+
+
+def _cancelled_here() -> bool:
+    """Whether the running task was asked to cancel (Python < 3.11 cannot tell: assume so)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 async def _as_coro(aw: Awaitable[T]) -> T:
@@ -93,23 +127,7 @@ def iterate(agen: AsyncIterator[T], idle: float | None = None) -> Iterator[T]:
     between slow chunks without a thread of its own.
     """
     items: queue.Queue[Any] = queue.Queue()
-
-    async def pump() -> None:
-        try:
-            async for item in agen:
-                items.put((True, item))
-        except BaseException as exc:  # handed to the consumer, who re-raises it
-            items.put((False, exc))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        else:
-            items.put((True, _DONE))
-        finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    future = asyncio.run_coroutine_threadsafe(pump(), get_loop())
+    future = asyncio.run_coroutine_threadsafe(_pump(agen, items.put), get_loop())
     try:
         while True:
             try:
@@ -118,7 +136,7 @@ def iterate(agen: AsyncIterator[T], idle: float | None = None) -> Iterator[T]:
                 yield IDLE
                 continue
             if not ok:
-                raise item
+                raise _consumer_error(item)
             if item is _DONE:
                 return
             yield item
@@ -127,25 +145,91 @@ def iterate(agen: AsyncIterator[T], idle: float | None = None) -> Iterator[T]:
             future.cancel()
 
 
+async def _pump(agen: AsyncIterator[Any], put: Callable[[tuple[bool, Any]], None]) -> None:
+    """Drain `agen` on nbllm's loop, handing each item, the end or the error to `put`.
+
+    One task owns the iterator from its first item to its `aclose()`, so closing it
+    can never collide with a `__anext__` still running.
+    """
+    try:
+        async for item in agen:
+            put((True, item))
+    except BaseException as exc:  # handed to the consumer, who re-raises it
+        put((False, exc))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    else:
+        put((True, _DONE))
+    finally:
+        aclose = getattr(agen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _consumer_error(exc: BaseException) -> BaseException:
+    """What the consumer raises for the producer's error: a cancel it did not ask for is `Cancelled`."""
+    return Cancelled() if isinstance(exc, asyncio.CancelledError) else exc
+
+
+_CLOSED = object()
+
+
 async def aiterate(agen: AsyncIterator[T]) -> AsyncIterator[T]:
-    """Consume an async iterator on nbllm's loop from another loop."""
+    """Consume an async iterator on nbllm's loop from another loop.
+
+    Items cross loops through a queue, as in `iterate`. Leaving early (break, error,
+    cancellation) cancels the producer and waits until it has closed the iterator.
+    """
     loop = get_loop()
-    if asyncio.get_running_loop() is loop:
+    here = asyncio.get_running_loop()
+    if here is loop:
         async for item in agen:
             yield item
         return
-    it = agen.__aiter__()
+    items: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue()
+
+    def hand(entry: tuple[Any, Any]) -> None:  # runs on nbllm's loop
+        try:
+            here.call_soon_threadsafe(items.put_nowait, entry)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening
+            pass
+
+    tasks: list[asyncio.Task[None]] = []
+
+    def start() -> None:  # callbacks run in order, so this always precedes `stop`
+        task = loop.create_task(_pump(agen, hand))
+        task.add_done_callback(lambda _task: hand((None, _CLOSED)))
+        tasks.append(task)
+
+    def stop() -> None:
+        for task in tasks:
+            task.cancel()
+
+    loop.call_soon_threadsafe(start)
+    closed = False
     try:
         while True:
-            try:
-                item = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_as_coro(it.__anext__()), loop))
-            except StopAsyncIteration:
+            ok, item = await items.get()
+            if ok is None:  # the producer ended without a last word: it was cancelled over there
+                closed = True
+                raise Cancelled()
+            if not ok:
+                raise _consumer_error(item)
+            if item is _DONE:
                 return
             yield item
     finally:
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            asyncio.run_coroutine_threadsafe(aclose(), loop)
+        if not closed:
+            try:
+                loop.call_soon_threadsafe(stop)
+                await asyncio.wait_for(_until_closed(items), 5.0)
+            except (RuntimeError, asyncio.TimeoutError):  # nbllm's loop is gone: nothing left to close
+                pass
+
+
+async def _until_closed(items: asyncio.Queue[tuple[Any, Any]]) -> None:
+    while (await items.get())[0] is not None:
+        pass
 
 
 def shutdown(timeout: float = 2.0) -> None:
@@ -162,6 +246,7 @@ def shutdown(timeout: float = 2.0) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await clients.close_clients()  # their connections belong to this loop: close them while it runs
 
     try:
         asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(timeout)

@@ -20,7 +20,10 @@ Schema (table `calls`, `PRAGMA user_version = 1`)::
     provider TEXT, model TEXT, prompt TEXT, system TEXT, settings TEXT (JSON:
     temperature, max_tokens, timeout, chat_turns), answer TEXT, input_tokens INTEGER,
     output_tokens INTEGER, latency_ms REAL, cost_usd REAL,
-    outcome TEXT ('ok' | 'cached' | 'error' | 'partial'), error TEXT
+    outcome TEXT ('ok' | 'cached' | 'error' | 'partial' | 'interrupted'), error TEXT
+
+'interrupted': Ctrl-C or a cancellation stopped the call; `answer` holds the text
+that had arrived. A file that cannot be written costs one warning, never a call.
 """
 
 from __future__ import annotations
@@ -170,9 +173,13 @@ class _Writer:
                 except Exception:
                     pass
                 self._conn = None
-            if not self._warned:
-                self._warned = True
-                log.warning("nbllm: could not write the call log %s (%s); set NBLLM_HISTORY or NBLLM_LOG=0", path, exc)
+            self.warn_once(f"could not write the call log {path} ({exc})")
+
+    def warn_once(self, problem: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("nbllm: %s; point NBLLM_HISTORY at a writable file or turn logging off with NBLLM_LOG=0 "
+                        "(or nbllm.history.disable())", problem)
 
 
 _writer = _Writer()
@@ -201,21 +208,27 @@ def _outcome(answer: Any) -> str:
 
 
 def record(request: Any, answer: Any, options: dict[str, Any] | None = None, kind: str = "ask",
-           secrets: tuple[str, ...] = ()) -> None:
-    """Queue one row for the log (returns at once; does nothing when logging is off)."""
+           secrets: tuple[str, ...] = (), outcome: str | None = None) -> None:
+    """Queue one row for the log (returns at once; does nothing when logging is off; never raises).
+
+    `outcome` overrides the one read from the answer (the call layer passes "interrupted").
+    """
     if not history.enabled:
         return
 
     def clean(text: str | None) -> str | None:
         return redact(text, secrets) if text else text
 
-    row = (
-        datetime.now(timezone.utc).isoformat(timespec="milliseconds"), kind,
-        answer.provider, answer.model, clean(request.prompt), clean(request.system),
-        _settings_json(request, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
-        round(answer.latency_ms, 2), answer.cost_usd, _outcome(answer), clean(answer.error),
-    )
-    _writer.put(history_path(), row)
+    try:
+        row = (
+            datetime.now(timezone.utc).isoformat(timespec="milliseconds"), kind,
+            answer.provider, answer.model, clean(request.prompt), clean(request.system),
+            _settings_json(request, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
+            round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), clean(answer.error),
+        )
+        _writer.put(history_path(), row)
+    except Exception as exc:  # logging must never fail the call it logs
+        _writer.warn_once(f"could not log a call ({exc})")
 
 
 # ---- reading: nbllm.history ---------------------------------------------------------
@@ -251,11 +264,7 @@ class CallLog:
         query += " ORDER BY id DESC"
         if limit is not None:
             query += f" LIMIT {int(limit)}"
-        conn = connect(path, _SCHEMA)
-        try:
-            rows = conn.execute(query, params).fetchall()
-        finally:
-            conn.close()
+        rows = _read(path, lambda conn: conn.execute(query, params).fetchall())
         frame = pd.DataFrame(list(reversed(rows)), columns=COLUMNS).set_index("id")
         return _typed(frame)
 
@@ -272,8 +281,9 @@ class CallLog:
         self._override = False
 
     def reset(self) -> None:
-        """Forget enable()/disable(): `NBLLM_LOG` decides again."""
+        """Forget enable()/disable() (`NBLLM_LOG` decides again) and warn again about an unusable file."""
         self._override = None
+        _writer._warned = False
 
     @property
     def path(self) -> Path:
@@ -289,26 +299,35 @@ class CallLog:
         _writer.flush()
         if not path.exists():
             return 0
-        conn = connect(path, _SCHEMA)
-        try:
-            return conn.execute("DELETE FROM calls").rowcount
-        finally:
-            conn.close()
+        return _read(path, lambda conn: conn.execute("DELETE FROM calls").rowcount)
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
         return f"<nbllm call log ({state}) at {self.path}; call history(limit=20) for a DataFrame>"
 
 
+def _read(path: Path, use: Any) -> Any:
+    """`use(connection)` on the log file; a file SQLite cannot use is one ConfigurationError."""
+    try:
+        conn = connect(path, _SCHEMA)
+        try:
+            return use(conn)
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"The call log {path} cannot be read ({exc}): point NBLLM_HISTORY at another "
+                                 "file.") from None
+
+
 def _typed(frame: "pd.DataFrame") -> "pd.DataFrame":
     import pandas as pd
 
+    from .tables import cast_usage
+
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
-    for column in ("input_tokens", "output_tokens"):
-        frame[column] = frame[column].astype("Int64")
-    for column in ("latency_ms", "cost_usd"):
-        frame[column] = frame[column].astype("float64")
-    return frame
+    return cast_usage(frame)
 
 
 history = CallLog()

@@ -8,6 +8,7 @@ that names the provider and URL; a stream that breaks keeps the text that arrive
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -119,8 +120,8 @@ async def _prepare(request: Request) -> tuple[Any, Any, list[Any], dict[str, Any
     choice = await registry.choose(provider, wanted_model)
     spec, settings = registry.require(choice.provider)
     settings = await registry.prepare(spec.name)  # e.g. start the embedded server
-    if request.timeout is not None:
-        settings = settings.with_(timeout=request.timeout)
+    # A per-call timeout travels in the model settings (pydantic-ai applies it per request),
+    # so the shared client, keyed on the provider's settings, is reused for every timeout.
     model = shared_model(spec, settings, choice.model)
     history = list(request.chat.messages) if request.chat is not None else []
     new_request = ModelRequest(parts=[UserPromptPart(request.prompt)], instructions=request.system or None)
@@ -176,6 +177,9 @@ async def _ask(request: Request) -> Answer:
     started = time.perf_counter()
     try:
         response = await model_request(model, messages, model_settings=options)
+    except asyncio.CancelledError:  # Ctrl-C or a cancelled task: the call still gets its row
+        _log_interrupted(request, Answer("", choice.provider, choice.model), started, options, settings, "ask")
+        raise
     except Exception as exc:
         failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets())
         get_registry().invalidate(choice.provider)  # re-detect (and re-choose `auto`) next time
@@ -216,30 +220,43 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
     chunks: list[str] = []
     answer = Answer("", choice.provider, choice.model, reason=choice.reason)
     response = None
+    logged = False
     try:
-        async with model_request_stream(model, messages, model_settings=options) as streamed:
-            async for event in streamed:
-                delta = None
-                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
-                    delta = event.part.content
-                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
-                    delta = event.delta.content_delta
-                if delta:
-                    chunks.append(delta)
-                    yield delta
-            response = streamed.get()
-    except Exception as exc:
-        answer.failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets())
-        get_registry().invalidate(choice.provider)
-        answer.error = str(answer.failure)
-    answer.text = "".join(chunks)
+        try:
+            async with model_request_stream(model, messages, model_settings=options) as streamed:
+                async for event in streamed:
+                    delta = None
+                    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                        delta = event.part.content
+                    elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                        delta = event.delta.content_delta
+                    if delta:
+                        chunks.append(delta)
+                        yield delta
+                response = streamed.get()
+        except Exception as exc:
+            answer.failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets())
+            get_registry().invalidate(choice.provider)
+            answer.error = str(answer.failure)
+        answer.text = "".join(chunks)
+        answer.latency_ms = (time.perf_counter() - started) * 1000
+        if response is not None:
+            _finish(answer, response, request, messages)
+            if recorder is not None and answer.ok:
+                await recorder.save(answer)
+        calllog.record(request, answer, options, kind="stream", secrets=settings.secrets())
+        logged = True
+        yield answer
+    finally:
+        if not logged:  # Ctrl-C, a cancelled task or a consumer that stopped early: keep what arrived
+            _log_interrupted(request, answer, started, options, settings, "stream", "".join(chunks))
+
+
+def _log_interrupted(request: Request, answer: Answer, started: float, options: dict[str, Any], settings: Any,
+                     kind: str, text: str = "") -> None:
+    answer.text, answer.error = text, "interrupted"
     answer.latency_ms = (time.perf_counter() - started) * 1000
-    if response is not None:
-        _finish(answer, response, request, messages)
-        if recorder is not None and answer.ok:
-            await recorder.save(answer)
-    calllog.record(request, answer, options, kind="stream", secrets=settings.secrets())
-    yield answer
+    calllog.record(request, answer, options, kind=kind, secrets=settings.secrets(), outcome="interrupted")
 
 
 class TextStream:
@@ -279,9 +296,24 @@ class TextStream:
         return self.answer.text if self.answer else ""
 
 
-def _request(prompt: str, options: dict[str, Any]) -> Request:
+def check_prompt(prompt: Any) -> None:
+    """An empty prompt is one clear error before anything is sent."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigurationError("The prompt is empty: give some text to send.")
+
+
+def check_options(options: dict[str, Any], where: str) -> None:
+    """Unknown keyword options are one clear error up front, not one failure per provider or input."""
+    from dataclasses import fields
+
+    valid = sorted(f.name for f in fields(Request) if f.name not in ("prompt", "provider", "max_retries"))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigurationError(f"{where}() got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}.")
+
+
+def _request(prompt: str, options: dict[str, Any]) -> Request:
+    check_prompt(prompt)
     return Request(prompt=prompt, **options)
 
 

@@ -48,8 +48,9 @@ class ProviderSpec:
     """Lower comes first when `auto` chooses among local servers."""
     install_hint: str | None = None
     prepare: str | None = None
-    """An async `(spec, settings) -> base_url` hook, as "module:function", awaited before the
-    provider is probed or called (`nbllm.embedded:ensure_server` starts a local server).
+    """An async `(spec, settings, *, start, env) -> base_url | None` hook, as "module:function",
+    awaited before the provider is called (`start=True`: `nbllm.embedded:ensure_server` starts
+    a local server) or probed (`start=False`: never starts it; None means "not running yet").
     A `ConfigurationError` from it means "not installed"."""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 

@@ -152,12 +152,11 @@ def _health(timeout: float | None) -> Outcome:
 
     health = api.health_check(timeout=timeout)
     summary = api.status(health)
-    columns = [*tables.HEALTH_COLUMNS[:5], "models", *tables.HEALTH_COLUMNS[5:]]
     data = {"summary": asdict(summary), "providers": {name: h.as_dict() for name, h in health.items()}}
     error = None if summary.available else (
         "no provider is available: start LM Studio, Ollama or llama.cpp, or set an API key such as OPENAI_API_KEY"
     )
-    return Outcome(str(summary), tables.health_frame(health, columns), data, error)
+    return Outcome(str(summary), tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data, error)
 
 
 def _list() -> Outcome:
@@ -217,8 +216,7 @@ def _test(name: str, timeout: float | None) -> Outcome:
     h = health[spec.name]
     message = f"{spec.name}: answering at {h.base_url} in {h.latency_ms:.0f} ms; model {choice.model}"
     data = {"provider": spec.name, "ok": True, "model": choice.model, "health": h.as_dict()}
-    columns = [*tables.HEALTH_COLUMNS[:5], "models", *tables.HEALTH_COLUMNS[5:]]
-    return Outcome(message, tables.health_frame(health, columns), data)
+    return Outcome(message, tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data)
 
 
 def _reinit() -> Outcome:
@@ -247,18 +245,13 @@ def _env_value(name: str) -> str | None:
     return value if value and value.strip() else None
 
 
-def known_secrets() -> tuple[str, ...]:
-    """Every configured key, so output can be scrubbed of them as a last line of defence."""
+def scrub(text: str) -> str:
+    """`text` without any key this process knows or URL credentials: the last line of defence
+    before output (the terminal here, the notebook in `%llm_providers`)."""
+    from .errors import redact
     from .registry import get_registry
 
-    registry = get_registry()
-    return tuple(secret for name in registry.names() for secret in registry.settings(name).secrets())
-
-
-def scrub(text: str) -> str:
-    from .errors import redact
-
-    return redact(text, known_secrets())
+    return redact(text, get_registry().secrets())
 
 
 # ---- the console script -----------------------------------------------------------

@@ -1,15 +1,22 @@
-"""HTTP clients built once per event loop and reused (building one costs ~40 ms)."""
+"""HTTP clients built once per event loop and reused (building one costs ~40 ms).
+
+Each client belongs to the loop it was built on: its connections can only be used
+and closed there. `clear()` (after `reinit`, on `%unload_ext`) forgets them and
+closes them on their loop; `close_clients()` is what `bridge.shutdown` awaits
+before stopping nbllm's loop, so no connection outlives it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["shared_client", "cached_per_loop", "clear"]
+__all__ = ["shared_client", "cached_per_loop", "clear", "close_clients"]
 
 _per_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
@@ -23,14 +30,49 @@ def cached_per_loop(key: Any, build: Any) -> Any:
     return cache[key]
 
 
-def shared_client(timeout: float | None = None) -> "httpx2.AsyncClient":
-    """A plain client for probes and model lists (per-request timeouts are passed at call time)."""
+def shared_client() -> "httpx2.AsyncClient":
+    """A plain client for probes and model lists (each request passes its own timeout)."""
     import httpx2
 
-    return cached_per_loop(("probe",), lambda: httpx2.AsyncClient(timeout=timeout or 5.0, follow_redirects=True))
+    return cached_per_loop(("probe",), lambda: httpx2.AsyncClient(timeout=5.0, follow_redirects=True))
 
 
 def clear() -> None:
-    """Forget every cached client (after `reinit`, so new settings take effect)."""
-    for cache in list(_per_loop.values()):
+    """Forget every cached client (so new settings take effect) and close it on its own loop."""
+    for loop, cache in list(_per_loop.items()):
+        objects = list(cache.values())
         cache.clear()
+        if objects and loop.is_running() and not loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(_close_all(objects), loop)
+            except RuntimeError:  # the loop closed meanwhile: nothing can close them now
+                pass
+
+
+async def close_clients() -> None:
+    """Close and forget the clients of the running loop (before that loop stops)."""
+    cache = _per_loop.pop(asyncio.get_running_loop(), {})
+    await _close_all(list(cache.values()))
+
+
+async def _close_all(objects: list[Any]) -> None:
+    for thing in objects:
+        try:
+            await _close(thing)
+        except Exception:  # cleanup never raises: a client that cannot close is dropped anyway
+            pass
+
+
+async def _close(thing: Any) -> None:
+    """httpx2 clients have `aclose()`, SDK clients an async `close()`; a pydantic-ai model
+    holds an SDK client (`.client`) and may own an HTTP client through its provider."""
+    for target in (thing, getattr(thing, "client", None)):
+        for name in ("aclose", "close"):
+            method = getattr(target, name, None)
+            if method is not None and inspect.iscoroutinefunction(method):
+                await method()
+                break
+    provider = getattr(thing, "provider", None)
+    if provider is not None and hasattr(provider, "__aexit__"):
+        async with provider:  # leaving the provider's context closes a client it created itself
+            pass

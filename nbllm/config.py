@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .catalog import ProviderSpec, key_env_names
+from .catalog import ProviderSpec, all_specs, key_env_names
 from .errors import redact
 
 __all__ = [
     "Secret", "ProviderSettings", "GlobalSettings", "NbllmConfigWarning", "FIELDS",
-    "read_environment", "load_provider_settings", "load_global_settings",
+    "read_environment", "key_values", "load_provider_settings", "load_global_settings",
     "user_config_path", "read_user_config", "write_user_config", "server_root", "openai_base",
 ]
 
@@ -169,6 +169,8 @@ class GlobalSettings:
     model: str | None = None
     health_timeout: float = 2.0
     problems: tuple[str, ...] = ()
+    provider_source: str = ""
+    """Where `provider` came from, for messages: "NBLLM_PROVIDER", "the saved default" or ""."""
 
 
 # ---- sources ---------------------------------------------------------------
@@ -220,6 +222,17 @@ def read_environment(dotenv_path: str | os.PathLike[str] | None = ".env") -> tup
         merged[key] = value
         origin[key] = "env"
     return merged, origin
+
+
+def key_values(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The value of every key variable in `env` (any `*_API_KEY`, and each provider's key names).
+
+    Messages about a bad value are masked with all of them: a key pasted into
+    another provider's variable must not be echoed either.
+    """
+    names = {name for spec in all_specs() for name in key_env_names(spec)}
+    values = {v.strip() for k, v in env.items() if (k.endswith("_API_KEY") or k in names) and v and v.strip()}
+    return tuple(sorted(values, key=len, reverse=True))  # a key inside a longer one is masked after it
 
 
 def _warn(problem: str) -> None:
@@ -301,7 +314,7 @@ def load_provider_settings(
             default = values.get(fld.attr, getattr(ProviderSettings, fld.attr, None))
             problem = redact(  # a key pasted in the wrong place must not be echoed
                 f"nbllm: {name}={raw.strip()!r} is invalid ({exc}); using the default {default!r}.",
-                (api_key.get(),) if api_key else (),
+                key_values(env),
             )
             problems.append(problem)
             if warn:
@@ -330,6 +343,7 @@ def load_global_settings(
     user_config = user_config or {}
     saved = user_config.get("default") or {}
     provider = (env.get("NBLLM_PROVIDER") or saved.get("provider") or "auto").strip().lower()
+    source = "NBLLM_PROVIDER" if env.get("NBLLM_PROVIDER") else ("the saved default" if saved.get("provider") else "")
     model = env.get("NBLLM_MODEL") or (saved.get("model") if not env.get("NBLLM_PROVIDER") else None)
     problems: list[str] = []
     timeout = 2.0
@@ -341,8 +355,10 @@ def load_global_settings(
                 raise ValueError("must be in (0, 120]")
         except ValueError as exc:
             timeout = 2.0
-            problems.append(f"nbllm: NBLLM_HEALTH_TIMEOUT={raw!r} is invalid ({exc}); using the default 2.0.")
+            problems.append(redact(f"nbllm: NBLLM_HEALTH_TIMEOUT={raw!r} is invalid ({exc}); using the default 2.0.",
+                                   key_values(env)))
     if warn:
         for problem in problems:
             _warn(problem)
-    return GlobalSettings(provider=provider, model=model or None, health_timeout=timeout, problems=tuple(problems))
+    return GlobalSettings(provider=provider, model=model or None, health_timeout=timeout, problems=tuple(problems),
+                          provider_source=source)

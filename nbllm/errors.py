@@ -1,14 +1,15 @@
 """nbllm's exceptions: one hierarchy, each error says what to do next.
 
-Messages never contain API keys: errors are built from provider names and URLs,
-and `redact` scrubs any secret that a lower layer might have echoed back.
+Messages never contain API keys or URL passwords: errors are built from provider
+names and URLs, and `redact` scrubs any secret (and any `user:password@` in a URL)
+that a lower layer might have echoed back.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["NbllmError", "ConfigurationError", "ModelError", "redact"]
+__all__ = ["NbllmError", "ConfigurationError", "ModelError", "redact", "display_url"]
 
 # Shapes of well-known keys (sk-..., sk-ant-..., xai-..., AIza...), plus any
 # `Bearer <token>` header value, in case an SDK message echoes one.
@@ -17,12 +18,22 @@ _KEY_PATTERNS = re.compile(
 )
 
 
+# The `user:password@` part of any URL in a text (up to the last `@` before the path,
+# since a password may itself contain an unescaped `@`).
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#]*@")
+
+
+def display_url(url: str) -> str:
+    """`url` without `user:password@`: what messages and tables show (requests keep the real URL)."""
+    return _URL_CREDENTIALS.sub(r"\1", url)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Replace known secret values and key-shaped tokens with a mask."""
+    """Replace known secret values, key-shaped tokens and URL credentials with a mask."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return _KEY_PATTERNS.sub("***", text)
+    return _KEY_PATTERNS.sub("***", display_url(text))
 
 
 class NbllmError(Exception):
@@ -38,10 +49,10 @@ class ModelError(NbllmError, RuntimeError):
 
     def __init__(self, provider: str, message: str, url: str | None = None, hint: str | None = None):
         self.provider = provider
-        self.url = url
+        self.url = display_url(url) if url else url
         self.reason = redact(message)
         self.hint = hint
-        where = f" at {url}" if url else ""
+        where = f" at {self.url}" if url else ""
         text = f"{provider}{where}: {self.reason}"
         if hint:
             text += f" — {hint}"

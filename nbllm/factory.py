@@ -7,7 +7,6 @@ nbllm's own calls pay the ~45 ms of building a provider and its HTTP client once
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from .catalog import ProviderSpec, key_names
@@ -107,15 +106,15 @@ def build_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | 
     return builder(spec, settings, model_id or settings.model)
 
 
-def _fingerprint(settings: ProviderSettings) -> str:
-    secret = settings.api_key.get() if settings.api_key else ""
-    return hashlib.sha256(f"{secret}|{settings.base_url}|{settings.timeout}|{settings.max_retries}".encode()).hexdigest()
-
-
 def shared_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | None = None) -> "Model":
-    """The model for these settings, built once per running event loop."""
+    """The model for these settings, built once per running event loop.
+
+    Keyed on what the client is built from (key, URL, client timeout, retries) and
+    nothing else, so per-call options, which travel in `model_settings`, reuse it.
+    The key is a `Secret`: it hashes by value and never shows in a repr.
+    """
     model_id = model_id or settings.model
-    key = ("model", spec.name, model_id, _fingerprint(settings))
+    key = ("model", spec.name, model_id, settings.api_key, settings.base_url, settings.timeout, settings.max_retries)
     return cached_per_loop(key, lambda: build_model(spec, settings, model_id))
 
 

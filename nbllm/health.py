@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .catalog import ProviderSpec, key_names
 from .config import ProviderSettings
-from .errors import ConfigurationError
+from .errors import ConfigurationError, display_url
 from . import probes
 
-Prepare = Callable[[str], Awaitable[ProviderSettings]]
-"""Runs a provider's `prepare` hook (the registry's `prepare`), returning updated settings."""
+NOT_STARTED = "starts on first use"
+"""The note of a server nbllm runs itself (the embedded model) that is not running yet."""
 
-__all__ = ["ProviderHealth", "check_provider", "check_providers"]
+
+class Prepare(Protocol):
+    """Runs a provider's `prepare` hook (the registry's `prepare`): updated settings, or None
+    with `start=False` while the server nbllm runs for it is not running."""
+
+    def __call__(self, name: str, start: bool = True) -> Awaitable[ProviderSettings | None]: ...
+
+__all__ = ["NOT_STARTED", "ProviderHealth", "check_provider", "check_providers"]
 
 
 @dataclass
@@ -38,6 +45,8 @@ class ProviderHealth:
     error: str | None = None
     kind: str = "local"
     configured: bool = True
+    note: str | None = None
+    """Something worth knowing that is not a fault (e.g. "starts on first use")."""
 
     @property
     def available(self) -> bool:
@@ -64,12 +73,14 @@ async def check_provider(
 ) -> ProviderHealth:
     """Probe one provider within `timeout` seconds; always returns a ProviderHealth.
 
-    A provider with a `prepare` hook (the embedded server) is prepared first; its
-    start-up has its own bound, the probe after it the usual one.
+    A provider with a `prepare` hook (the embedded server) is probed only if its server
+    is running: a health check never starts it (that costs a process and a model load).
+    Not running yet, it is reported available without a probe (`connected=None`) and
+    the note "starts on first use".
     """
     base = ProviderHealth(
         provider=spec.name, enabled=settings.enabled, connected=None,
-        model_id=settings.model, base_url=settings.base_url, kind=spec.kind,
+        model_id=settings.model, base_url=display_url(settings.base_url), kind=spec.kind,
     )
     if not settings.enabled:
         base.connected = None if spec.kind == "cloud" else False
@@ -82,14 +93,18 @@ async def check_provider(
         return base
     if spec.prepare and prepare is not None:
         try:
-            settings = await prepare(spec.name)
+            prepared = await prepare(spec.name, start=False)
         except ConfigurationError as exc:  # e.g. an optional extra is missing
             base.configured, base.base_url, base.error = False, None, str(exc)
             return base
-        except Exception as exc:
+        except Exception as exc:  # e.g. its last start failed
             base.connected, base.error = False, str(exc)
             return base
-        base.base_url = settings.base_url
+        if prepared is None:
+            base.base_url, base.note = None, NOT_STARTED
+            return base
+        settings = prepared
+        base.base_url = display_url(settings.base_url)
     started = time.perf_counter()
     try:
         found = await asyncio.wait_for(probes.probe(spec, settings, timeout), timeout)
@@ -104,7 +119,7 @@ async def check_provider(
         base.error = f"probe failed: {type(exc).__name__}: {exc}"
     else:
         base.connected = True
-        base.base_url = found.base_url
+        base.base_url = display_url(found.base_url)  # tables show it; requests use settings
         base.models = found.models
         detected = found.loaded or (found.models[0] if found.models else None)
         if not settings.model_is_default:

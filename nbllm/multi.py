@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import bridge
 from .errors import ConfigurationError
+from .health import NOT_STARTED
 from .registry import get_registry
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ async def _targets(names: list[str] | None) -> list[tuple[str, str | None]]:
     registry = get_registry()
     health = await registry.check()
     available = [(h.provider, h.model_id if h.model_detected else None) for h in health.values() if h.available]
+    # The embedded server is not started for this (a process and a model load) unless nothing else answers.
+    available = [t for t in available if health[t[0]].note != NOT_STARTED] or available
     if not available:
         reasons = "; ".join(f"{h.provider}: {h.error or h.status}" for h in health.values() if h.enabled)
         raise ConfigurationError(
@@ -99,26 +102,11 @@ async def _one(prompt: str, provider: str, model: str | None, options: dict[str,
     return row
 
 
-def check_options(options: dict[str, Any], where: str) -> None:
-    """Unknown keyword options are one clear error up front, not one failure per provider or input."""
-    from dataclasses import fields
-
-    from .calls import Request
-
-    valid = sorted(f.name for f in fields(Request) if f.name not in ("prompt", "provider", "max_retries"))
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigurationError(f"{where}() got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}.")
-
-
-def _check_prompt(prompt: Any) -> None:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigurationError("The prompt is empty: give some text to send.")
-
-
 async def _fan_out(prompt: str, providers: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per provider, in order; runs on nbllm's loop."""
-    _check_prompt(prompt)
+    from .calls import check_options, check_prompt
+
+    check_prompt(prompt)
     check_options(options, "compare/consensus")
     if options.get("chat") is not None:
         raise ConfigurationError("compare/consensus do not take chat memory: each provider would add its own turn "
@@ -130,12 +118,9 @@ async def _fan_out(prompt: str, providers: Any, options: dict[str, Any]) -> list
 def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
-    for column in ("input_tokens", "output_tokens"):
-        frame[column] = frame[column].astype("Int64")
-    for column in ("latency_ms", "cost_usd"):
-        frame[column] = frame[column].astype("float64")
-    return frame
+    from .tables import cast_usage
+
+    return cast_usage(pd.DataFrame(rows, columns=COMPARE_COLUMNS))
 
 
 # ---- compare -----------------------------------------------------------------------------

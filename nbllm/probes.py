@@ -15,6 +15,7 @@ from typing import Any
 from .catalog import ProviderSpec
 from .clients import shared_client
 from .config import ProviderSettings, openai_base, server_root
+from .errors import display_url, redact
 
 __all__ = ["Found", "ProbeError", "probe", "get_json", "describe_http_error"]
 
@@ -28,9 +29,11 @@ class Found:
 
 
 class ProbeError(Exception):
+    """A probe failed; message and URL never carry the base URL's `user:password@`."""
+
     def __init__(self, message: str, url: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.url = url
+        super().__init__(redact(message))
+        self.url = display_url(url) if url else url
         self.status = status
 
 

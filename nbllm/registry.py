@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 from . import catalog
 from .catalog import AUTO, ProviderSpec
 from .config import (
-    FIELDS, GlobalSettings, ProviderSettings, load_global_settings, load_provider_settings,
+    FIELDS, GlobalSettings, ProviderSettings, key_values, load_global_settings, load_provider_settings,
     read_environment, read_user_config, write_user_config,
 )
-from .errors import ConfigurationError
+from .errors import ConfigurationError, redact
 from .health import ProviderHealth, check_providers
 
 __all__ = ["ProviderRegistry", "get_registry", "Choice", "StatusSummary"]
@@ -114,10 +114,19 @@ class ProviderRegistry:
         return not spec.needs_key or self.settings(name).has_key
 
     def update(self, name: str, **changes: Any) -> ProviderSettings:
-        """Change settings of one provider for this process (e.g. `model=`)."""
+        """Change settings of one provider for this process (e.g. `model=`).
+
+        A new `model` or `base_url` is a choice like `{P}_MODEL`/`{P}_BASE_URL`: its
+        `*_is_default` flag becomes False (so a local server's detected model no longer
+        wins), unless the caller sets the flag itself.
+        """
         spec = self.spec(name)
         with self._lock:
-            self._settings[spec.name] = self.settings(spec.name).with_(**changes)
+            settings = self.settings(spec.name)
+            for attr in ("model", "base_url"):
+                if attr in changes and changes[attr] != getattr(settings, attr):
+                    changes.setdefault(f"{attr}_is_default", False)
+            self._settings[spec.name] = settings.with_(**changes)
             self.invalidate(None if "enabled" in changes else spec.name)
             return self._settings[spec.name]
 
@@ -153,14 +162,23 @@ class ProviderRegistry:
         names = catalog.key_env_names(spec) + [f"{spec.env_prefix}_{fld.suffix}" for fld in FIELDS]
         if spec.host_env:
             names.append(spec.host_env)
-        rows = []
+        rows, secrets = [], self.secrets()
         for var in names:
             is_key = var.endswith("_API_KEY")
             source = settings.sources.get(var)
             raw = self._env.get(var)
-            shown = "********" if is_key and raw else (raw if raw is not None else "")
+            # Not a key variable: shown, but without URL credentials or a key pasted there by mistake.
+            shown = "********" if is_key and raw else (redact(raw, secrets) if raw is not None else "")
             rows.append({"provider": spec.name, "variable": var, "set": bool(raw), "source": source or "", "value": shown})
         return rows
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every key this process knows (each provider's and any `*_API_KEY` value), longest
+        first: what output is scrubbed of, as a last line of defence."""
+        with self._lock:
+            values = {s for name in self.names() for s in self.settings(name).secrets()}
+            values.update(key_values(self._env))
+        return tuple(sorted(values, key=len, reverse=True))
 
     # ---- health and status ---------------------------------------------------
     @property
@@ -178,17 +196,25 @@ class ProviderRegistry:
                 self._detected[h.provider] = (h.model_id if h.model_detected else None, now)
         return results
 
-    async def prepare(self, name: str) -> ProviderSettings:
-        """Run the provider's `prepare` hook (e.g. start the embedded server) and adopt the
-        base URL it returns; settings unchanged for providers without one."""
+    async def prepare(self, name: str, start: bool = True) -> ProviderSettings | None:
+        """Run the provider's `prepare` hook and adopt the base URL it returns; settings
+        unchanged for providers without one.
+
+        `start=True` (calls) may start the server nbllm runs (the embedded model).
+        `start=False` (health checks) never does: None while that server is not running.
+        """
         spec = self.spec(name)
         settings = self.settings(spec.name)
         if not spec.prepare or not settings.enabled:
             return settings
         module, _, function = spec.prepare.partition(":")
         hook = getattr(importlib.import_module(module), function)
-        base_url = await hook(spec, settings)
-        return settings if base_url == settings.base_url else self.update(spec.name, base_url=base_url)
+        base_url = await hook(spec, settings, start=start, env=self._env)
+        if base_url is None:
+            return None
+        if base_url == settings.base_url:
+            return settings
+        return self.update(spec.name, base_url=base_url, base_url_is_default=settings.base_url_is_default)
 
     def summary(self, health: dict[str, ProviderHealth] | None = None) -> StatusSummary:
         names = self.names()
@@ -267,6 +293,12 @@ class ProviderRegistry:
         for spec in locals_:
             if spec.prepare and cloud_key:
                 continue
+            if spec.prepare:  # reached, with nothing else usable: start it (health checks never do)
+                try:
+                    await self.prepare(spec.name)
+                except Exception as exc:  # not installed, or it cannot start: say why, go on
+                    tried.append(f"{spec.name} ({exc})")
+                    continue
             h = health.get(spec.name) or (await self.check([spec.name]))[spec.name]
             if h.connected:
                 self._detected[spec.name] = (h.model_id if h.model_detected else None, time.monotonic())

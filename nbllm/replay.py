@@ -19,7 +19,9 @@ replayed answer has the recorded text, provider, model, tokens and cost, and
 `Answer.cached` is True.
 
 The store is `platformdirs.user_data_dir("nbllm")/cache.sqlite`; `NBLLM_CACHE`
-overrides the path. Key-shaped text is masked before it is written.
+overrides the path. Key-shaped text is masked before it is written. A store that
+cannot be read or written costs one warning, never an answer: a lookup that fails
+is a miss (strict replay: a `ConfigurationError`), a save that fails is skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,6 +44,10 @@ from .errors import ConfigurationError, ModelError, redact
 __all__ = ["cache", "ReplayCache", "ReplayMiss", "Recording", "Recorder", "for_request", "cache_path", "MODES"]
 
 MODES = ("record", "replay", "off")
+
+log = logging.getLogger("nbllm")
+
+_STORAGE_ERRORS = (OSError, sqlite3.Error)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -100,6 +107,7 @@ class _Store:
         if self._conn is None or self._conn[0] != path:
             if self._conn is not None:
                 self._conn[1].close()
+                self._conn = None  # a failed connect below must not leave the closed one in place
             self._conn = (path, connect(path, _SCHEMA))
         return self._conn[1]
 
@@ -182,8 +190,18 @@ class Recorder:
         self._secrets = secrets
 
     async def lookup(self) -> Recording | None:
-        """The recorded answer, or None; in strict replay a miss raises `ReplayMiss`."""
-        row = await asyncio.to_thread(_store.get, self.path, self.key)
+        """The recorded answer, or None; in strict replay a miss raises `ReplayMiss`.
+
+        A store that cannot be read is a miss (one warning); in strict replay, where
+        a miss would be silent data loss, it is a `ConfigurationError` instead.
+        """
+        try:
+            row = await asyncio.to_thread(_store.get, self.path, self.key)
+        except _STORAGE_ERRORS as exc:
+            if self.mode == "replay":
+                raise ConfigurationError(f"The replay cache {self.path} cannot be read ({exc}): {_FIX}.") from None
+            _warn_once(self.path, f"cannot be read ({exc}); asking the provider instead")
+            return None
         if row is not None:
             return Recording(*row)
         if self.mode == "replay":
@@ -196,7 +214,7 @@ class Recorder:
         return None
 
     async def save(self, answer: Any) -> None:
-        """Store a successful answer (record mode only)."""
+        """Store a successful answer (record mode only); a store that fails is one warning, not an error."""
         if self.mode != "record" or getattr(answer, "error", None):
             return
 
@@ -209,7 +227,21 @@ class Recorder:
             json.dumps(asked, sort_keys=True), clean(self.asked["prompt"]), clean(self.asked["system"]),
             clean(answer.text), answer.input_tokens, answer.output_tokens, answer.cost_usd, answer.latency_ms,
         )
-        await asyncio.to_thread(_store.put, self.path, row)
+        try:
+            await asyncio.to_thread(_store.put, self.path, row)
+        except Exception as exc:  # the answer is already paid for: never lose it to the cache
+            _warn_once(self.path, f"cannot be written ({exc}); this answer was not cached")
+
+
+_FIX = "point NBLLM_CACHE at a writable file, or turn the cache off with nbllm.cache('off')"
+_warned_paths: set[Path] = set()
+
+
+def _warn_once(path: Path, problem: str) -> None:
+    """One line per unusable store and process, saying what failed and how to fix it."""
+    if path not in _warned_paths:
+        _warned_paths.add(path)
+        log.warning("nbllm: the replay cache %s %s; %s.", path, problem, _FIX)
 
 
 def for_request(request: Any) -> Recorder | None:
@@ -279,17 +311,24 @@ class ReplayCache:
         """Forget the mode set in this process (`NBLLM_CACHE_MODE` decides again)."""
         self._mode = None
         _store.close()
+        _warned_paths.clear()
 
     @property
     def path(self) -> Path:
         return cache_path()
 
     def __len__(self) -> int:
-        return _store.count(self.path)
+        return self._use(_store.count)
 
     def clear(self) -> int:
         """Delete every recorded answer; returns how many were removed."""
-        return _store.clear(self.path)
+        return self._use(_store.clear)
+
+    def _use(self, action: Any) -> int:
+        try:
+            return action(self.path)
+        except _STORAGE_ERRORS as exc:
+            raise ConfigurationError(f"The replay cache {self.path} cannot be used ({exc}): {_FIX}.") from None
 
     def __repr__(self) -> str:
         return f"<nbllm replay cache: mode {self.mode!r}, file {self.path}>"

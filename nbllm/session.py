@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .catalog import AUTO
-from .registry import get_registry
+from .config import NbllmConfigWarning
+from .errors import ConfigurationError, redact
+from .registry import ProviderRegistry, get_registry
 
 __all__ = ["Selection", "current", "use", "observe", "reset_default", "Conversation", "conversation"]
 
@@ -39,13 +42,35 @@ _observers: list[Observer] = []
 
 
 def current() -> Selection:
-    """The default provider and model for this kernel."""
+    """The default provider and model for this kernel.
+
+    First read from `NBLLM_PROVIDER`/`NBLLM_MODEL` (or the saved default); a name that is
+    unknown or disabled gives one `NbllmConfigWarning` and the default is `auto`.
+    """
     global _current
     with _lock:
         if _current is None:
-            g = get_registry().global_settings
-            _current = Selection(g.provider or AUTO, g.model)
+            registry = get_registry()
+            g = registry.global_settings
+            _current = Selection(_valid_provider(registry, g.provider or AUTO, g.provider_source), g.model)
         return _current
+
+
+def _valid_provider(registry: ProviderRegistry, name: str, source: str) -> str:
+    """`name` if it is `auto` or an enabled provider; else a warning and `auto`."""
+    if name == AUTO:
+        return name
+    try:
+        return registry.require(name)[0].name
+    except ConfigurationError:
+        pass
+    enabled = [n for n in registry.names() if registry.settings(n).enabled]
+    known = name in registry.names()
+    what = f"{source}={name!r}" if source == "NBLLM_PROVIDER" else f"{source or 'the default provider'} {name!r}"
+    reason = "names a disabled provider" if known else "is not a known provider"
+    message = f"nbllm: {what} {reason}; using {AUTO!r}. Enabled choices: {', '.join([AUTO, *enabled])}."
+    warnings.warn(redact(message, registry.secrets()), NbllmConfigWarning, stacklevel=3)
+    return AUTO
 
 
 def use(provider: str, model: str | None = None, save: bool = False) -> Selection:

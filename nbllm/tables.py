@@ -17,13 +17,16 @@ if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
 __all__ = [
-    "HEALTH_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS", "health_rows", "health_frame", "health_table",
+    "HEALTH_COLUMNS", "HEALTH_TABLE_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS",
+    "health_rows", "health_frame", "health_table",
     "variables_frame", "frame", "to_text", "to_html", "styled", "display_bundle",
 ]
 
-HEALTH_COLUMNS = ["provider", "status", "enabled", "connected", "model", "latency_ms", "base_url", "error"]
-"""What `--health-check` and `health_table()` show (plus `models`, see `health_table`)."""
-STATUS_COLUMNS = ["provider", "kind", "status", "model", "base_url", "error"]
+HEALTH_COLUMNS = ["provider", "status", "enabled", "connected", "model", "latency_ms", "base_url", "error", "note"]
+"""One row of health facts per provider (`health_frame`'s default columns)."""
+HEALTH_TABLE_COLUMNS = [*HEALTH_COLUMNS[:5], "models", *HEALTH_COLUMNS[5:]]
+"""What `--health-check`, `--test` and `health_table()` show: the health columns plus every model listed."""
+STATUS_COLUMNS = ["provider", "kind", "status", "model", "base_url", "error", "note"]
 """The compact table of `--status`."""
 VARIABLE_COLUMNS = ["provider", "variable", "set", "source", "value"]
 
@@ -51,6 +54,7 @@ def health_rows(health: dict[str, ProviderHealth]) -> list[dict[str, Any]]:
             "latency_ms": h.latency_ms,
             "base_url": h.base_url or "",
             "error": h.error or "",
+            "note": h.note or "",  # not a fault: e.g. the embedded server "starts on first use"
         })
     return rows
 
@@ -73,7 +77,7 @@ def health_table(timeout: float | None = None) -> "pd.DataFrame":
     """
     from .api import health_check
 
-    return health_frame(health_check(timeout=timeout), [*HEALTH_COLUMNS[:5], "models", *HEALTH_COLUMNS[5:]])
+    return health_frame(health_check(timeout=timeout), HEALTH_TABLE_COLUMNS)
 
 
 def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
@@ -94,17 +98,22 @@ def to_text(df: "pd.DataFrame") -> str:
 
 
 def styled(df: "pd.DataFrame") -> "Styler":
-    """The DataFrame with its `status` column coloured (display only)."""
+    """The DataFrame with its `status` column coloured (display only).
+
+    Cells are HTML-escaped: model names and error texts come from servers, and the
+    Styler would otherwise put them into the page as markup.
+    """
 
     def colour(value: Any) -> str:
         code = _STATUS_COLOURS.get(str(value))
         return f"color: {code}; font-weight: bold" if code else ""
 
-    styler = df.style
+    formats = None
+    if "latency_ms" in df.columns:
+        formats = {"latency_ms": lambda v: "" if v is None or v != v else f"{v:.0f}"}
+    styler = df.style.format(formats, escape="html").format_index(escape="html")
     if "status" in df.columns:
         styler = styler.map(colour, subset=["status"])
-    if "latency_ms" in df.columns:
-        styler = styler.format({"latency_ms": lambda v: "" if v is None or v != v else f"{v:.0f}"})
     return styler
 
 
@@ -124,3 +133,14 @@ def display_bundle(df: "pd.DataFrame", caption: str | None = None) -> dict[str, 
         text = f"{caption}\n{text}"
         body = f"<p>{html.escape(caption)}</p>\n{body}"
     return {"text/plain": text, "text/html": body}
+
+
+def cast_usage(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """Token counts as nullable integers, latency and cost as floats, so None cells keep their column's type."""
+    for column in ("input_tokens", "output_tokens"):
+        if column in frame.columns:
+            frame[column] = frame[column].astype("Int64")
+    for column in ("latency_ms", "cost_usd"):
+        if column in frame.columns:
+            frame[column] = frame[column].astype("float64")
+    return frame

@@ -20,7 +20,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import ipywidgets as widgets
 
@@ -46,8 +45,10 @@ DEFAULT_MODEL = ""
 _CELL_STYLE = "style='text-align:left; padding:2px 8px; vertical-align:top'"
 _TABLE_HEADINGS = [
     ("provider", "provider"), ("status", "status"), ("enabled", "enabled"), ("connected", "connected"),
-    ("model", "model"), ("latency_ms", "latency"), ("base_url", "base URL"), ("error", "error"),
+    ("model", "model"), ("latency_ms", "latency"), ("base_url", "base URL"), ("error", "error"), ("note", "note"),
 ]
+PANEL_MARGIN = 2.0
+"""Seconds the panel waits for a provider beyond the health timeout before marking it timed out."""
 
 
 def panel() -> "ProviderPanel":
@@ -292,8 +293,33 @@ def _subscribe(owner: ProviderPanel) -> Callable[[], None]:
 
 
 async def _bounded_check(registry: "ProviderRegistry", timeout: float) -> dict[str, ProviderHealth]:
-    """Each probe is bounded by `timeout`; this bounds the whole check too, whatever happens."""
-    return await asyncio.wait_for(registry.check(None, timeout), timeout + 2.0)
+    """Check every provider concurrently, each on its own bound: one still unfinished after
+    `timeout + PANEL_MARGIN` gets a "timed out" row, and the others keep their results."""
+    bound = timeout + PANEL_MARGIN
+    names = registry.names()
+    tasks = {name: asyncio.ensure_future(registry.check([name], timeout)) for name in names}
+    try:
+        await asyncio.wait(tasks.values(), timeout=bound)
+    finally:
+        for task in tasks.values():
+            task.cancel()  # no-op for finished ones; also when the panel drops this check
+    results: dict[str, ProviderHealth] = {}
+    for name, task in tasks.items():
+        if task.done() and not task.cancelled() and task.exception() is None:
+            results.update(task.result())
+        else:
+            failure = None if task.cancelled() or not task.done() else task.exception()
+            results[name] = _unfinished(registry, name, bound, failure)
+    return results
+
+
+def _unfinished(registry: "ProviderRegistry", name: str, bound: float, failure: BaseException | None) -> ProviderHealth:
+    """The row of a provider whose check did not finish in time (or raised)."""
+    spec, settings = registry.spec(name), registry.settings(name)
+    error = (f"check failed: {type(failure).__name__}: {failure}" if failure is not None
+             else f"timed out after {bound:g} s (the check did not finish)")
+    return ProviderHealth(provider=name, enabled=settings.enabled, connected=False, model_id=settings.model,
+                          base_url=settings.base_url, kind=spec.kind, error=error)
 
 
 def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, str]], value: str | None = None) -> None:
@@ -332,7 +358,8 @@ def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
 def _pending_row(registry: "ProviderRegistry", name: str) -> dict[str, Any]:
     settings = registry.settings(name)
     return {"provider": name, "status": _status(registry, name, None, True), "enabled": settings.enabled,
-            "connected": "—", "model": settings.model, "latency_ms": None, "base_url": settings.base_url, "error": ""}
+            "connected": "—", "model": settings.model, "latency_ms": None, "base_url": settings.base_url, "error": "",
+            "note": ""}
 
 
 def _td(key: str, value: Any) -> str:
@@ -355,29 +382,12 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.0f} ms"
     if key == "enabled":
         return "yes" if value else "no"
-    if key == "base_url":
-        value = _without_credentials(str(value))
     return _escape(_scrub(str(value)))
 
 
-def _without_credentials(url: str) -> str:
-    """A base URL may carry user:password@; tables show the host only."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def _scrub(text: str) -> str:
-    """Mask every configured key (and key-shaped token) that might sit in an error message."""
-    registry = get_registry()
-    secrets = tuple(s for n in registry.names() for s in registry.settings(n).secrets())
-    return redact(text, secrets)
+    """Mask every known key, key-shaped token and URL `user:password@` (a base URL may carry one)."""
+    return redact(text, get_registry().secrets())
 
 
 def _escape(text: str) -> str:

@@ -16,6 +16,7 @@ from nbllm.batch import Failed, MapInterrupted, failures, render, retry_delay
 from nbllm.errors import ConfigurationError
 
 from conftest import reset_nbllm
+from fakeserver import FakeLLMServer
 
 
 @pytest.fixture
@@ -29,6 +30,16 @@ def lms(fake_server, monkeypatch):
 
 def sent_prompts(server) -> list[str]:
     return [r["body"]["messages"][-1]["content"] for r in server.chat_requests()]
+
+
+def fault_schedule(requests: int, **behaviour) -> list[int | str | None]:
+    """What the server's seeded fault schedule gives its first `requests` chat requests, in
+    arrival order (429, 500, "hang" or None): the same RNG, drawn once per request."""
+    schedule = FakeLLMServer(**behaviour)  # never started: only its seeded draws are used
+    try:
+        return [schedule.random_fault() for _ in range(requests)]
+    finally:
+        schedule.httpd.server_close()
 
 
 # ---- templates -------------------------------------------------------------------------------
@@ -110,10 +121,12 @@ def test_progress_bar_counts_every_input(lms, capsys):
 
 
 def test_a_failure_is_a_value_and_the_rest_go_on(lms):
-    lms.set(fail_rate=0.5, status=500, seed=3)
+    lms.set(fail_rate=0.5, seed=3)
+    expected = sum(fault is not None for fault in fault_schedule(40, fail_rate=0.5, seed=3))
+    assert 0 < expected < 40  # the schedule has both kinds of answer
     result = nbllm.map([f"p{i}" for i in range(40)], "{}", provider="lmstudio", retries=0, progress=False)
     failed = [i for i, v in enumerate(result) if isinstance(v, Failed)]
-    assert 5 < len(failed) < 35
+    assert len(failed) == expected and len(lms.chat_requests()) == 40
     for i, value in enumerate(result):
         assert isinstance(value, Failed) or value == f"Echo: p{i}"
     assert all(("HTTP 500" in result[i].error or "HTTP 429" in result[i].error) for i in failed)
@@ -184,9 +197,10 @@ def test_retry_delay_policy():
 def test_a_thousand_prompts_against_a_faulty_server(make_server, monkeypatch):
     """~20% of requests fail (500/429), ~5% never answer: every input still gets a
     result or an error, in order, and nothing escapes as an exception."""
-    server = make_server(fail_rate=0.2, hang_rate=0.05, retry_after=0.01, seed=7)
+    faults = dict(fail_rate=0.2, hang_rate=0.05, seed=7)
+    server = make_server(retry_after=0.01, **faults)
     monkeypatch.setenv("LMSTUDIO_BASE_URL", server.url + "/v1")
-    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "0.5")
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "2")  # generous: a good answer must never time out under load
     reset_nbllm()
     values = pd.Series([f"prompt {i}" for i in range(1000)], index=range(5000, 6000))
     result = nbllm.map(values, "{value}", provider="lmstudio", concurrency=64, retries=2, backoff=0.01,
@@ -196,27 +210,38 @@ def test_a_thousand_prompts_against_a_faulty_server(make_server, monkeypatch):
     for position, value in enumerate(result):
         if isinstance(value, Failed):
             failed += 1
-            assert value.kind == "error" and value.error and value.attempts >= 1
+            assert value.kind == "error" and value.error and value.attempts == 3  # every fault is retried
         else:
             ok += 1
             assert value == f"Echo: prompt {position}"
-    assert ok + failed == 1000 and ok > 900  # three attempts leave ~1.6% failed
-    assert len(server.chat_requests()) > 1150  # the faults were retried
+    assert ok + failed == 1000
+    # Each request drew one fault (or none) from the seeded schedule. Every input that
+    # answered was answered by exactly one good request, so: requests - faults == answers.
+    sent = len(server.chat_requests())
+    drawn = fault_schedule(sent, **faults)
+    assert sent - sum(fault is not None for fault in drawn) == ok
+    assert sent > 1000 and "hang" in drawn and 429 in drawn and 500 in drawn  # the faults happened and were retried
     stats = result.attrs["nbllm"]
     assert (stats["ok"], stats["failed"], stats["interrupted"]) == (ok, failed, 0)
 
 
 def test_without_retries_the_faults_show_as_values(make_server, monkeypatch):
-    server = make_server(fail_rate=0.2, hang_rate=0.05, seed=11)
+    faults = dict(fail_rate=0.2, hang_rate=0.05, seed=11)
+    server = make_server(**faults)
     monkeypatch.setenv("LMSTUDIO_BASE_URL", server.url + "/v1")
-    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "0.5")
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "2")  # generous: a good answer must never time out under load
     reset_nbllm()
     result = nbllm.map([str(i) for i in range(400)], "{}", provider="lmstudio", concurrency=64, retries=0,
                        progress=False)
+    drawn = fault_schedule(400, **faults)  # one request per input: exactly these faults
     errors = [v.error for v in result if isinstance(v, Failed)]
-    assert 50 < len(errors) < 150  # about 25% of 400
-    assert any("timed out" in e for e in errors) and any("HTTP 429" in e for e in errors)
-    assert any("HTTP 500" in e for e in errors)
+    assert len(server.chat_requests()) == 400
+    assert len(errors) == sum(fault is not None for fault in drawn)
+    assert sum("timed out" in e for e in errors) == drawn.count("hang") > 0
+    assert sum("HTTP 429" in e for e in errors) == drawn.count(429) > 0
+    assert sum("HTTP 500" in e for e in errors) == drawn.count(500) > 0
+    for i, value in enumerate(result):
+        assert isinstance(value, Failed) or value == f"Echo: {i}"
 
 
 # ---- interruption --------------------------------------------------------------------------
@@ -244,3 +269,23 @@ def test_ctrl_c_keeps_what_finished(lms):
 def test_map_async(lms):
     result = asyncio.run(nbllm.map_async(["a", "b"], "{}", provider="lmstudio", progress=False))
     assert list(result) == ["Echo: a", "Echo: b"]
+
+
+def test_a_cancelled_map_async_keeps_what_finished(lms):
+    lms.set(latency=0.05)
+
+    async def cancel_midway():
+        task = asyncio.ensure_future(nbllm.map_async([f"v{i}" for i in range(40)], "{}", provider="lmstudio",
+                                                     concurrency=2, progress=False))
+        while len(lms.chat_requests()) < 6:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_midway())
+    partial = batch.last_partial()
+    assert partial is not None and len(partial) == 40 and partial.attrs["nbllm"]["was_interrupted"]
+    done = [i for i, v in enumerate(partial) if isinstance(v, str)]
+    assert 0 < len(done) < 40
+    assert all(partial[i] == f"Echo: v{i}" for i in done)

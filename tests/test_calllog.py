@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -135,3 +137,57 @@ def test_map_and_compare_are_logged_too(local_provider):
     nbllm.compare("cmp", providers=["lmstudio"])
     df = nbllm.history(limit=None)
     assert sorted(df["prompt"]) == ["a", "b", "c", "cmp"]
+
+
+# ---- interrupted calls ---------------------------------------------------------------------
+
+
+def _last_row_when(condition) -> "pd.Series":
+    """The row is written when the cancel reaches nbllm's loop, just after the caller moved on."""
+    for _ in range(200):
+        df = nbllm.history()
+        if len(df) and condition(df.iloc[-1]):
+            return df.iloc[-1]
+        time.sleep(0.02)
+    raise AssertionError(f"no such row in {nbllm.history()}")
+
+
+def test_a_stream_left_early_is_logged_with_the_text_that_arrived(local_provider):
+    local_provider.set(chunk_delay=0.05)
+    full = "Echo: one two three four five six seven eight"
+    received: list[str] = []
+    for chunk in nbllm.stream(full[len("Echo: "):]):
+        received.append(chunk)
+        if len(received) == 2:
+            break
+    row = _last_row_when(lambda row: row["outcome"] == "interrupted")
+    assert (row["kind"], row["error"], row["prompt"]) == ("stream", "interrupted", full[len("Echo: "):])
+    assert row["answer"].startswith("".join(received)) and len(row["answer"]) < len(full)
+    assert len(nbllm.history()) == 1
+
+
+def test_a_cancelled_ask_is_logged(local_provider):
+    local_provider.set(mode="hang")
+
+    async def cancel_while_waiting():
+        task = asyncio.ensure_future(nbllm.ask_async("never answered"))
+        while not local_provider.chat_requests():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_while_waiting())
+    row = _last_row_when(lambda row: True)
+    assert (row["kind"], row["outcome"], row["prompt"], row["answer"]) == ("ask", "interrupted", "never answered", "")
+
+
+def test_an_unwritable_log_never_fails_a_call(local_provider, monkeypatch, tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("NBLLM_HISTORY", str(blocker / "history.sqlite"))
+    assert nbllm.ask("one").text == "Echo: one" and nbllm.ask("two").text == "Echo: two"
+    nbllm.history.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "nbllm" and "call log" in r.getMessage()]
+    (line,) = lines
+    assert str(blocker / "history.sqlite") in line and "NBLLM_HISTORY" in line and "NBLLM_LOG=0" in line

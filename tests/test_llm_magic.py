@@ -328,6 +328,19 @@ def test_cache_records_then_answers_without_the_provider(ip, local_provider):
     assert len(local_provider.chat_requests()) == 1
 
 
+@pytest.mark.parametrize("stream", ["", " --no-stream"])
+def test_an_unwritable_cache_keeps_the_answer_and_says_so_once(ip, local_provider, monkeypatch, tmp_path, caplog,
+                                                                 stream):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("NBLLM_CACHE", str(blocker / "cache.sqlite"))
+    result, outputs, text = run(ip, f"%%llm --cache -o r{stream}\nkeep me")
+    assert result.success and "Traceback" not in text
+    assert ip.user_ns["r"] == "Echo: keep me" and outputs[-1]["data"]["text/plain"] == "Echo: keep me"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "nbllm"]
+    assert "replay cache" in line and "NBLLM_CACHE" in line
+
+
 # --- terminal, help, loading ----------------------------------------------------------------
 def test_terminal_prints_the_stream(ip, local_provider, capsys):
     ip.run_cell("%%llm -o t\nplain terminal")

@@ -170,3 +170,40 @@ def test_map_replays_with_no_provider_reachable(local_provider, monkeypatch):
     replayed = nbllm.map(["a", "b"], "Q: {}", progress=False)
     assert list(replayed) == list(recorded) == ["Echo: Q: a", "Echo: Q: b"]
     assert nbllm.ask("Q: a").cached  # map and ask share keys
+
+
+# ---- a store that cannot be used ---------------------------------------------------------
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "nbllm" and r.levelname == "WARNING"]
+
+
+def test_an_unwritable_cache_costs_one_warning_never_an_answer(local_provider, monkeypatch, tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("NBLLM_CACHE", str(blocker / "cache.sqlite"))  # under a regular file: cannot exist
+    nbllm.cache("record")
+    assert nbllm.ask("paid for").text == "Echo: paid for"
+    assert "".join(nbllm.stream("streamed too")) == "Echo: streamed too"
+    assert nbllm.ask("and again").text == "Echo: and again"
+    (line,) = _warnings(caplog)
+    assert str(blocker / "cache.sqlite") in line and "NBLLM_CACHE" in line and "nbllm.cache('off')" in line
+    assert "\n" not in line and "Traceback" not in caplog.text
+    assert list(nbllm.history()["outcome"]) == ["ok", "ok", "ok"]
+
+
+def test_a_corrupt_cache_is_a_miss_except_in_strict_replay(local_provider, monkeypatch, tmp_path, caplog):
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"this is not a SQLite database, not even close" * 100)
+    monkeypatch.setenv("NBLLM_CACHE", str(broken))
+    nbllm.cache("record")
+    assert nbllm.ask("still answered").text == "Echo: still answered"
+    assert len(_warnings(caplog)) == 1 and str(broken) in _warnings(caplog)[0]
+    nbllm.cache("replay")
+    with pytest.raises(ConfigurationError, match="cannot be read") as info:
+        nbllm.ask("still answered")
+    assert str(broken) in str(info.value) and "NBLLM_CACHE" in str(info.value)
+    with pytest.raises(ConfigurationError, match="NBLLM_CACHE"):
+        len(nbllm.cache)
+    assert len(local_provider.chat_requests()) == 1  # strict replay sent nothing

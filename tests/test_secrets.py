@@ -121,10 +121,24 @@ def test_magic_output(secrets):
 
     shell = InteractiveShell.instance()
     shell.register_magics(ProviderMagics)
-    for line in ("--list", "--status", "--health-check", "--test lmstudio", "--test openai"):
+    expected = {  # option → (what the message says, what the table shows; None: no table)
+        "--list": ("user config file:", "OPENAI_API_KEY"),
+        "--status": ("default: auto", "lmstudio"),
+        "--health-check": ("providers:", "fake-model"),
+        "--test lmstudio": ("lmstudio: answering at", "fake-model"),
+        "--test openai": ("openai: configured (key set", None),
+    }
+    for line, (message, cell) in expected.items():
         with capture_output() as captured:
             shell.run_line_magic("llm_providers", line)
-        assert captured.outputs or captured.stdout
+        assert message in captured.stdout, (line, captured.stdout, captured.stderr)
+        assert captured.stderr == "", (line, captured.stderr)
+        if cell is None:
+            assert captured.outputs == [], line
+        else:
+            (output,) = captured.outputs
+            assert cell in output.data["text/plain"] and "<table" in output.data["text/html"], line
+            assert cell in output.data["text/html"], line
         assert_clean(captured.stdout, captured.stderr, [o.data for o in captured.outputs])
 
 
@@ -152,3 +166,133 @@ def test_bad_value_warnings_never_show_a_key(monkeypatch):
     for variable in ("OPENAI_BASE_URL", "ANTHROPIC_TIMEOUT"):
         assert any(variable in str(w.message) and "***" in str(w.message) for w in record)
     assert_clean(*(str(w.message) for w in record))
+
+
+def test_a_key_pasted_into_another_providers_variable_is_masked(monkeypatch):
+    """The warning and `--list` mask every key in the environment, not only the provider's own."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", PLAIN)
+    monkeypatch.setenv("OPENAI_TIMEOUT", PLAIN)  # Anthropic's key, in OpenAI's variable
+    monkeypatch.setenv("SOMETOOL_API_KEY", "otherToolKey-Walrus-9931")  # not a provider of ours
+    monkeypatch.setenv("GEMINI_MODEL", "otherToolKey-Walrus-9931")
+    with pytest.warns(UserWarning) as record:
+        nbllm.reinit()
+    messages = [str(w.message) for w in record]
+    assert any("OPENAI_TIMEOUT" in m and "***" in m for m in messages), messages
+    assert_clean(*messages)
+    rows = {r["variable"]: r for r in get_registry().variables("openai") + get_registry().variables("gemini")}
+    assert rows["OPENAI_TIMEOUT"]["set"] and rows["OPENAI_TIMEOUT"]["value"] == "***"
+    assert rows["GEMINI_MODEL"]["value"] == "***"
+    assert "Walrus" not in json.dumps(rows)
+
+
+# ---- a base URL that carries user:password@ -----------------------------------------
+
+PASSWORD = "pw-Narwhal-8812"
+
+
+def assert_no_password(*texts: object) -> None:
+    for text in texts:
+        assert PASSWORD not in str(text), f"URL password leaked into: {str(text)[:300]}"
+        assert "bob:" not in str(text), f"URL user leaked into: {str(text)[:300]}"
+
+
+def _with_credentials(url: str) -> str:
+    return url.replace("http://", f"http://bob:{PASSWORD}@", 1)
+
+
+@pytest.fixture
+def credentials_url(monkeypatch, fake_server):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", _with_credentials(fake_server.url) + "/v1")
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "2")
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    nbllm.reinit()
+    return fake_server
+
+
+def test_url_password_is_sent_but_kept_out_of_results(credentials_url):
+    answer = nbllm.ask("hello", provider="lmstudio", model="fake-model")
+    assert answer.text == "Echo: hello"
+    assert get_registry().settings("lmstudio").base_url.startswith(f"http://bob:{PASSWORD}@")  # requests use it
+    health = nbllm.health_check(["lmstudio"])["lmstudio"]
+    assert health.connected and health.base_url == credentials_url.url + "/v1"
+    assert_no_password(repr(health), health.as_dict(), repr(answer), answer.metadata())
+
+
+def test_url_password_never_in_errors_of_a_refused_connection(monkeypatch):
+    closed = get_registry().settings("ollama").base_url  # conftest points it at a closed port
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", _with_credentials(closed) + "/v1")
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    nbllm.reinit()
+    with pytest.raises(ModelError) as info:
+        nbllm.ask("hi", provider="lmstudio", model="m")
+    error = info.value
+    assert "connection" in str(error) and closed in str(error)
+    health = nbllm.health_check(["lmstudio"])["lmstudio"]
+    assert health.connected is False and "refused" in health.error and closed in health.error
+    with pytest.raises(ModelError) as tested:
+        asyncio.run(nbllm.resolve("lmstudio", test_connection=True))
+    assert_no_password(str(error), repr(error), error.url, error.args, repr(health), health.error,
+                       str(tested.value), tested.value.url)
+
+
+def test_url_password_never_in_errors_of_an_http_500(credentials_url):
+    credentials_url.set(mode="error", status=500)
+    with pytest.raises(ModelError) as info:
+        nbllm.ask("hi", provider="lmstudio", model="fake-model")
+    assert "HTTP 500" in str(info.value)
+    health = nbllm.health_check(["lmstudio"])["lmstudio"]
+    assert health.connected is False and "HTTP 500" in health.error
+    assert_no_password(str(info.value), repr(info.value), info.value.url, repr(health), health.as_dict())
+
+
+def test_url_password_never_in_tables_listing_cli_or_panel(credentials_url, capsys):
+    from nbllm import tables
+    from nbllm.cli import main
+
+    health = nbllm.health_check()
+    bundles = [tables.display_bundle(tables.health_frame(health, columns))
+               for columns in (tables.HEALTH_COLUMNS, tables.STATUS_COLUMNS, tables.HEALTH_TABLE_COLUMNS)]
+    assert all(credentials_url.url in b["text/plain"] and credentials_url.url in b["text/html"] for b in bundles)
+    rows = {r["variable"]: r for r in get_registry().variables("lmstudio")}
+    assert rows["LMSTUDIO_BASE_URL"]["value"] == credentials_url.url + "/v1"
+    assert_no_password(bundles, tables.to_html(tables.variables_frame()), rows)
+    outputs = []
+    for argv in (["--list"], ["--status"], ["--health-check"], ["--test", "lmstudio"], ["--status", "--json"]):
+        main(["providers", *argv])
+        captured = capsys.readouterr()
+        outputs += [captured.out, captured.err]
+    assert any(credentials_url.url in out for out in outputs)
+    assert_no_password(*outputs)
+
+    panel = nbllm.panel()
+    try:
+        assert panel.wait(10.0)
+        assert credentials_url.url in panel.table.value
+        assert_no_password(panel.table.value, panel.default_line.value)
+    finally:
+        panel.close()
+
+
+# ---- HTML in a server's answers is shown as text ------------------------------------
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def test_html_in_model_names_and_errors_is_escaped(make_server, monkeypatch):
+    from nbllm import tables
+    from nbllm.health import ProviderHealth
+
+    server = make_server(models=[SCRIPT, "<img src=x onerror=alert(1)>"], loaded=SCRIPT)
+    monkeypatch.setenv("OLLAMA_BASE_URL", server.url)
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "1")
+    nbllm.reinit()
+    df = nbllm.health_table()
+    assert df.loc["ollama", "model"] == SCRIPT  # the data keeps the real name
+    bad = {"x": ProviderHealth("x", True, False, model_id="m", error=f"server said {SCRIPT}")}
+    for frame in (df, tables.health_frame(bad)):
+        body = tables.to_html(frame)
+        assert "<script>" not in body and "<img" not in body
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in tables.to_html(df)

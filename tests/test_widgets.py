@@ -178,6 +178,32 @@ def test_a_hanging_server_shows_checking_then_timed_out(make_server, panels, mon
         p.close()
 
 
+def test_a_provider_whose_check_never_finishes_times_out_alone(lmstudio, panels, monkeypatch):
+    """The panel bounds each provider: one stuck check (here: beyond its own probe bound)
+    gets a "timed out" row; the other providers keep their results."""
+    import asyncio
+
+    from nbllm import health, widgets
+
+    real_check = health.check_provider
+
+    async def stuck_for_ollama(spec, settings, timeout, prepare=None):
+        if spec.name == "ollama":
+            await asyncio.sleep(60)  # cancelled when the panel's bound passes
+        return await real_check(spec, settings, timeout, prepare)
+
+    monkeypatch.setattr(health, "check_provider", stuck_for_ollama)
+    monkeypatch.setattr(widgets, "PANEL_MARGIN", 0.2)
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    p = panels()
+    assert labels(p)["lmstudio"] == "LM Studio — available"
+    assert p.health["lmstudio"].models == ["alpha-7b", "beta-3b"]
+    assert labels(p)["ollama"] == "Ollama — down"
+    row = next(r for r in p.table.value.split("<tr>") if ">ollama<" in r)
+    assert "timed out after 0.7 s" in row
+    assert "checked" in p.check_label.value and "timed out" not in p.check_label.value
+
+
 def test_refresh_runs_in_the_background_and_picks_up_new_models(lmstudio, panels):
     p = panels()
     p.provider_select.value = "lmstudio"

@@ -237,7 +237,7 @@ class LLMMagics(Magics):
                     view.tick()
                 else:
                     view.add(item)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, bridge.Cancelled) as stopped:  # Ctrl-C, or nbllm's loop stopped under it
             selection = current()
             provider = options.get("provider") or selection.provider
             partial = Answer(view.text, provider, options.get("model") or selection.model or "", error="interrupted")
@@ -246,6 +246,8 @@ class LLMMagics(Magics):
                 view.finish(None, {**partial.metadata(), "format": fmt})
                 self._keep(view.text, out, fmt, ok=False)
             kept = f"; the text that arrived is kept{f' in {out}' if out else ''}" if view.text else ""
+            if isinstance(stopped, bridge.Cancelled):
+                raise CellError(f"{stopped}{kept}") from None
             raise Interrupted(f"interrupted, the request was cancelled{kept}") from None
         return text_stream.answer
 
@@ -264,10 +266,7 @@ class LLMMagics(Magics):
 
         kind = "compare" if args.compare is not None else "consensus"
         names = args.compare if args.compare is not None else args.consensus
-        try:
-            function = getattr(nbllm, kind)
-        except (ImportError, AttributeError):
-            raise CellError(f"--{kind} is not available: nbllm.{kind} could not be imported.") from None
+        function = getattr(nbllm, kind)
         if "provider" in options:
             raise UsageError(f"--{kind} takes the providers itself: --{kind} a,b instead of -p.")
         providers = [name.strip() for name in names.split(",") if name.strip()] or None

@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import ArgDecorator, magic_arguments, parse_argstring
 
-from ..cli import Outcome, add_provider_arguments, has_action, run_providers
+from ..cli import Outcome, add_provider_arguments, has_action, run_providers, scrub
 
 __all__ = ["ProviderMagics"]
 
@@ -53,9 +53,9 @@ class ProviderMagics(Magics):
         try:
             outcome = run_providers(args, persist=args.save)
         except ConfigurationError as exc:  # a user mistake: one line, no traceback
-            raise UsageError(str(exc)) from None
+            raise UsageError(scrub(str(exc))) from None
         except NbllmError as exc:  # a provider failed (e.g. --test): report it, keep the kernel going
-            print(f"nbllm: {exc}", file=sys.stderr)
+            print(f"nbllm: {scrub(str(exc))}", file=sys.stderr)
             return
         _show(outcome)
 
@@ -72,7 +72,6 @@ def _show_panel() -> None:
 def _show(outcome: Outcome) -> None:
     from IPython.display import display
 
-    from ..cli import scrub
     from ..tables import display_bundle
 
     if outcome.message:
