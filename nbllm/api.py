@@ -6,10 +6,12 @@ widgets, command line) calls; anything those faces do is one call here.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from . import bridge, session
 from .catalog import AUTO
+from .config import NbllmConfigWarning
 from .factory import build_model
 from .health import ProviderHealth
 from .errors import ConfigurationError
@@ -125,13 +127,19 @@ def reinit() -> None:
     registry = get_registry()
     if not fresh:
         registry.reinit()
-    for provider, model in ((previous.provider, previous.model), (registry.global_settings.provider, None)):
-        try:
-            session.use(provider, model)
-            return
-        except ConfigurationError:
-            continue
-    session.use(AUTO)
+    try:
+        session.use(previous.provider, previous.model)
+        return
+    except ConfigurationError as exc:
+        problem = exc
+    fallback = registry.global_settings.provider or AUTO
+    try:
+        session.use(fallback)
+    except ConfigurationError:
+        fallback = AUTO
+        session.use(AUTO)
+    warnings.warn(f"nbllm: the default {previous.provider!r} is no longer usable ({problem}); using {fallback!r}.",
+                  NbllmConfigWarning, stacklevel=2)
 
 
 def status(health: dict[str, ProviderHealth] | None = None) -> StatusSummary:

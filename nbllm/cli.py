@@ -203,19 +203,26 @@ def _use(name: str, model: str | None, persist: bool) -> Outcome:
 
 
 def _test(name: str, timeout: float | None) -> Outcome:
+    """Cloud: a key is set (no paid call). Local: one probe, which must answer."""
     from . import api, bridge, tables
+    from .errors import ModelError
     from .registry import get_registry
 
     registry = get_registry()
     spec = registry.spec(name)
-    choice = bridge.run(api.resolve(spec.name, test_connection=True))
     if spec.kind == "cloud":
+        choice = bridge.run(api.resolve(spec.name, test_connection=True))
         message = f"{spec.name}: configured (key set; no request made, cloud calls cost money); model {choice.model}"
         return Outcome(message, data={"provider": spec.name, "ok": True, "model": choice.model})
+    registry.require(spec.name)
+    if spec.prepare:  # a server nbllm runs itself is started for the test
+        bridge.run(registry.prepare(spec.name))
     health = api.health_check([spec.name], timeout=timeout)
     h = health[spec.name]
-    message = f"{spec.name}: answering at {h.base_url} in {h.latency_ms:.0f} ms; model {choice.model}"
-    data = {"provider": spec.name, "ok": True, "model": choice.model, "health": h.as_dict()}
+    if not h.connected:
+        raise ModelError(spec.name, h.error or "not answering", url=h.base_url, hint=spec.install_hint)
+    message = f"{spec.name}: answering at {h.base_url} in {h.latency_ms:.0f} ms; model {h.model_id}"
+    data = {"provider": spec.name, "ok": True, "model": h.model_id, "health": h.as_dict()}
     return Outcome(message, tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from .catalog import ProviderSpec, key_names
 from .config import ProviderSettings
-from .errors import ConfigurationError, display_url
+from .errors import ConfigurationError, display_url, redact
 from . import probes
 
 NOT_STARTED = "starts on first use"
@@ -110,7 +110,7 @@ async def check_provider(
         found = await asyncio.wait_for(probes.probe(spec, settings, timeout), timeout)
     except (asyncio.TimeoutError, TimeoutError):
         base.connected = False
-        base.error = f"timed out after {timeout:g} s (the server accepted no answer in time)"
+        base.error = f"timed out after {timeout:g} s (the server did not answer in time)"
     except probes.ProbeError as exc:
         base.connected = False
         base.error = str(exc)
@@ -130,6 +130,8 @@ async def check_provider(
         if not found.models and found.note:
             base.error = found.note
     base.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    if base.error:  # a server or SDK may echo what it was sent
+        base.error = redact(base.error, settings.secrets())
     return base
 
 

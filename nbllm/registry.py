@@ -300,8 +300,7 @@ class ProviderRegistry:
                     tried.append(f"{spec.name} ({exc})")
                     continue
             h = health.get(spec.name) or (await self.check([spec.name]))[spec.name]
-            if h.connected:
-                self._detected[spec.name] = (h.model_id if h.model_detected else None, time.monotonic())
+            if h.connected:  # (check() has remembered its detected model)
                 picked = model or (h.model_id if detect_model else None) or self.settings(spec.name).model
                 return self._log(Choice(spec.name, picked, f"auto: {spec.label} answered at {h.base_url}"))
             tried.append(f"{spec.name} ({h.error or 'down'})")
@@ -314,11 +313,8 @@ class ProviderRegistry:
         cached = self._detected.get(name)
         if cached and now - cached[1] < DETECT_TTL:
             return cached[0]
-        health = (await self.check([name]))[name]
-        model = health.model_id if health.model_detected else None
-        if health.connected:
-            self._detected[name] = (model, now)
-        return model
+        health = (await self.check([name]))[name]  # remembers what it detected
+        return health.model_id if health.model_detected else None
 
     def _local_candidates(self) -> list[ProviderSpec]:
         specs = [s for s in catalog.all_specs() if s.kind == "local" and self.settings(s.name).enabled]

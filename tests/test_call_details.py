@@ -131,3 +131,14 @@ def test_auto_without_model_detection_is_not_served_from_the_cache(fake_server, 
     assert asyncio.run(nbllm.resolve("auto")).model == "detected-model"
     plain = asyncio.run(nbllm.resolve("auto", auto_detect_model=False))
     assert plain.provider == "lmstudio" and plain.model == "local-model"
+
+
+def test_reinit_says_when_the_default_is_no_longer_usable(monkeypatch):
+    nbllm.use("ollama")
+    monkeypatch.setenv("OLLAMA_ENABLED", "false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.reinit()
+    assert nbllm.current().provider == "auto"
+    mine = [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+    assert any("'ollama' is no longer usable" in m and "disabled" in m for m in mine), mine

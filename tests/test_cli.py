@@ -173,6 +173,7 @@ def test_test_local_success(capsys, fake_server, monkeypatch):
     code, out, err = run(capsys, "--test", "lmstudio")
     assert code == 0 and err == ""
     assert out.startswith(f"lmstudio: answering at {fake_server.url}/v1 in ") and "model fake-model" in out
+    assert [r["path"] for r in fake_server.requests] == ["/api/v0/models"], "one probe, not one per layer"
 
 
 def test_test_local_failure(capsys, make_server, monkeypatch):

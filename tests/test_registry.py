@@ -109,7 +109,8 @@ def test_reinit_rereads_the_environment_and_keeps_a_valid_default(monkeypatch):
 def test_reinit_drops_a_default_that_became_disabled(monkeypatch):
     nbllm.use("lmstudio")
     monkeypatch.setenv("LMSTUDIO_ENABLED", "off")
-    nbllm.reinit()
+    with pytest.warns(nbllm.NbllmConfigWarning, match="'lmstudio' is no longer usable"):
+        nbllm.reinit()
     assert nbllm.current().provider == "auto"
 
 
