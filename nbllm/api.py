@@ -6,12 +6,11 @@ widgets, command line) calls; anything those faces do is one call here.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 from . import bridge, session
 from .catalog import AUTO
-from .config import NbllmConfigWarning
+from .config import config_warning
 from .factory import build_model
 from .health import ProviderHealth
 from .errors import ConfigurationError
@@ -138,8 +137,7 @@ def reinit() -> None:
     except ConfigurationError:
         fallback = AUTO
         session.use(AUTO)
-    warnings.warn(f"nbllm: the default {previous.provider!r} is no longer usable ({problem}); using {fallback!r}.",
-                  NbllmConfigWarning, stacklevel=2)
+    config_warning(f"nbllm: the default {previous.provider!r} is no longer usable ({problem}); using {fallback!r}.")
 
 
 def status(health: dict[str, ProviderHealth] | None = None) -> StatusSummary:

@@ -81,6 +81,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise
     except concurrent.futures.CancelledError:  # cancelled over there, not by Ctrl-C here
         raise Cancelled() from None
+    except NbllmError as exc:  # nbllm's own errors say everything: no frames of the loop thread
+        raise exc.with_traceback(None) from None
 
 
 async def run_async(coro: Awaitable[T]) -> T:

@@ -74,9 +74,30 @@ class Request:
     max_retries: int | None = None
     """SDK retries for this call; None: the provider's {P}_MAX_RETRIES (`map` sets 0 and retries itself)."""
 
+    def __post_init__(self) -> None:
+        check_numbers(vars(self))
 
-def describe_failure(exc: BaseException, provider: str, url: str | None, secrets: tuple[str, ...] = ()) -> ModelError:
-    """Turn any exception from a model call into one readable ModelError."""
+
+def check_numbers(values: dict[str, Any]) -> None:
+    """Per-call numbers follow the rules of their `{P}_...` variables (temperature 0..2, …)."""
+    from .config import FIELDS
+
+    for fld in FIELDS:
+        value = values.get(fld.attr) if fld.attr in _CHECKED else None
+        if value is not None:
+            try:
+                fld.check(value)
+            except ValueError as exc:
+                raise ConfigurationError(f"{fld.attr}={value!r} is invalid: it {exc}.") from None
+
+
+_CHECKED = ("temperature", "max_tokens", "timeout", "max_retries")
+
+
+def describe_failure(
+    exc: BaseException, provider: str, url: str | None, secrets: tuple[str, ...] = (), spec: Any = None
+) -> ModelError:
+    """Turn any exception from a model call into one readable ModelError (hints from the catalog)."""
     if isinstance(exc, ModelError):
         return exc
     from pydantic_ai.exceptions import ModelHTTPError
@@ -97,10 +118,18 @@ def describe_failure(exc: BaseException, provider: str, url: str | None, secrets
         name = type(exc).__name__
         text = str(exc) or name
         low = (name + " " + text).lower()
+        cloud = spec is not None and spec.kind == "cloud"
         if "timeout" in low or "timed out" in low:
             message, hint = "timed out", f"raise {provider.upper()}_TIMEOUT or check the server"
+        elif ("connect" in low or "refused" in low) and cloud:
+            message, hint = "could not connect", f"check your network (or {provider.upper()}_BASE_URL)"
         elif "connect" in low or "refused" in low:
-            message, hint = "connection failed (is the server running?)", f"check {provider.upper()}_BASE_URL"
+            message = "connection failed (is the server running?)"
+            hint = f"check {provider.upper()}_BASE_URL"
+            if spec is not None and spec.prepare:  # a server nbllm runs itself
+                hint = "nbllm restarts its server on the next call"
+            elif spec is not None and spec.install_hint:
+                hint = spec.install_hint
         elif "json" in low or "decode" in low or "validation" in low:
             message = f"the server sent a malformed answer ({name})"
         elif "incomplete" in low or "peer closed" in low or "remoteprotocol" in low or "stream" in low:
@@ -181,7 +210,8 @@ async def _ask(request: Request) -> Answer:
         _log_interrupted(request, Answer("", choice.provider, choice.model), started, options, settings, "ask")
         raise
     except Exception as exc:
-        failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets())
+        failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets(),
+                                   get_registry().spec(choice.provider))
         get_registry().invalidate(choice.provider)  # re-detect (and re-choose `auto`) next time
         failed = Answer("", choice.provider, choice.model, (time.perf_counter() - started) * 1000, error=str(failure))
         calllog.record(request, failed, options, secrets=settings.secrets())
@@ -235,7 +265,9 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
                         yield delta
                 response = streamed.get()
         except Exception as exc:
-            answer.failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets())
+            answer.failure = describe_failure(
+                exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets(),
+                get_registry().spec(choice.provider))
             get_registry().invalidate(choice.provider)
             answer.error = str(answer.failure)
         answer.text = "".join(chunks)
@@ -310,10 +342,12 @@ def check_options(options: dict[str, Any], where: str) -> None:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ConfigurationError(f"{where}() got unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}.")
+    check_numbers(options)
 
 
 def _request(prompt: str, options: dict[str, Any]) -> Request:
     check_prompt(prompt)
+    check_options({k: v for k, v in options.items() if k not in ("provider", "max_retries")}, "ask")
     return Request(prompt=prompt, **options)
 
 

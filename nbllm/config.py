@@ -13,6 +13,7 @@ import json
 import math
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -110,12 +111,24 @@ class Field:
     doc: str = ""
 
     def parse(self, text: str) -> Any:
-        value = self.convert(text.strip())
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number")
+        return self.check(self.convert(text.strip()))
+
+    def check(self, value: Any) -> Any:
+        """The value if it is allowed (a per-call option gets the same rules as the variable)."""
+        if self.convert is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("must be a whole number")
+        if self.convert is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError("must be a number")
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number")
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ValueError(f"must be between {self.low:g} and {self.high:g}")
+            raise ValueError(f"must be between {_number(self.low)} and {_number(self.high)}")
         return value
+
+
+def _number(x: float | None) -> str:
+    return f"{int(x):,}" if x is not None and float(x).is_integer() else f"{x:g}"
 
 
 FIELDS: tuple[Field, ...] = (
@@ -194,7 +207,7 @@ def read_user_config() -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        warnings.warn(f"nbllm: ignoring unreadable config file {path}: {exc}", NbllmConfigWarning, stacklevel=2)
+        config_warning(f"nbllm: ignoring unreadable config file {path}: {exc}")
         return {}
 
 
@@ -235,9 +248,16 @@ def key_values(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(values, key=len, reverse=True))  # a key inside a longer one is masked after it
 
 
-def _warn(problem: str) -> None:
-    warnings.warn(problem, NbllmConfigWarning, stacklevel=3)
+def config_warning(problem: str) -> None:
+    """One `NbllmConfigWarning`, attributed to the first caller outside nbllm and IPython
+    (a user's cell or script), so the user sees their own line, not nbllm's source."""
+    skipped = (os.path.dirname(os.path.abspath(__file__)), os.sep + "IPython" + os.sep)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and any(part in os.path.abspath(frame.f_code.co_filename) for part in skipped):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(problem, NbllmConfigWarning, stacklevel=level)
     log.debug(problem)  # shown once, as a warning; not again through logging
+
 
 
 def server_root(url: str) -> str:
@@ -318,7 +338,7 @@ def load_provider_settings(
             )
             problems.append(problem)
             if warn:
-                _warn(problem)
+                config_warning(problem)
             continue
         if fld.attr == "model":
             model_default = False
@@ -359,6 +379,6 @@ def load_global_settings(
                                    key_values(env)))
     if warn:
         for problem in problems:
-            _warn(problem)
+            config_warning(problem)
     return GlobalSettings(provider=provider, model=model or None, health_timeout=timeout, problems=tuple(problems),
                           provider_source=source)

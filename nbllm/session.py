@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .catalog import AUTO
-from .config import NbllmConfigWarning
+from .config import config_warning
 from .errors import ConfigurationError, redact
 from .registry import ProviderRegistry, get_registry
 
@@ -69,7 +68,7 @@ def _valid_provider(registry: ProviderRegistry, name: str, source: str) -> str:
     what = f"{source}={name!r}" if source == "NBLLM_PROVIDER" else f"{source or 'the default provider'} {name!r}"
     reason = "names a disabled provider" if known else "is not a known provider"
     message = f"nbllm: {what} {reason}; using {AUTO!r}. Enabled choices: {', '.join([AUTO, *enabled])}."
-    warnings.warn(redact(message, registry.secrets()), NbllmConfigWarning, stacklevel=3)
+    config_warning(redact(message, registry.secrets()))
     return AUTO
 
 
@@ -133,6 +132,21 @@ class Conversation:
 
     def __len__(self) -> int:
         return len(self.messages)
+
+    def turns(self) -> list[tuple[str, str]]:
+        """(role, text) for each message: what a person reading the conversation wants."""
+        out: list[tuple[str, str]] = []
+        for message in self.messages:
+            for part in getattr(message, "parts", []):
+                kind = getattr(part, "part_kind", "")
+                if kind in ("user-prompt", "text") and isinstance(getattr(part, "content", None), str):
+                    out.append(("user" if kind == "user-prompt" else "assistant", part.content))
+        return out
+
+    def __repr__(self) -> str:
+        lines = [f"Conversation with {len(self.turns())} messages"]
+        lines += [f"  {role}: {text if len(text) <= 80 else text[:79] + '…'}" for role, text in self.turns()]
+        return "\n".join(lines)
 
 
 _conversations: dict[str, Conversation] = {}

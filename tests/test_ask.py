@@ -75,3 +75,37 @@ def test_chat_memory_sends_history(local_provider):
     nbllm.ask("second", chat=chat)
     messages = local_provider.chat_requests()[-1]["body"]["messages"]
     assert [m["content"] for m in messages] == ["first", "Echo: first", "second"]
+
+
+def test_conversation_shows_its_messages(local_provider):
+    chat = nbllm.conversation("shown")
+    chat.reset()
+    nbllm.ask("my name is Zoe", chat=chat)
+    assert chat.turns() == [("user", "my name is Zoe"), ("assistant", "Echo: my name is Zoe")]
+    assert repr(chat).splitlines() == [
+        "Conversation with 2 messages", "  user: my name is Zoe", "  assistant: Echo: my name is Zoe"]
+
+
+@pytest.mark.parametrize("option, words", [
+    ({"temperature": 5}, "temperature=5 is invalid: it must be between 0 and 2"),
+    ({"max_tokens": -3}, "max_tokens=-3 is invalid: it must be between 1 and 1,000,000"),
+    ({"timeout": 0}, "timeout=0 is invalid"),
+    ({"temperature": "hot"}, "must be a number"),
+    ({"colour": "red"}, "unknown option(s) colour"),
+])
+def test_bad_per_call_options_are_refused_before_sending(local_provider, option, words):
+    with pytest.raises(ConfigurationError) as info:
+        nbllm.ask("hi", **option)
+    assert words in str(info.value)
+    assert local_provider.chat_requests() == []
+
+
+def test_api_errors_carry_no_frames_of_the_loop_thread(monkeypatch):
+    import traceback
+
+    with pytest.raises(ModelError) as info:
+        nbllm.ask("hi", provider="ollama")
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert all("bridge.py" not in f.filename or f.name == "run" for f in frames)
+    assert not any("concurrent" in f.filename for f in frames)
+    assert "ollama serve" in str(info.value)

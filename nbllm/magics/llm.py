@@ -149,6 +149,12 @@ class LLMMagics(Magics):
         if self.interpolate and not args.raw:
             prompt = interpolate(prompt, self.shell.user_ns if self.shell is not None else {})
         options = self._call_options(args, conversation() if args.chat else None)
+        from ..calls import check_numbers
+
+        try:  # -t 5 or --max-tokens 0 is a usage mistake, said before anything is sent
+            check_numbers(options)
+        except NbllmError as exc:
+            raise UsageError(str(exc)) from None
         if args.compare is not None or args.consensus is not None:
             return self._many(args, prompt, options, show=cell is not None)
         if cell is None:
