@@ -350,8 +350,30 @@ def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
 
+    if issubclass(tqdm, notebook_tqdm):
+        return _NotebookBar(tqdm(total=total, desc="nbllm.map", unit="prompt", display=False))
     return tqdm(total=total, desc="nbllm.map", unit="prompt")
+
+
+class _NotebookBar:
+    """tqdm's widget bar, shown through a display handle: a notebook saves the text the
+    output had when displayed (0/N), so closing the bar rewrites it with the final count."""
+
+    def __init__(self, bar: Any):
+        from IPython.display import display
+
+        self.bar = bar
+        self.handle = display(bar.container, display_id=True)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.handle is not None:
+            self.handle.update(self.bar.container)
 
 
 def map(values: Any, template: str, provider: str | None = None, concurrency: int = 8, retries: int | None = None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -50,7 +52,7 @@ def add_provider_arguments(parser: argparse.ArgumentParser, face: Face = "cli") 
                          help="re-read the environment, the .env file and the user config file")
     actions.add_argument("--use", metavar="NAME", help="make NAME (or auto) the default provider")
     parser.add_argument("--model", "-m", metavar="MODEL", help="with --use: the default model")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="health probe timeout (default NBLLM_HEALTH_TIMEOUT, else 2 s)")
     if face == "cli":
         parser.add_argument("--save", action="store_true",
@@ -62,6 +64,28 @@ def add_provider_arguments(parser: argparse.ArgumentParser, face: Face = "cli") 
                             help="also save --enable/--disable/--use to the user config file (environment "
                                  "variables still win over it)")
         parser.add_argument("--panel", action="store_true", help="show the interactive provider panel")
+
+
+def positive_seconds(text: str) -> float:
+    """`--timeout`'s type: a finite number of seconds above zero (argparse reports anything else)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser that rejects unknown options itself, so the error shows the
+    sub-command's usage (argparse otherwise passes them up to `nbllm`'s usage)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def build_providers_parser(face: Face = "cli") -> argparse.ArgumentParser:
@@ -77,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="nbllm", description="Every LLM a notebook can reach.")
     parser.add_argument("--version", action="version", version=f"nbllm {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
     providers = commands.add_parser("providers", help="see, test and choose providers",
                                     description=PROVIDERS_DESCRIPTION)
     add_provider_arguments(providers, "cli")
@@ -289,21 +313,30 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import NbllmError
 
     as_json = bool(getattr(args, "json", False))
-    with warnings.catch_warnings():
-        # Bad values are also logged; one line on stderr is enough for a terminal.
-        warnings.simplefilter("ignore", NbllmConfigWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        # A bad setting is one plain line on stderr (no Python warning header) in a terminal.
+        warnings.simplefilter("always", NbllmConfigWarning)
+        failure = None
         try:
             outcome = run_providers(args, persist=True)
         except NbllmError as exc:
-            message = scrub(str(exc))
-            print(f"nbllm: {message}", file=sys.stderr)
-            if as_json:
-                print(json.dumps({"ok": False, "error": message}))
-            return 1
+            failure = str(exc)
         except KeyboardInterrupt:
             print("nbllm: interrupted", file=sys.stderr)
             return 130
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)):
+        print(scrub(message), file=sys.stderr)
+    if failure is not None:
+        message = scrub(failure)
+        print(f"nbllm: {message}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"ok": False, "error": message}))
+        return 1
+    try:
         _print_outcome(outcome, as_json)
+    except BrokenPipeError:  # `nbllm providers --list | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if outcome.error:
         print(f"nbllm: {scrub(outcome.error)}", file=sys.stderr)
         return 1

@@ -84,7 +84,8 @@ async def check_provider(
     )
     if not settings.enabled:
         base.connected = None if spec.kind == "cloud" else False
-        base.error = f"disabled (enable with `%llm_providers --enable {spec.name}`)"
+        base.error = (f"disabled: enable with nbllm.enable({spec.name!r}), %llm_providers --enable {spec.name}"
+                      f" or nbllm providers --enable {spec.name}")
         return base
     if spec.kind == "cloud":
         base.configured = settings.has_key

@@ -103,8 +103,9 @@ class ProviderRegistry:
         settings = self.settings(spec.name)
         if not settings.enabled:
             raise ConfigurationError(
-                f"Provider {spec.name!r} is disabled. Enable it with `%llm_providers --enable {spec.name}` "
-                f"or nbllm.enable({spec.name!r}), or unset {spec.env_prefix}_ENABLED."
+                f"Provider {spec.name!r} is disabled: enable it with nbllm.enable({spec.name!r}), "
+                f"%llm_providers --enable {spec.name} or nbllm providers --enable {spec.name} "
+                f"(or unset {spec.env_prefix}_ENABLED)."
             )
         return spec, settings
 

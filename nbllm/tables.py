@@ -89,12 +89,61 @@ def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
     return frame(rows, VARIABLE_COLUMNS)
 
 
-def to_text(df: "pd.DataFrame") -> str:
-    """A plain-text rendering for terminals (no truncation of columns)."""
+TEXT_CELL_WIDTH = 60
+"""Longest cell a text table shows; longer ones end in "…" (the HTML view keeps the full text)."""
+TEXT_TABLE_WIDTH = 120
+"""Text tables narrow their widest text columns (not below `_MIN_CELL_WIDTH`) to fit this."""
+_MIN_CELL_WIDTH = 24
+_MIN_ERROR_WIDTH = 48
+"""The error column says what to do (e.g. which key to set): it narrows last and least."""
+_GAP = "  "
+
+
+def to_text(df: "pd.DataFrame", width: int = TEXT_TABLE_WIDTH) -> str:
+    """A plain-text rendering for terminals: every column, text left-aligned, numbers
+    right-aligned, and long text cells cut with "…" so the table fits about `width` columns."""
     import pandas as pd
 
-    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 80):
-        return df.to_string()
+    keep_index = df.index.name is not None or not isinstance(df.index, pd.RangeIndex)
+    table = df.reset_index() if keep_index else df
+    columns = [str(c) for c in table.columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+               for c in table.columns]
+    cells = [[_text_cell(value) for value in row] for row in table.itertuples(index=False, name=None)]
+    natural = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
+    floors = [_MIN_ERROR_WIDTH if name == "error" else _MIN_CELL_WIDTH for name in columns]
+    widths = _fit(natural, [len(name) for name in columns], numeric, floors, width)
+
+    def line(values: list[str]) -> str:
+        parts = [_cut(v, w).rjust(w) if right else _cut(v, w).ljust(w) for v, w, right in zip(values, widths, numeric)]
+        return _GAP.join(parts).rstrip()
+
+    return "\n".join([line(columns), *(line(row) for row in cells)])
+
+
+def _fit(natural: list[int], headings: list[int], numeric: list[bool], least: list[int], width: int) -> list[int]:
+    """Column widths: text columns capped at TEXT_CELL_WIDTH, then the widest narrowed one
+    character at a time until the table fits `width` (or none can give more)."""
+    widths = [w if right else min(w, max(TEXT_CELL_WIDTH, head)) for w, head, right in zip(natural, headings, numeric)]
+    floors = [w if right else max(head, min(w, low)) for w, head, right, low in zip(widths, headings, numeric, least)]
+    while sum(widths) + len(_GAP) * (len(widths) - 1) > width:
+        shrinkable = [i for i, w in enumerate(widths) if w > floors[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def _text_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    text = f"{value:.0f}" if isinstance(value, float) else str(value)
+    return " ".join(text.split())  # one line per row, whatever a server's message held
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def styled(df: "pd.DataFrame") -> "Styler":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import importlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from . import bridge, session
+from . import bridge, probes, session
 from .catalog import AUTO, all_specs
 from .errors import NbllmError, redact
 from .health import ProviderHealth
@@ -213,10 +214,14 @@ class ProviderPanel(widgets.VBox):
                 self._health = future.result()
                 available = sum(1 for h in self._health.values() if h.available)
                 self.check_label.value = _small(f"checked {stamp} · {available} of {len(self._health)} available")
-            elif isinstance(error, (asyncio.TimeoutError, TimeoutError)):
-                self.check_label.value = _small(f"timed out after {timeout:g} s ({stamp})")
             else:
-                self.check_label.value = _small(_escape(f"check failed: {type(error).__name__}: {error}"))
+                if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+                    self.check_label.value = _small(f"timed out after {timeout:g} s ({stamp})")
+                else:
+                    self.check_label.value = _small(_escape(f"check failed: {type(error).__name__}: {error}"))
+                # Every row gets an outcome: none is left "checking…" until the next Refresh.
+                registry = get_registry()
+                self._health = {name: _unfinished(registry, name, timeout, error) for name in registry.names()}
             try:
                 with self._syncing_widgets():
                     self._fill_providers()
@@ -295,6 +300,10 @@ def _subscribe(owner: ProviderPanel) -> Callable[[], None]:
 async def _bounded_check(registry: "ProviderRegistry", timeout: float) -> dict[str, ProviderHealth]:
     """Check every provider concurrently, each on its own bound: one still unfinished after
     `timeout + PANEL_MARGIN` gets a "timed out" row, and the others keep their results."""
+    # The first check in a fresh kernel may wait seconds on imports the main thread is
+    # running (Run All: pydantic-ai for %%llm); that wait must not count against the bound.
+    await asyncio.to_thread(_import_probe_modules, registry)
+    probes.shared_client()
     bound = timeout + PANEL_MARGIN
     names = registry.names()
     tasks = {name: asyncio.ensure_future(registry.check([name], timeout)) for name in names}
@@ -313,11 +322,22 @@ async def _bounded_check(registry: "ProviderRegistry", timeout: float) -> dict[s
     return results
 
 
+def _import_probe_modules(registry: "ProviderRegistry") -> None:
+    """Import what the probes need, off the loop thread (an import may wait on another thread's)."""
+    import httpx2  # noqa: F401  (the probes' HTTP client)
+
+    for name in registry.names():
+        hook = registry.spec(name).prepare
+        if hook:
+            importlib.import_module(hook.partition(":")[0])
+
+
 def _unfinished(registry: "ProviderRegistry", name: str, bound: float, failure: BaseException | None) -> ProviderHealth:
     """The row of a provider whose check did not finish in time (or raised)."""
     spec, settings = registry.spec(name), registry.settings(name)
-    error = (f"check failed: {type(failure).__name__}: {failure}" if failure is not None
-             else f"timed out after {bound:g} s (the check did not finish)")
+    timed_out = failure is None or isinstance(failure, (asyncio.TimeoutError, TimeoutError))
+    error = (f"timed out after {bound:g} s (the check did not finish)" if timed_out
+             else f"check failed: {type(failure).__name__}: {failure}")
     return ProviderHealth(provider=name, enabled=settings.enabled, connected=False, model_id=settings.model,
                           base_url=settings.base_url, kind=spec.kind, error=error)
 

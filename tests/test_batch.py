@@ -289,3 +289,40 @@ def test_a_cancelled_map_async_keeps_what_finished(lms):
     done = [i for i, v in enumerate(partial) if isinstance(v, str)]
     assert 0 < len(done) < 40
     assert all(partial[i] == f"Echo: v{i}" for i in done)
+
+
+def test_a_saved_notebook_keeps_the_final_progress(tmp_path):
+    """tqdm's notebook bar stores its text when displayed (0/3); the output a saved
+    notebook keeps must show where map ended, with map's results unchanged."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from conftest import _PROVIDER_PREFIXES
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PROVIDER_PREFIXES)}
+    with FakeLLMServer() as server:
+        env.update(LMSTUDIO_BASE_URL=server.url + "/v1", LMSTUDIO_MAX_RETRIES="0", LMSTUDIO_TIMEOUT="5",
+                   NBLLM_CONFIG=str(tmp_path / "config.json"), NBLLM_HISTORY=str(tmp_path / "h.sqlite"),
+                   NBLLM_CACHE=str(tmp_path / "c.sqlite"))
+        nb = new_notebook(cells=[new_code_cell(
+            "import nbllm\nresult = nbllm.map(['a', 'b', 'c'], 'Q: {value}', provider='lmstudio')\nprint(list(result))"
+        )])
+        from jupyter_client.manager import KernelManager
+
+        km = KernelManager(kernel_name="python3")
+        km.start_kernel(env=env, cwd=str(tmp_path))
+        try:
+            NotebookClient(nb, km=km, timeout=60).execute()
+        finally:
+            km.shutdown_kernel(now=True)
+    nbformat.validate(nb)
+    outputs = nb.cells[0].outputs
+    bars = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(bars) == 1, outputs
+    text = bars[0]["data"]["text/plain"]
+    assert "nbllm.map" in text and "3/3" in text and "100%" in text, text
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "['Echo: Q: a', 'Echo: Q: b', 'Echo: Q: c']" in printed

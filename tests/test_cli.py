@@ -153,7 +153,9 @@ def test_use_a_disabled_provider_fails(capsys):
 
 def test_unknown_option_is_a_usage_error(capsys):
     assert main(["providers", "--bogus"]) == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --bogus" in err
+    assert err.startswith("usage: nbllm providers") and "nbllm providers: error:" in err  # not `nbllm`'s usage
     assert main(["providers", "--status", "--list"]) == 2  # one action at a time
     assert "not allowed with argument" in capsys.readouterr().err
     assert main([]) == 2
@@ -222,3 +224,65 @@ def test_console_script_runs_in_a_new_process(tmp_path):
     result = subprocess.run([script, "providers", "--disable", "nope"], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1 and result.stderr.startswith("nbllm: Invalid LLM provider 'nope'")
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_timeout_must_be_a_positive_number(capsys, value):
+    assert main(["providers", "--health-check", "--timeout", value]) == 2
+    captured = capsys.readouterr()
+    assert "argument --timeout" in captured.err and repr(value) in captured.err
+    assert captured.out == ""  # no check ran
+
+
+def test_text_tables_are_left_aligned_and_narrow(capsys, monkeypatch):
+    """A long error neither pads every line nor runs off the terminal; --json keeps it whole."""
+    long_error = "connection refused (nothing is listening) at http://127.0.0.1:9/v1 " + "x" * 150
+    from nbllm.health import ProviderHealth
+    from nbllm import api
+
+    def fake_health(timeout=None):
+        return {
+            "ollama": ProviderHealth(provider="ollama", enabled=True, connected=False, model_id="llama3.2",
+                                     base_url="http://localhost:11434", error=long_error),
+            "openai": ProviderHealth(provider="openai", enabled=True, connected=None, kind="cloud",
+                                     configured=False, model_id="gpt-5-mini", error="no API key: set OPENAI_API_KEY"),
+        }
+
+    monkeypatch.setattr(api, "health_check", fake_health)
+    for option in ("--status", "--health-check"):
+        code, out, _ = run(capsys, option)
+        lines = out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("provider"))
+        table = lines[header:]
+        assert max(map(len, table)) <= 170, table
+        assert all(line == line.rstrip() for line in table)
+        ollama = next(line for line in table if line.startswith("ollama"))
+        assert "connection refused (nothing is listening)" in ollama and "…" in ollama and "x" * 100 not in ollama
+        openai = next(line for line in table if line.startswith("openai"))
+        # Text is left-aligned: each cell starts where its heading does.
+        column = table[0].index("error")
+        assert openai[column:].startswith("no API key: set OPENAI_API_KEY")
+    code, data = run_json(capsys, "--health-check")
+    assert long_error in json.dumps(data)
+
+
+def test_disabled_rows_say_how_to_enable_from_any_face(capsys, monkeypatch):
+    monkeypatch.setenv("OLLAMA_ENABLED", "false")
+    code, data = run_json(capsys, "--health-check")
+    ollama = next(row for row in _rows(data) if row["provider"] == "ollama")
+    assert ollama["error"].startswith("disabled: enable with nbllm.enable('ollama')")
+    assert "nbllm providers --enable ollama" in ollama["error"] and "`" not in ollama["error"]
+
+
+def _rows(data) -> list[dict]:
+    rows = data.get("providers") or data.get("health") or data
+    return list(rows.values()) if isinstance(rows, dict) else rows
+
+
+def test_a_bad_setting_is_one_plain_line_on_stderr(capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_TEMPERATURE", "hot")
+    code, out, err = run(capsys, "--list")
+    assert code == 0 and "OPENAI_TEMPERATURE" in out
+    lines = [line for line in err.splitlines() if line]
+    assert lines == ["nbllm: OPENAI_TEMPERATURE='hot' is invalid (could not convert string to float: 'hot'); "
+                     "using the default 0.7."]

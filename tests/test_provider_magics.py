@@ -45,6 +45,20 @@ def test_help_lists_every_option(shell):
     assert "--json" not in doc
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_option_prints_the_magics_help(shell, flag):
+    captured = cell(shell, flag)
+    assert "UsageError" not in captured.stderr
+    assert captured.stdout.strip() == shell.find_line_magic("llm_providers").__doc__.strip()
+    assert "--health-check" in captured.stdout and not captured.outputs  # nothing was checked
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan"])
+def test_timeout_must_be_positive(shell, value):
+    with pytest.raises(UsageError, match="argument --timeout"):
+        shell.run_line_magic("llm_providers", f"--health-check --timeout {value}")
+
+
 def test_status_is_the_default_and_displays_html_and_text(shell, fake_server, monkeypatch):
     monkeypatch.setenv("OLLAMA_BASE_URL", fake_server.url)
     nbllm.reinit()

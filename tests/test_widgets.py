@@ -203,6 +203,57 @@ def test_a_provider_whose_check_never_finishes_times_out_alone(lmstudio, panels,
     assert "timed out after 0.7 s" in row
     assert "checked" in p.check_label.value and "timed out" not in p.check_label.value
 
+    # The next Refresh, with the check no longer stuck, replaces the "timed out" row.
+    monkeypatch.setattr(health, "check_provider", real_check)
+    p.refresh()
+    assert p.wait(WAIT)
+    row = next(r for r in p.table.value.split("<tr>") if ">ollama<" in r)
+    assert "timed out" not in row and "refused" in row
+    assert labels(p)["ollama"] == "Ollama — down"
+
+
+def test_a_slow_first_import_does_not_count_against_the_bound(lmstudio, panels, monkeypatch):
+    """In a fresh kernel the first check may wait on the main thread's imports (Run All
+    importing pydantic-ai for %%llm): that wait happens before any provider's clock starts."""
+    import time
+
+    from nbllm import probes, widgets
+
+    real_client = probes.shared_client
+    calls = []
+
+    def slow_first_client():
+        if not calls:
+            time.sleep(1.0)  # blocks nbllm's loop, as a contended `import httpx2` does
+        calls.append(1)
+        return real_client()
+
+    monkeypatch.setattr(probes, "shared_client", slow_first_client)
+    monkeypatch.setattr(widgets, "PANEL_MARGIN", 0.2)
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    p = panels()
+    assert labels(p)["lmstudio"] == "LM Studio — available"
+    assert "timed out" not in p.table.value
+
+
+def test_a_failed_check_leaves_no_row_checking(lmstudio, monkeypatch):
+    from nbllm import widgets
+
+    async def broken(registry, timeout):
+        raise RuntimeError("the check broke")
+
+    monkeypatch.setattr(widgets, "_bounded_check", broken)
+    p = nbllm.panel()
+    try:
+        assert p.wait(WAIT)
+        assert "check failed: RuntimeError: the check broke" in p.check_label.value
+        assert CHECKING not in p.table.value
+        assert all(CHECKING not in label for label in labels(p).values())
+        row = next(r for r in p.table.value.split("<tr>") if ">lmstudio<" in r)
+        assert "check failed: RuntimeError: the check broke" in row
+    finally:
+        p.close()
+
 
 def test_refresh_runs_in_the_background_and_picks_up_new_models(lmstudio, panels):
     p = panels()

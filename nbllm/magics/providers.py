@@ -43,6 +43,9 @@ class ProviderMagics(Magics):
         `nbllm` command line (environment variables still win over saved choices).
         Tables are HTML in a notebook and plain text in a terminal; keys are never shown.
         """
+        if _asks_for_help(line):  # the magic's parser has no -h: show what `%llm_providers?` shows
+            print(self.llm_providers.__doc__)
+            return
         args = parse_argstring(self.llm_providers, line)
         if args.panel:
             _show_panel()
@@ -58,6 +61,16 @@ class ProviderMagics(Magics):
             print(f"nbllm: {scrub(str(exc))}", file=sys.stderr)
             return
         _show(outcome)
+
+
+def _asks_for_help(line: str) -> bool:
+    import shlex
+
+    try:
+        words = shlex.split(line)
+    except ValueError:  # unbalanced quotes: the parser reports them
+        return False
+    return any(word in ("-h", "--help") for word in words)
 
 
 def _show_panel() -> None:

@@ -34,6 +34,8 @@ NOTEBOOK = Path(__file__).with_name("panel.ipynb")
 SCREENSHOT = REPO / "artifacts" / "browser" / "panel.png"
 REPLY = "Bonjour from the fake LM Studio (7f3a-panel)"
 TOKEN = "nbllm-browser-test"
+SETTLE_SECONDS = 2.0 + 2.0 + 5.0
+"""The default health timeout, the panel's margin and a few seconds for the page."""
 _PROVIDER_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "XAI_", "LMSTUDIO_", "OLLAMA_",
                       "LLAMACPP_", "NBLLM_", "EMBEDDED_")
 
@@ -64,13 +66,14 @@ def lab_url(llm_server: FakeLLMServer, tmp_path: Path) -> Iterator[str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(_PROVIDER_PREFIXES)}
     closed = f"http://127.0.0.1:{_free_port()}"
-    # Run All also runs the %%llm cell (before the pick, so it fails on Ollama): its first
-    # pydantic-ai import competes for the GIL with the panel's first health check, so the
-    # probes get a roomier bound than the default 2 s.
+    # The default health timeout (no NBLLM_HEALTH_TIMEOUT): Run All also runs the %%llm cell,
+    # whose first pydantic-ai import competes with the panel's first health check.
     env.update({
         "LMSTUDIO_BASE_URL": llm_server.url + "/v1", "OLLAMA_BASE_URL": closed, "LLAMACPP_BASE_URL": closed,
         "EMBEDDED_BASE_URL": closed,
-        "NBLLM_PROVIDER": "ollama", "NBLLM_HEALTH_TIMEOUT": "5", "NBLLM_CONFIG": str(tmp_path / "nbllm.json"),
+        "NBLLM_PROVIDER": "ollama", "NBLLM_CONFIG": str(tmp_path / "nbllm.json"),
+        # The kernel's call log and replay cache stay in the test's folder, never the user's.
+        "NBLLM_HISTORY": str(tmp_path / "history.sqlite"), "NBLLM_CACHE": str(tmp_path / "cache.sqlite"),
         "LMSTUDIO_MAX_RETRIES": "0", "OLLAMA_MAX_RETRIES": "0", "LMSTUDIO_TIMEOUT": "10",
         "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "IPYTHONDIR": str(tmp_path / "ipython"),
@@ -157,6 +160,7 @@ def test_panel_choice_becomes_the_kernel_default(lab_url: str, page, llm_server:
     page.locator(".nbllm-panel option", has_text="LM Studio — available").wait_for(state="attached")
     page.locator(".nbllm-panel .nbllm-health", has_text="panel-model").wait_for()
     assert page.locator(".nbllm-panel .nbllm-current").inner_text() != "lmstudio"  # not before the pick
+    _assert_table_settled(page)
 
     provider.select_option("LM Studio — available")
     page.locator(".nbllm-panel .nbllm-current", has_text="lmstudio").wait_for()
@@ -178,3 +182,23 @@ def test_panel_choice_becomes_the_kernel_default(lab_url: str, page, llm_server:
     page.locator(".nbllm-panel .nbllm-current", has_text="llamacpp").wait_for()
     selected = provider.evaluate("select => select.options[select.selectedIndex].text")
     assert selected.startswith("llama.cpp")
+
+
+def _assert_table_settled(page) -> None:
+    """After Run All every row of the health table has a result (none left "checking…"),
+    and the default line names the kernel's default (Ollama, down) with its reason."""
+    table = page.locator(".nbllm-panel .nbllm-health")
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while "checking…" in table.inner_text() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    rows = table.locator("tbody tr").all_inner_texts()
+    stuck = [row for row in rows if "checking…" in row]
+    assert not stuck, f"rows still checking {SETTLE_SECONDS:g} s after Run All: {stuck}"
+    assert "checking…" not in table.inner_text()
+    by_provider = {row.split("\t")[0].strip(): row for row in rows}
+    assert "available" in by_provider["lmstudio"] and "panel-model" in by_provider["lmstudio"]
+    for name in ("ollama", "llamacpp"):
+        assert "down" in by_provider[name], by_provider[name]
+    default = page.locator(".nbllm-panel .nbllm-default").inner_text()
+    assert "Kernel-wide default: ollama" in default
+    assert "ollama is down" in default
