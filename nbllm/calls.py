@@ -177,6 +177,14 @@ def _finish(answer: Answer, response: Any, request: Request, sent: list[Any]) ->
     return answer
 
 
+def _failed(exc: BaseException, choice: Any, model: Any, settings: Any) -> ModelError:
+    """The call failed: one readable error, and `auto`/model detection look again next time."""
+    registry = get_registry()
+    registry.invalidate(choice.provider)
+    return describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets(),
+                            registry.spec(choice.provider))
+
+
 def _replayed(hit: replay.Recording, request: Request, started: float) -> Answer:
     """An Answer from the replay cache; chat memory gets the same turn a live answer adds."""
     from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
@@ -210,9 +218,7 @@ async def _ask(request: Request) -> Answer:
         _log_interrupted(request, Answer("", choice.provider, choice.model), started, options, settings, "ask")
         raise
     except Exception as exc:
-        failure = describe_failure(exc, choice.provider, str(model.base_url).rstrip('/'), settings.secrets(),
-                                   get_registry().spec(choice.provider))
-        get_registry().invalidate(choice.provider)  # re-detect (and re-choose `auto`) next time
+        failure = _failed(exc, choice, model, settings)
         failed = Answer("", choice.provider, choice.model, (time.perf_counter() - started) * 1000, error=str(failure))
         calllog.record(request, failed, options, secrets=settings.secrets())
         raise failure from None  # the SDK's exception stays reachable as __context__ (batch.py reads it)
@@ -265,10 +271,7 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
                         yield delta
                 response = streamed.get()
         except Exception as exc:
-            answer.failure = describe_failure(
-                exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets(),
-                get_registry().spec(choice.provider))
-            get_registry().invalidate(choice.provider)
+            answer.failure = _failed(exc, choice, model, settings)
             answer.error = str(answer.failure)
         answer.text = "".join(chunks)
         answer.latency_ms = (time.perf_counter() - started) * 1000
