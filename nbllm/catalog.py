@@ -74,6 +74,11 @@ def key_names(spec: ProviderSpec) -> str:
     return " or ".join(key_env_names(spec)[:2])
 
 
+def how_to_enable(name: str) -> str:
+    """The same advice from every face: Python, the magic and the command line."""
+    return f"enable with nbllm.enable({name!r}), %llm_providers --enable {name} or nbllm providers --enable {name}"
+
+
 _REGISTRY: dict[str, ProviderSpec] = {}
 _ENTRY_POINTS_LOADED = False
 

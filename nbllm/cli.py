@@ -202,11 +202,12 @@ def _set_enabled(name: str, enabled: bool, persist: bool) -> Outcome:
     from . import api
     from .registry import get_registry
 
-    spec = get_registry().spec(name)
+    registry = get_registry()
+    spec = registry.spec(name)
     (api.enable if enabled else api.disable)(spec.name, save=persist)
     word = "enabled" if enabled else "disabled"
     lines = [f"{spec.name} {word}" + _saved_note(persist)]
-    override = _env_value(f"{spec.env_prefix}_ENABLED")
+    override = registry.env_value(f"{spec.env_prefix}_ENABLED")
     if override is not None:
         lines.append(f"note: {spec.env_prefix}_ENABLED={override} in the environment wins over the saved choice "
                      "in new processes")
@@ -215,10 +216,11 @@ def _set_enabled(name: str, enabled: bool, persist: bool) -> Outcome:
 
 def _use(name: str, model: str | None, persist: bool) -> Outcome:
     from . import session
+    from .registry import get_registry
 
     selection = session.use(name, model, save=persist)
     lines = [f"default: {selection}" + _saved_note(persist)]
-    override = _env_value("NBLLM_PROVIDER")
+    override = get_registry().env_value("NBLLM_PROVIDER")
     if persist and override is not None:
         lines.append(f"note: NBLLM_PROVIDER={override} in the environment wins over the saved default "
                      "in new processes")
@@ -268,21 +270,11 @@ def _saved_note(persist: bool) -> str:
     return f" (saved to {user_config_path()})"
 
 
-def _env_value(name: str) -> str | None:
-    """A variable from the environment or .env, which override the user config file."""
-    from .config import read_environment
-
-    value = read_environment()[0].get(name)
-    return value if value and value.strip() else None
-
-
 def scrub(text: str) -> str:
-    """`text` without any key this process knows or URL credentials: the last line of defence
-    before output (the terminal here, the notebook in `%llm_providers`)."""
-    from .errors import redact
+    """The registry's scrub: no key or URL credential reaches the terminal."""
     from .registry import get_registry
 
-    return redact(text, get_registry().secrets())
+    return get_registry().scrub(text)
 
 
 # ---- the console script -----------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .catalog import ProviderSpec, key_names
+from .catalog import ProviderSpec, how_to_enable, key_names
 from .config import ProviderSettings
 from .errors import ConfigurationError, display_url, redact
 from . import probes
@@ -27,7 +27,7 @@ class Prepare(Protocol):
 
     def __call__(self, name: str, start: bool = True) -> Awaitable[ProviderSettings | None]: ...
 
-__all__ = ["NOT_STARTED", "ProviderHealth", "check_provider", "check_providers"]
+__all__ = ["NOT_STARTED", "ProviderHealth", "check_provider", "check_providers", "known_without_probe"]
 
 
 @dataclass
@@ -68,6 +68,29 @@ class ProviderHealth:
         return {**asdict(self), "status": self.status}
 
 
+def _blank(spec: ProviderSpec, settings: ProviderSettings) -> ProviderHealth:
+    return ProviderHealth(
+        provider=spec.name, enabled=settings.enabled, connected=None,
+        model_id=settings.model, base_url=display_url(settings.base_url), kind=spec.kind,
+    )
+
+
+def known_without_probe(spec: ProviderSpec, settings: ProviderSettings) -> ProviderHealth | None:
+    """The health of a disabled or cloud provider (no request is made for those); None for
+    an enabled local server, which only a probe can tell about."""
+    base = _blank(spec, settings)
+    if not settings.enabled:
+        base.connected = None if spec.kind == "cloud" else False
+        base.error = f"disabled: {how_to_enable(spec.name)}"
+        return base
+    if spec.kind == "cloud":
+        base.configured = settings.has_key
+        if not settings.has_key:
+            base.error = f"no API key: set {key_names(spec)}"
+        return base
+    return None
+
+
 async def check_provider(
     spec: ProviderSpec, settings: ProviderSettings, timeout: float, prepare: Prepare | None = None
 ) -> ProviderHealth:
@@ -78,20 +101,10 @@ async def check_provider(
     Not running yet, it is reported available without a probe (`connected=None`) and
     the note "starts on first use".
     """
-    base = ProviderHealth(
-        provider=spec.name, enabled=settings.enabled, connected=None,
-        model_id=settings.model, base_url=display_url(settings.base_url), kind=spec.kind,
-    )
-    if not settings.enabled:
-        base.connected = None if spec.kind == "cloud" else False
-        base.error = (f"disabled: enable with nbllm.enable({spec.name!r}), %llm_providers --enable {spec.name}"
-                      f" or nbllm providers --enable {spec.name}")
-        return base
-    if spec.kind == "cloud":
-        base.configured = settings.has_key
-        if not settings.has_key:
-            base.error = f"no API key: set {key_names(spec)}"
-        return base
+    known = known_without_probe(spec, settings)
+    if known is not None:
+        return known
+    base = _blank(spec, settings)
     if spec.prepare and prepare is not None:
         try:
             prepared = await prepare(spec.name, start=False)

@@ -68,7 +68,6 @@ class ProviderRegistry:
         env, origin = read_environment(self._dotenv_path)
         user_config = read_user_config()
         with self._lock:
-            self._env_names = {k for k in env if k.isupper()}
             self._origin = origin
             self._env = env
             self._user_config = user_config
@@ -79,6 +78,7 @@ class ProviderRegistry:
             self._settings = {
                 spec.name: load_provider_settings(spec, env, origin, user_config) for spec in catalog.all_specs()
             }
+            self._secrets = self._collect_secrets()
         from .clients import clear
 
         clear()
@@ -103,8 +103,7 @@ class ProviderRegistry:
         settings = self.settings(spec.name)
         if not settings.enabled:
             raise ConfigurationError(
-                f"Provider {spec.name!r} is disabled: enable it with nbllm.enable({spec.name!r}), "
-                f"%llm_providers --enable {spec.name} or nbllm providers --enable {spec.name} "
+                f"Provider {spec.name!r} is disabled: {catalog.how_to_enable(spec.name)} "
                 f"(or unset {spec.env_prefix}_ENABLED)."
             )
         return spec, settings
@@ -128,6 +127,8 @@ class ProviderRegistry:
                 if attr in changes and changes[attr] != getattr(settings, attr):
                     changes.setdefault(f"{attr}_is_default", False)
             self._settings[spec.name] = settings.with_(**changes)
+            if "api_key" in changes:
+                self._secrets = self._collect_secrets()
             self.invalidate(None if "enabled" in changes else spec.name)
             return self._settings[spec.name]
 
@@ -176,10 +177,22 @@ class ProviderRegistry:
     def secrets(self) -> tuple[str, ...]:
         """Every key this process knows (each provider's and any `*_API_KEY` value), longest
         first: what output is scrubbed of, as a last line of defence."""
-        with self._lock:
-            values = {s for name in self.names() for s in self.settings(name).secrets()}
-            values.update(key_values(self._env))
+        return self._secrets
+
+    def _collect_secrets(self) -> tuple[str, ...]:
+        values = {s for settings in self._settings.values() for s in settings.secrets()}
+        values.update(key_values(self._env))
         return tuple(sorted(values, key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """`text` without any key this process knows or URL credentials: every face passes
+        its output through this before a terminal or notebook sees it."""
+        return redact(text, self._secrets)
+
+    def env_value(self, name: str) -> str | None:
+        """A variable as last read from the environment or `.env` (which beat the config file)."""
+        value = self._env.get(name)
+        return value if value and value.strip() else None
 
     # ---- health and status ---------------------------------------------------
     @property

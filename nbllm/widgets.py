@@ -26,8 +26,8 @@ import ipywidgets as widgets
 
 from . import bridge, probes, session
 from .catalog import AUTO, all_specs
-from .errors import NbllmError, redact
-from .health import ProviderHealth
+from .errors import NbllmError, display_url
+from .health import ProviderHealth, known_without_probe
 from .registry import get_registry
 from .session import Selection
 from .tables import _STATUS_COLOURS, health_rows
@@ -239,11 +239,11 @@ class ProviderPanel(widgets.VBox):
                 " — used by <code>%%llm</code> without <code>-p</code> and <code>nbllm.ask()</code>")
         health = self._health.get(selection.provider)
         if health is not None and not health.available:
-            reason = _escape(_scrub(health.error or health.status))
+            reason = _escape(get_registry().scrub(health.error or health.status))
             text += (f"<br>⚠ <b>{_escape(selection.provider)} is {health.status}</b>: {reason}."
                      " Calls will fail until it answers.")
         if self._note:
-            text += f"<br>⚠ {_escape(_scrub(self._note))}"
+            text += f"<br>⚠ {_escape(get_registry().scrub(self._note))}"
         self.default_line.value = f'<div class="nbllm-default">{text}</div>'
 
     def _render_table(self, checking: bool = False) -> None:
@@ -339,7 +339,7 @@ def _unfinished(registry: "ProviderRegistry", name: str, bound: float, failure: 
     error = (f"timed out after {bound:g} s (the check did not finish)" if timed_out
              else f"check failed: {type(failure).__name__}: {failure}")
     return ProviderHealth(provider=name, enabled=settings.enabled, connected=False, model_id=settings.model,
-                          base_url=settings.base_url, kind=spec.kind, error=error)
+                          base_url=display_url(settings.base_url), kind=spec.kind, error=error)
 
 
 def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, str]], value: str | None = None) -> None:
@@ -353,15 +353,11 @@ def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, str]], val
 
 
 def _status(registry: "ProviderRegistry", name: str, health: ProviderHealth | None, checking: bool) -> str:
-    """`ProviderHealth.status`, or what is known offline before the first check answers."""
-    if health is not None:
-        return health.status + (f" ({CHECKING})" if checking else "")
-    settings = registry.settings(name)
-    if not settings.enabled:
-        return "disabled"
-    if not registry.is_configured(name):
-        return "not configured"
-    return "available" if registry.spec(name).kind == "cloud" else CHECKING
+    """`ProviderHealth.status`, or what is known without a probe before the first check answers."""
+    if health is None:
+        known = known_without_probe(registry.spec(name), registry.settings(name))
+        return known.status if known is not None else CHECKING
+    return health.status + (f" ({CHECKING})" if checking else "")
 
 
 def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
@@ -376,9 +372,13 @@ def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
 
 
 def _pending_row(registry: "ProviderRegistry", name: str) -> dict[str, Any]:
-    settings = registry.settings(name)
-    return {"provider": name, "status": _status(registry, name, None, True), "enabled": settings.enabled,
-            "connected": "—", "model": settings.model, "latency_ms": None, "base_url": settings.base_url, "error": "",
+    """A row before the first check answers: what is known without a probe, else 'checking…'."""
+    spec, settings = registry.spec(name), registry.settings(name)
+    known = known_without_probe(spec, settings)
+    if known is not None:
+        return health_rows({name: known})[0]
+    return {"provider": name, "status": CHECKING, "enabled": settings.enabled, "connected": "—",
+            "model": settings.model, "latency_ms": None, "base_url": display_url(settings.base_url), "error": "",
             "note": ""}
 
 
@@ -402,12 +402,7 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.0f} ms"
     if key == "enabled":
         return "yes" if value else "no"
-    return _escape(_scrub(str(value)))
-
-
-def _scrub(text: str) -> str:
-    """Mask every known key, key-shaped token and URL `user:password@` (a base URL may carry one)."""
-    return redact(text, get_registry().secrets())
+    return _escape(get_registry().scrub(str(value)))
 
 
 def _escape(text: str) -> str:
