@@ -12,7 +12,7 @@ daemon thread batches the rows into the file (WAL mode), so logging never adds
 disk latency to a call. `history()` waits for pending rows before it reads.
 
 Keys never reach the file: rows are built from prompts, answers and settings, and
-every text is passed through `errors.redact` with the provider's secrets.
+every text is scrubbed of every key the process knows (`ProviderRegistry.scrub`).
 
 Schema (table `calls`, `PRAGMA user_version = 1`)::
 
@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import redact
+from .registry import get_registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -208,7 +208,7 @@ def _outcome(answer: Any) -> str:
 
 
 def record(request: Any, answer: Any, options: dict[str, Any] | None = None, kind: str = "ask",
-           secrets: tuple[str, ...] = (), outcome: str | None = None) -> None:
+           outcome: str | None = None) -> None:
     """Queue one row for the log (returns at once; does nothing when logging is off; never raises).
 
     `outcome` overrides the one read from the answer (the call layer passes "interrupted").
@@ -216,8 +216,8 @@ def record(request: Any, answer: Any, options: dict[str, Any] | None = None, kin
     if not history.enabled:
         return
 
-    def clean(text: str | None) -> str | None:
-        return redact(text, secrets) if text else text
+    def clean(text: str | None) -> str | None:  # every key this process knows, not only this provider's
+        return get_registry().scrub(text) if text else text
 
     try:
         row = (

@@ -177,11 +177,11 @@ def _finish(answer: Answer, response: Any, request: Request, sent: list[Any]) ->
     return answer
 
 
-def _failed(exc: BaseException, choice: Any, model: Any, settings: Any) -> ModelError:
+def _failed(exc: BaseException, choice: Any, model: Any) -> ModelError:
     """The call failed: one readable error, and `auto`/model detection look again next time."""
     registry = get_registry()
     registry.invalidate(choice.provider)
-    return describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), settings.secrets(),
+    return describe_failure(exc, choice.provider, str(model.base_url).rstrip("/"), registry.secrets(),
                             registry.spec(choice.provider))
 
 
@@ -215,19 +215,19 @@ async def _ask(request: Request) -> Answer:
     try:
         response = await model_request(model, messages, model_settings=options)
     except asyncio.CancelledError:  # Ctrl-C or a cancelled task: the call still gets its row
-        _log_interrupted(request, Answer("", choice.provider, choice.model), started, options, settings, "ask")
+        _log_interrupted(request, Answer("", choice.provider, choice.model), started, options, "ask")
         raise
     except Exception as exc:
-        failure = _failed(exc, choice, model, settings)
+        failure = _failed(exc, choice, model)
         failed = Answer("", choice.provider, choice.model, (time.perf_counter() - started) * 1000, error=str(failure))
-        calllog.record(request, failed, options, secrets=settings.secrets())
+        calllog.record(request, failed, options)
         raise failure from None  # the SDK's exception stays reachable as __context__ (batch.py reads it)
     text = "".join(part.content for part in response.parts if getattr(part, "part_kind", "") == "text")
     answer = Answer(text, choice.provider, choice.model, (time.perf_counter() - started) * 1000, reason=choice.reason)
     _finish(answer, response, request, messages)
     if recorder is not None:
         await recorder.save(answer)
-    calllog.record(request, answer, options, secrets=settings.secrets())
+    calllog.record(request, answer, options)
     return answer
 
 
@@ -271,7 +271,7 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
                         yield delta
                 response = streamed.get()
         except Exception as exc:
-            answer.failure = _failed(exc, choice, model, settings)
+            answer.failure = _failed(exc, choice, model)
             answer.error = str(answer.failure)
         answer.text = "".join(chunks)
         answer.latency_ms = (time.perf_counter() - started) * 1000
@@ -279,19 +279,19 @@ async def _events(request: Request) -> AsyncIterator[str | Answer]:
             _finish(answer, response, request, messages)
             if recorder is not None and answer.ok:
                 await recorder.save(answer)
-        calllog.record(request, answer, options, kind="stream", secrets=settings.secrets())
+        calllog.record(request, answer, options, kind="stream")
         logged = True
         yield answer
     finally:
         if not logged:  # Ctrl-C, a cancelled task or a consumer that stopped early: keep what arrived
-            _log_interrupted(request, answer, started, options, settings, "stream", "".join(chunks))
+            _log_interrupted(request, answer, started, options, "stream", "".join(chunks))
 
 
-def _log_interrupted(request: Request, answer: Answer, started: float, options: dict[str, Any], settings: Any,
+def _log_interrupted(request: Request, answer: Answer, started: float, options: dict[str, Any],
                      kind: str, text: str = "") -> None:
     answer.text, answer.error = text, "interrupted"
     answer.latency_ms = (time.perf_counter() - started) * 1000
-    calllog.record(request, answer, options, kind=kind, secrets=settings.secrets(), outcome="interrupted")
+    calllog.record(request, answer, options, kind=kind, outcome="interrupted")
 
 
 class TextStream:

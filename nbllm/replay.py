@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from .calllog import connect
-from .errors import ConfigurationError, ModelError, redact
+from .errors import ConfigurationError, ModelError
+from .registry import get_registry
 
 __all__ = ["cache", "ReplayCache", "ReplayMiss", "Recording", "Recorder", "for_request", "cache_path", "MODES"]
 
@@ -182,12 +183,11 @@ def _transcript(messages: list[Any]) -> list[list[str]]:
 class Recorder:
     """The cache's view of one call: its key, and lookup/save on worker threads."""
 
-    def __init__(self, mode: str, asked: dict[str, Any], secrets: tuple[str, ...]):
+    def __init__(self, mode: str, asked: dict[str, Any]):
         self.mode = mode
         self.asked = asked
         self.key = hashlib.sha256(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         self.path = cache_path()
-        self._secrets = secrets
 
     async def lookup(self) -> Recording | None:
         """The recorded answer, or None; in strict replay a miss raises `ReplayMiss`.
@@ -219,7 +219,7 @@ class Recorder:
             return
 
         def clean(text: str | None) -> str | None:
-            return redact(text, self._secrets) if text else text
+            return get_registry().scrub(text) if text else text  # every key this process knows
 
         asked = {k: v for k, v in self.asked.items() if k not in ("prompt", "system", "history")}
         row = (
@@ -249,26 +249,24 @@ def for_request(request: Any) -> Recorder | None:
     mode = cache.mode if request.cache is None else _check_mode(request.cache, "cache option")
     if mode == "off":
         return None
-    from .registry import get_registry
     from .session import current
 
     selection = current()
     provider = (request.provider or selection.provider or "auto").strip().lower()
     model = request.model or (selection.model if request.provider is None else None)
-    temperature, max_tokens, secrets = request.temperature, request.max_tokens, ()
+    temperature, max_tokens = request.temperature, request.max_tokens
     if provider != "auto":
         settings = get_registry().settings(provider)  # unknown name → ConfigurationError naming valid ones
         provider = settings.provider
         model = model or settings.model
         temperature = settings.temperature if temperature is None else temperature
         max_tokens = settings.max_tokens if max_tokens is None else max_tokens
-        secrets = settings.secrets()
     asked = {
         "v": 1, "provider": provider, "model": model, "prompt": request.prompt, "system": request.system or None,
         "temperature": temperature, "max_tokens": max_tokens,
         "history": _transcript(list(request.chat.messages)) if request.chat is not None else [],
     }
-    return Recorder(mode, asked, secrets)
+    return Recorder(mode, asked)
 
 
 # ---- nbllm.cache ----------------------------------------------------------------------
