@@ -79,14 +79,19 @@ PRAGMA user_version = 1;
 _OFF = {"0", "false", "no", "off"}
 
 
-def history_path() -> Path:
-    """Where the call log lives (`NBLLM_HISTORY` overrides the user data directory)."""
-    override = os.environ.get("NBLLM_HISTORY")
+def data_file(variable: str, filename: str) -> Path:
+    """A file in nbllm's user data directory, unless `variable` names another path."""
+    override = os.environ.get(variable)
     if override:
         return Path(override).expanduser()
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("nbllm")) / "history.sqlite"
+    return Path(user_data_dir("nbllm")) / filename
+
+
+def history_path() -> Path:
+    """Where the call log lives (`NBLLM_HISTORY` overrides the user data directory)."""
+    return data_file("NBLLM_HISTORY", "history.sqlite")
 
 
 def connect(path: Path, schema: str) -> sqlite3.Connection:

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .calllog import connect
+from .calllog import connect, data_file
 from .errors import ConfigurationError, ModelError
 from .registry import get_registry
 
@@ -75,12 +75,7 @@ class ReplayMiss(ModelError):
 
 def cache_path() -> Path:
     """Where recorded answers live (`NBLLM_CACHE` overrides the user data directory)."""
-    override = os.environ.get("NBLLM_CACHE")
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("nbllm")) / "cache.sqlite"
+    return data_file("NBLLM_CACHE", "cache.sqlite")
 
 
 def _check_mode(mode: Any, where: str) -> str:
