@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     # asking
     "ask": "calls", "ask_async": "calls", "stream": "calls", "astream": "calls", "Answer": "calls",
     # tables and widgets
-    "health_table": "tables", "panel": "widgets",
+    "health_table": "api", "panel": "widgets",
     # many providers at once, the call log and the replay cache
     "compare": "multi", "consensus": "multi", "map": "batch", "history": "calllog", "cache": "replay",
     "compare_async": "multi", "consensus_async": "multi", "map_async": "batch", "Failed": "batch",

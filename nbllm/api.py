@@ -6,22 +6,25 @@ widgets, command line) calls; anything those faces do is one call here.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
-from . import bridge, session
+from . import bridge, routing, session
 from .catalog import AUTO
 from .config import config_warning
+from .errors import ConfigurationError, ModelError
 from .factory import build_model
-from .health import ProviderHealth
-from .errors import ConfigurationError
-from .registry import Choice, StatusSummary, get_registry, has_registry
+from .health import ProviderHealth, probed
+from .registry import StatusSummary, get_registry, has_registry
+from .routing import Choice
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pydantic_ai.models import Model
 
 __all__ = [
     "get_model", "get_model_async", "resolve", "check_all_providers", "check_provider", "health_check",
-    "enable", "disable", "reinit", "status", "providers",
+    "enable", "disable", "reinit", "status", "providers", "health_table",
 ]
 
 
@@ -35,7 +38,7 @@ def get_model(provider: str | None = None, model: str | None = None) -> "Model":
     and a model load, up to NBLLM_EMBEDDED_START_TIMEOUT), so the model works.
     """
     selection = session.current()
-    choice = get_registry().choose_offline(provider or selection.provider, model or (None if provider else selection.model))
+    choice = routing.choose_offline(provider or selection.provider, model or (None if provider else selection.model))
     spec, settings = get_registry().require(choice.provider)
     if spec.prepare:  # a provider nbllm runs itself (embedded) must be running for the model to work
         settings = bridge.run(get_registry().prepare(spec.name))
@@ -59,29 +62,31 @@ async def get_model_async(
 async def resolve(
     provider: str | None = None, model: str | None = None, auto_detect_model: bool = True, test_connection: bool = False
 ) -> Choice:
-    """Which provider and model a call would use, and why."""
-    from .errors import ModelError
+    """Which provider and model a call would use, and why.
 
+    `test_connection=True`: a local (or self-hosted) server must answer a probe and a
+    cloud provider must have a key, else `ModelError` says which and why.
+    """
     selection = session.current()
     registry = get_registry()
 
     async def _test(name: str) -> None:
-        spec = registry.spec(name)
-        if spec.kind == "local":
+        spec, settings = registry.spec(name), registry.settings(name)
+        if probed(spec, settings):
             if spec.prepare:  # a server nbllm runs (embedded): start it, as the call would
                 await registry.prepare(name)
-            h = (await registry.check([name]))[name]
+            h = (await routing.check([name]))[name]
             if not h.connected:
                 raise ModelError(name, h.error or "not answering", url=h.base_url, hint=spec.install_hint)
-        elif not registry.settings(name).has_key:
-            raise ModelError(name, "no API key configured", url=registry.settings(name).base_url)
+        elif not settings.has_key:
+            raise ModelError(name, "no API key configured", url=settings.base_url)
 
     async def _resolve() -> Choice:
         wanted = provider or selection.provider
         named = wanted.strip().lower() != AUTO
         if test_connection and named:  # probe first: the model detection then reuses this probe
             await _test(registry.require(wanted)[0].name)
-        choice = await registry.choose(wanted, model or (None if provider else selection.model), auto_detect_model)
+        choice = await routing.choose(wanted, model or (None if provider else selection.model), auto_detect_model)
         if test_connection and not named:
             await _test(choice.provider)
         return choice
@@ -91,19 +96,18 @@ async def resolve(
 
 async def check_all_providers(timeout: float | None = None) -> dict[str, ProviderHealth]:
     """Probe every provider concurrently (about one health timeout in all)."""
-    return await bridge.run_async(get_registry().check(None, timeout))
+    return await bridge.run_async(routing.check(None, timeout))
 
 
 async def check_provider(name: str, timeout: float | None = None) -> ProviderHealth:
     """Probe one provider; never raises for one that is down."""
-    registry = get_registry()
-    spec = registry.spec(name)
-    return (await bridge.run_async(registry.check([spec.name], timeout)))[spec.name]
+    spec = get_registry().spec(name)
+    return (await bridge.run_async(routing.check([spec.name], timeout)))[spec.name]
 
 
 def health_check(names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
     """Sync `check_all_providers` (safe inside a running kernel)."""
-    return bridge.run(get_registry().check(names, timeout))
+    return bridge.run(routing.check(names, timeout))
 
 
 def enable(name: str, save: bool = False) -> None:
@@ -126,6 +130,9 @@ def reinit() -> None:
     registry = get_registry()
     if not fresh:
         registry.reinit()
+    embedded = sys.modules.get("nbllm.embedded")
+    if embedded is not None:  # a crashed embedded server may be tried again (e.g. after a rebuild)
+        embedded.forget_crash()
     try:
         session.use(previous.provider, previous.model)
         return
@@ -148,3 +155,13 @@ def status(health: dict[str, ProviderHealth] | None = None) -> StatusSummary:
 def providers() -> list[str]:
     """The registered provider names, in catalog order."""
     return get_registry().names()
+
+
+def health_table(timeout: float | None = None) -> "pd.DataFrame":
+    """Probe every provider now (concurrently) and return the table, models included.
+
+    Safe inside a running kernel; costs about one health timeout in all.
+    """
+    from . import tables
+
+    return tables.health_frame(health_check(timeout=timeout), tables.HEALTH_TABLE_COLUMNS)

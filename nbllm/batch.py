@@ -5,11 +5,12 @@
   so a value full of braces (code, JSON) is sent exactly as it is.
 - Concurrency: `concurrency` workers on nbllm's loop take the inputs in order, so
   at most that many requests are in flight and memory does not grow with the input.
-- Retries: map retries an input itself on HTTP 429 and 5xx, timeouts and refused or
-  dropped connections (the SDK's own retries are off for map's calls, so attempts
-  do not multiply). `retries=None` uses the provider's `{P}_MAX_RETRIES`. Between
-  attempts it waits what `Retry-After` asks (at most `max_wait` seconds), else
-  `backoff * 2**attempt` with jitter (also at most `max_wait`).
+- Retries: each input is retried on HTTP 429 and 5xx, timeouts and replies cut off,
+  by the one policy every call uses (retry.py; the SDKs' own retries are off, so
+  attempts never multiply); a refused connection fails at once. `retries=None` uses
+  the provider's `{P}_MAX_RETRIES`. Between attempts it waits what `Retry-After` asks
+  (at most `max_wait` seconds), else `backoff * 2**attempt` with jitter (also at most
+  `max_wait`).
 - Results: a pandas Series with the input's index (a list gets a RangeIndex), in
   input order. An answer is its text; a failure is a `Failed` value carrying the
   error — never dropped, never stopping the rest. `failures(result)` lists them.
@@ -25,17 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import bridge
-from .calls import check_options
-from .errors import ConfigurationError
-from .registry import get_registry
+from . import bridge, pipeline
+from .errors import ConfigurationError, MapInterrupted
+from .pipeline import Call
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,16 +65,6 @@ class Failed:
         return f"<failed: {self.error}>"
 
     __repr__ = __str__
-
-
-class MapInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `map`; `.partial` holds every finished result, in input order."""
-
-    def __init__(self, partial: "pd.Series"):
-        done = int(sum(1 for v in partial if not (isinstance(v, Failed) and v.kind == "interrupted")))
-        super().__init__(f"nbllm.map interrupted: {done} of {len(partial)} finished; "
-                         "get them from this exception's .partial or nbllm.batch.last_partial()")
-        self.partial = partial
 
 
 _last_partial: "pd.Series | None" = None
@@ -110,98 +100,26 @@ def _pd() -> Any:
     return pd
 
 
-# ---- retry policy --------------------------------------------------------------------------
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and what caused it (ModelError keeps the SDK error as __context__)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen and len(seen) < 8:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
-def retry_delay(exc: BaseException, attempt: int, backoff: float, max_wait: float) -> float | None:
-    """Seconds to wait before trying again, or None if this failure is not worth retrying."""
-    from pydantic_ai.exceptions import (
-        ModelAPIError, ModelConnectionError, ModelHTTPError, ModelRateLimitError, ModelRequestTimeout,
-        ModelServerError, ModelUnavailableError,
-    )
-
-    retryable = False
-    retry_after: float | None = None
-    for error in _chain(exc):
-        if isinstance(error, (ModelRateLimitError, ModelServerError, ModelUnavailableError, ModelConnectionError,
-                              ModelRequestTimeout)):
-            retryable = True
-        elif isinstance(error, ModelHTTPError):
-            retryable = error.status_code == 429 or error.status_code >= 500
-        elif isinstance(error, ModelAPIError):
-            retryable = False
-        else:
-            continue
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is None and isinstance(error, ModelHTTPError) and error.headers:
-            retry_after = _parse_retry_after(error.headers.get("retry-after"))
-        break
-    else:  # no pydantic-ai error in the chain: only plain timeouts are worth a retry
-        retryable = any(isinstance(e, (TimeoutError, asyncio.TimeoutError)) for e in _chain(exc))
-    if not retryable:
-        return None
-    if retry_after is not None and retry_after >= 0:
-        return min(retry_after, max_wait)
-    return min(backoff * (2 ** attempt) * (0.5 + random.random()), max_wait)
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 # ---- the run ------------------------------------------------------------------------------
 
 
 @dataclass
 class _Plan:
     prompts: list[str | None]  # None: a missing input, not sent
-    provider: str
-    model: str
-    retries: int
+    call: Call | None  # the call, described once; each input is `call.with_prompt(prompt)`
     concurrency: int
-    backoff: float
-    max_wait: float
-    options: dict[str, Any]
+    target: Any = None  # routed once (when the replay cache is off), shared by every input
 
 
 async def _attempts(plan: _Plan, prompt: str) -> Any:
-    """An Answer, or Failed (with the attempts made), for one prompt; retries what is worth retrying."""
-    from .calls import Request, _ask
-
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            request = Request(prompt=prompt, provider=plan.provider or None, model=plan.model or None, max_retries=0,
-                              **plan.options)
-            return await _ask(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            delay = retry_delay(exc, attempt - 1, plan.backoff, plan.max_wait) if attempt <= plan.retries else None
-            if delay is None:
-                return Failed(str(exc) or type(exc).__name__, attempt)
-            await asyncio.sleep(delay)
+    """An Answer, or Failed (with the attempts made), for one prompt; the pipeline retries what is worth it."""
+    assert plan.call is not None
+    try:
+        return await pipeline.answer(plan.call.with_prompt(prompt), plan.target)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return Failed(str(exc) or type(exc).__name__, getattr(exc, "attempts", 1))
 
 
 async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
@@ -227,8 +145,8 @@ async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
         await asyncio.gather(*workers, return_exceptions=True)
 
 
-def _plan(values: Any, template: str, provider: str | None, concurrency: int, retries: int | None,
-          backoff: float, max_wait: float, options: dict[str, Any]) -> tuple[_Plan, Any]:
+def _plan(values: Any, template: str, provider: str | None, concurrency: int, retry: RetryPolicy,
+          options: dict[str, Any]) -> tuple[_Plan, Any]:
     """Check the arguments (one clear error each, before anything is sent) and render the prompts."""
     pd = _pd()
     if isinstance(values, pd.Series):
@@ -244,47 +162,26 @@ def _plan(values: Any, template: str, provider: str | None, concurrency: int, re
                                  "e.g. 'Summarise: {value}'. Write {{ and }} for literal braces.")
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigurationError(f"concurrency={concurrency!r}: give a whole number of at least 1.")
-    if retries is not None and (not isinstance(retries, int) or retries < 0):
-        raise ConfigurationError(f"retries={retries!r}: give a whole number of at least 0, or None.")
+    if retry.retries is not None and (not isinstance(retry.retries, int) or retry.retries < 0):
+        raise ConfigurationError(f"retries={retry.retries!r}: give a whole number of at least 0, or None.")
     for name in ("chat", "max_retries"):
         if name in options:
             raise ConfigurationError(f"map() does not take {name}=: each input is its own call (use retries=).")
-    check_options(options, "map")
     prompts = [None if _is_missing(v) else render(template, v) for v in items]
-    plan = _Plan(prompts, provider or "", options.pop("model", None) or "", retries if retries is not None else -1,
-                 concurrency, backoff, max_wait, options)
-    return plan, index
+    first = next((p for p in prompts if p), None)
+    # Described once (options checked once), with the first real prompt; every input reuses it.
+    call = pipeline.describe(first or template, "map", provider, retry, **options) if prompts else None
+    return _Plan(prompts, call, concurrency), index
 
 
-async def _resolve(plan: _Plan) -> _Plan:
+async def _route(plan: _Plan) -> _Plan:
     """Pick the provider once, so 1,000 inputs do not probe servers 1,000 times.
 
-    With the replay cache on, calls stay exactly as asked (like `ask`), because the
-    cache is keyed on what was asked and a replay must work with no server reachable.
+    With the replay cache on, calls stay exactly as asked (like `ask`): a replay must
+    work with no server reachable, so routing waits until an input misses the cache.
     """
-    from .replay import for_request
-    from .calls import Request
-    from .session import current
-
-    registry = get_registry()
-    selection = current()
-    caching = for_request(Request("", plan.provider or None, plan.model or None, cache=plan.options.get("cache")))
-    if caching is None:
-        choice = await registry.choose(plan.provider or selection.provider,
-                                       plan.model or (selection.model if not plan.provider else None))
-        if not plan.provider:
-            plan.model = plan.model or choice.model  # the default's model goes with the default's provider
-        plan.provider = choice.provider
-        name = choice.provider
-    else:
-        name = caching.asked["provider"]
-        if name == "auto":
-            try:
-                name = registry.choose_offline(name).provider
-            except ConfigurationError:  # nothing configured: only the cache can answer
-                name = None
-    if plan.retries < 0:
-        plan.retries = registry.settings(name).max_retries if name else 0
+    if plan.call is not None and plan.call.cache_mode == "off" and any(p is not None for p in plan.prompts):
+        plan.target = await pipeline.route(plan.call)
     return plan
 
 
@@ -314,10 +211,10 @@ class _Run:
     """The bookkeeping `map` and `map_async` share: results by position, progress bar, and
     (as a context around the consuming loop) the partial Series when Ctrl-C or a cancel stops it."""
 
-    def __init__(self, values: Any, template: str, provider: str | None, concurrency: int, retries: int | None,
-                 backoff: float, max_wait: float, options: dict[str, Any], progress: bool):
+    def __init__(self, values: Any, template: str, provider: str | None, concurrency: int, retry: RetryPolicy,
+                 options: dict[str, Any], progress: bool):
         self.started = time.perf_counter()
-        self.plan, self.index = _plan(values, template, provider, concurrency, retries, backoff, max_wait, options)
+        self.plan, self.index = _plan(values, template, provider, concurrency, retry, options)
         self.results: list[Any] = [None] * len(self.plan.prompts)
         self.progress = progress
         self.bar: Any = None
@@ -382,9 +279,9 @@ def map(values: Any, template: str, provider: str | None = None, concurrency: in
 
     `options` are those of `nbllm.ask` (model, system, temperature, max_tokens, timeout, cache).
     """
-    run = _Run(values, template, provider, concurrency, retries, backoff, max_wait, options, progress)
+    run = _Run(values, template, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
     if run.results:
-        run.plan = bridge.run(_resolve(run.plan))
+        run.plan = bridge.run(_route(run.plan))
         with run:
             for position, result in bridge.iterate(_results(run.plan)):
                 run.add(position, result)
@@ -395,9 +292,9 @@ async def map_async(values: Any, template: str, provider: str | None = None, con
                     retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
                     max_wait: float = 60.0, **options: Any) -> "pd.Series":
     """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished."""
-    run = _Run(values, template, provider, concurrency, retries, backoff, max_wait, options, progress)
+    run = _Run(values, template, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
     if run.results:
-        run.plan = await bridge.run_async(_resolve(run.plan))
+        run.plan = await bridge.run_async(_route(run.plan))
         with run:
             async for position, result in bridge.aiterate(_results(run.plan)):
                 run.add(position, result)

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
 from . import clients
-from .errors import NbllmError
+from .errors import Cancelled, NbllmError, detached
 
 __all__ = ["get_loop", "run", "run_async", "iterate", "aiterate", "shutdown", "on_loop_thread", "IDLE", "Cancelled"]
 
@@ -31,14 +31,6 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
-
-
-class Cancelled(NbllmError):
-    """A request was cancelled on nbllm's loop (e.g. the loop was shut down), not by Ctrl-C here."""
-
-    def __init__(self) -> None:
-        super().__init__("the request was cancelled before it finished (nbllm's loop was stopped, e.g. by "
-                         "%unload_ext); run it again")
 
 
 def get_loop() -> asyncio.AbstractEventLoop:
@@ -80,9 +72,10 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         future.cancel()
         raise
     except concurrent.futures.CancelledError:  # cancelled over there, not by Ctrl-C here
-        raise Cancelled() from None
+        error: NbllmError = Cancelled()
     except NbllmError as exc:  # nbllm's own errors say everything: no frames of the loop thread
-        raise exc.with_traceback(None) from None
+        error = exc
+    raise detached(error)  # outside the except: nothing (an SDK error, a header) is chained
 
 
 async def run_async(coro: Awaitable[T]) -> T:
@@ -99,7 +92,10 @@ async def run_async(coro: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         if _cancelled_here():
             raise
-        raise Cancelled() from None
+        error: NbllmError = Cancelled()
+    except NbllmError as exc:
+        error = exc
+    raise detached(error)
 
 
 def _cancelled_here() -> bool:

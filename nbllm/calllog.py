@@ -31,7 +31,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -40,7 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .registry import get_registry
+from .errors import scrub
+from .store import cast_usage, connect, data_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,32 +76,14 @@ CREATE INDEX IF NOT EXISTS calls_time ON calls (time);
 PRAGMA user_version = 1;
 """
 
-_OFF = {"0", "false", "no", "off"}
-
-
-def data_file(variable: str, filename: str) -> Path:
-    """A file in nbllm's user data directory, unless `variable` names another path."""
-    override = os.environ.get(variable)
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("nbllm")) / filename
+_INSERT = f"INSERT INTO calls ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' for _ in COLUMNS[1:])})"
 
 
 def history_path() -> Path:
     """Where the call log lives (`NBLLM_HISTORY` overrides the user data directory)."""
-    return data_file("NBLLM_HISTORY", "history.sqlite")
+    from .registry import get_registry
 
-
-def connect(path: Path, schema: str) -> sqlite3.Connection:
-    """Open (and create) a SQLite file in WAL mode; shared by the call log and the replay cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(schema)
-    return conn
+    return data_file(get_registry().global_settings.value("NBLLM_HISTORY"), "history.sqlite")
 
 
 # ---- the writer ------------------------------------------------------------------
@@ -161,30 +143,65 @@ class _Writer:
 
     def _write(self, path: Path, rows: list[tuple[Any, ...]]) -> None:
         try:
-            if self._conn is None or self._conn[0] != path:
-                if self._conn is not None:
-                    self._conn[1].close()
-                    self._conn = None
-                self._conn = (path, connect(path, _SCHEMA))
-            conn = self._conn[1]
-            placeholders = ", ".join("?" for _ in COLUMNS[1:])
+            conn = self._connect(path)
             conn.execute("BEGIN")
-            conn.executemany(f"INSERT INTO calls ({', '.join(COLUMNS[1:])}) VALUES ({placeholders})", rows)
+            conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
-        except Exception as exc:  # the log must never break a call; say so once
-            if self._conn is not None:
-                try:
-                    self._conn[1].close()
-                except Exception:
-                    pass
-                self._conn = None
-            self.warn_once(f"could not write the call log {path} ({exc})")
+            return
+        except sqlite3.Error as exc:
+            problem: Exception = exc
+        except Exception as exc:  # e.g. a value SQLite cannot bind: find the row, keep the others
+            problem = exc
+        self._rollback()
+        if isinstance(problem, (OSError, sqlite3.OperationalError, sqlite3.DatabaseError)) and \
+                not isinstance(problem, sqlite3.IntegrityError):
+            self._close()
+            self.warn_once(f"could not write the call log {path} ({problem})")
+            return
+        self._write_one_by_one(path, rows)
 
-    def warn_once(self, problem: str) -> None:
+    def _write_one_by_one(self, path: Path, rows: list[tuple[Any, ...]]) -> None:
+        """A batch failed because of one row: write the others, skip that one and say which."""
+        try:
+            conn = self._connect(path)
+        except Exception as exc:
+            self.warn_once(f"could not write the call log {path} ({exc})")
+            return
+        for row in rows:
+            try:
+                conn.execute(_INSERT, row)
+            except Exception as exc:  # this row only; its neighbours are written
+                self.warn_once(f"one call's row could not be written to {path} ({type(exc).__name__}: {exc}) "
+                               f"and was skipped; the other rows are kept", fix=False)
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        if self._conn is None or self._conn[0] != path:
+            self._close()
+            self._conn = (path, connect(path, _SCHEMA))
+        return self._conn[1]
+
+    def _rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn[1].execute("ROLLBACK")
+            except Exception:  # no transaction was open
+                pass
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn[1].close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def warn_once(self, problem: str, fix: bool = True) -> None:
+        """One warning per process; `fix` adds the advice for an unusable file (not for one bad row)."""
         if not self._warned:
             self._warned = True
-            log.warning("nbllm: %s; point NBLLM_HISTORY at a writable file or turn logging off with NBLLM_LOG=0 "
-                        "(or nbllm.history.disable())", problem)
+            advice = ("; point NBLLM_HISTORY at a writable file or turn logging off with NBLLM_LOG=0 "
+                      "(or nbllm.history.disable())") if fix else ""
+            log.warning("nbllm: %s%s", problem, advice)
 
 
 _writer = _Writer()
@@ -194,13 +211,14 @@ atexit.register(_writer.flush, 2.0)
 # ---- recording -------------------------------------------------------------------
 
 
-def _settings_json(request: Any, options: dict[str, Any] | None) -> str:
+def _settings_json(call: Any, options: dict[str, Any] | None) -> str:
+    request = call.request
     options = options or {}
-    chat = getattr(request, "chat", None)
+    chat = request.chat
     values = {
-        "temperature": options.get("temperature", getattr(request, "temperature", None)),
-        "max_tokens": options.get("max_tokens", getattr(request, "max_tokens", None)),
-        "timeout": options.get("timeout", getattr(request, "timeout", None)),
+        "temperature": options.get("temperature", request.temperature),
+        "max_tokens": options.get("max_tokens", request.max_tokens),
+        "timeout": options.get("timeout", request.timeout),
         "chat_turns": len(chat.messages) // 2 if chat is not None else None,
     }
     return json.dumps({k: v for k, v in values.items() if v is not None}, sort_keys=True)
@@ -212,28 +230,39 @@ def _outcome(answer: Any) -> str:
     return "cached" if getattr(answer, "cached", False) else "ok"
 
 
-def record(request: Any, answer: Any, options: dict[str, Any] | None = None, kind: str = "ask",
-           outcome: str | None = None) -> None:
+def clean(text: str | None) -> str | None:
+    """Text as the log stores it: scrubbed of every key this process knows and URL
+    credentials, and writable (a lone surrogate, which SQLite cannot encode, becomes U+FFFD)."""
+    if not text:
+        return text
+    text = scrub(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcome: str | None = None) -> None:
     """Queue one row for the log (returns at once; does nothing when logging is off; never raises).
 
-    `outcome` overrides the one read from the answer (the call layer passes "interrupted").
+    `call` is the `pipeline.Call` that was answered; `outcome` overrides the one read
+    from the answer (the pipeline passes "interrupted").
     """
     if not history.enabled:
         return
-
-    def clean(text: str | None) -> str | None:  # every key this process knows, not only this provider's
-        return get_registry().scrub(text) if text else text
-
     try:
+        request = call.request
         row = (
-            datetime.now(timezone.utc).isoformat(timespec="milliseconds"), kind,
+            datetime.now(timezone.utc).isoformat(timespec="milliseconds"), call.kind,
             answer.provider, answer.model, clean(request.prompt), clean(request.system),
-            _settings_json(request, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
+            _settings_json(call, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
             round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), clean(answer.error),
         )
         _writer.put(history_path(), row)
     except Exception as exc:  # logging must never fail the call it logs
-        _writer.warn_once(f"could not log a call ({exc})")
+        _writer.warn_once(f"could not log a call ({type(exc).__name__}: {exc}); that call's row was skipped",
+                          fix=False)
 
 
 # ---- reading: nbllm.history ---------------------------------------------------------
@@ -277,7 +306,9 @@ class CallLog:
     def enabled(self) -> bool:
         if self._override is not None:
             return self._override
-        return os.environ.get("NBLLM_LOG", "1").strip().lower() not in _OFF
+        from .registry import get_registry
+
+        return get_registry().global_settings.log  # NBLLM_LOG, as config read it
 
     def enable(self) -> None:
         self._override = True
@@ -328,8 +359,6 @@ def _read(path: Path, use: Any) -> Any:
 
 def _typed(frame: "pd.DataFrame") -> "pd.DataFrame":
     import pandas as pd
-
-    from .tables import cast_usage
 
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     return cast_usage(frame)

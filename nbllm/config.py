@@ -1,33 +1,64 @@
-"""Typed, validated settings per provider, read from the environment.
+"""The one reader of settings: typed, validated values per provider and for nbllm itself.
 
 Sources, strongest first: real environment variables, a `.env` file in the working
-directory, the user config file (what `--enable/--disable/--use --save` persist),
-then the catalog's defaults. A bad value never raises: it becomes one
-`NbllmConfigWarning` naming the variable, the value and the default used, and is
-kept in `ProviderSettings.problems` for `--list` to show.
+directory (python-dotenv), the user config file (JSON at `user_config_path()`: what
+`--enable/--disable/--use --save` persist), then the defaults. Nothing else in nbllm reads
+`os.environ`; other modules ask the registry (`get_registry().global_settings`), so `.env`
+and `nbllm.reinit()` reach them. A bad value never raises: it is one `NbllmConfigWarning`
+per variable and value per process (an explicit re-read, `nbllm.reinit()`, says it again)
+naming the variable, the value (keys masked), the accepted form and what is used instead,
+and it is kept in `.problems` for `--list`. Keys and URL passwords never show in a repr.
+
+Per provider (`{P}` is the catalog's prefix: OPENAI, LMSTUDIO, …):
+    {P}_API_KEY       the key (also the usual names: GOOGLE_API_KEY, XAI_API_KEY)
+    {P}_ENABLED       boolean: true/false, yes/no, on/off, 1/0 (also y/n, t/f)
+    {P}_MODEL         a model id                      {P}_BASE_URL   an http:// or https:// URL
+    {P}_WEIGHT        number 0..1                     {P}_MAX_TOKENS whole number 1..1,000,000
+    {P}_TEMPERATURE   number 0..2                     {P}_TIMEOUT    seconds, 0.001..3,600
+    {P}_MAX_RETRIES   whole number 0..20              OLLAMA_HOST    host, host:port or URL
+nbllm itself (`GlobalSettings`, field in brackets):
+    NBLLM_PROVIDER [provider]   initial default: a provider name or auto (else the saved default)
+    NBLLM_MODEL [model]         its model (else the saved default's)
+    NBLLM_HEALTH_TIMEOUT [health_timeout]  seconds per probe, above 0 and at most 120 (default 2)
+    NBLLM_LOG [log]             boolean: keep the call log (default on)
+    NBLLM_HISTORY [history]     path of the call log file (default: user data dir/history.sqlite)
+    NBLLM_CACHE [cache]         path of the replay cache (default: user data dir/cache.sqlite)
+    NBLLM_CACHE_MODE [cache_mode]          record | replay | off: initial replay mode (default off)
+    NBLLM_EMBEDDED_MODEL [embedded_model]  path of a GGUF file (default: the bundled SmolLM2)
+    NBLLM_EMBEDDED_ARGS [embedded_args]    extra llama-cpp server options, as on a command line
+    NBLLM_EMBEDDED_START_TIMEOUT [embedded_start_timeout]  seconds, above 0 (default 30)
+    NBLLM_CONFIG [config]       path of the user config file (environment or .env)
+The user config file: `{"disabled": [names], "default": {"provider": name, "model": name or
+null}}`; entries of another shape are ignored (one warning), unknown keys are kept.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import math
 import logging
 import os
+import re
 import sys
+import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
 
 from .catalog import ProviderSpec, all_specs, key_env_names
 from .errors import redact
+from .settings_values import (
+    FIELDS, GLOBALS, BadValue, Secret, decode, host_to_url, is_name, openai_base, os_reason, server_root, to_path,
+    validate_user_config,
+)
 
 __all__ = [
-    "Secret", "ProviderSettings", "GlobalSettings", "NbllmConfigWarning", "FIELDS",
-    "read_environment", "key_values", "load_provider_settings", "load_global_settings",
-    "user_config_path", "read_user_config", "write_user_config", "server_root", "openai_base",
+    "Secret", "ProviderSettings", "GlobalSettings", "NbllmConfigWarning", "FIELDS", "GLOBALS", "Snapshot",
+    "read_environment", "read_settings", "key_values", "load_provider_settings", "load_global_settings",
+    "global_variable_rows", "user_config_path", "read_user_config", "validate_user_config", "write_user_config",
+    "config_warning", "forget_warnings", "server_root", "openai_base",
 ]
 
 log = logging.getLogger("nbllm")
@@ -37,115 +68,22 @@ class NbllmConfigWarning(UserWarning):
     """A configuration value was invalid and a default is used instead."""
 
 
-class Secret:
-    """Holds a key so that repr/str/format never show it; `.get()` returns it."""
+# ---- the settings --------------------------------------------------------------------
 
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __format__(self, spec: str) -> str:
-        return repr(self)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __reduce__(self):  # pickling would write the key to disk
-        raise TypeError("nbllm Secret values cannot be pickled")
+_ARG_KEYS = re.compile(r"(?i)(--api[_-]key[=\s]\s*)(\S+)")
 
 
-# ---- value parsing ---------------------------------------------------------
-
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"0", "false", "no", "off", "n", "f"}
-
-
-def _to_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError("expected true/false, yes/no, on/off or 1/0")
+def _masked_repr(obj: Any) -> str:
+    """The dataclass repr without keys (`masks`), key shapes, URL passwords or `--api_key X`."""
+    text = ", ".join(f"{f.name}={getattr(obj, f.name)!r}" for f in fields(obj) if f.repr)
+    secrets = tuple(m.get() for m in obj.masks)
+    return _ARG_KEYS.sub(r"\1***", redact(f"{type(obj).__name__}({text})", secrets))
 
 
-def _to_url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("expected an http:// or https:// URL")
-    return text
-
-
-def _to_model(text: str) -> str:
-    text = text.strip()
-    if not text:
-        raise ValueError("expected a model name")
-    return text
-
-
-@dataclass(frozen=True)
-class Field:
-    """One `{PROVIDER}_{SUFFIX}` variable: how to convert it and what is allowed."""
-
-    suffix: str
-    attr: str
-    convert: Callable[[str], Any]
-    low: float | None = None
-    high: float | None = None
-    doc: str = ""
-
-    def parse(self, text: str) -> Any:
-        return self.check(self.convert(text.strip()))
-
-    def check(self, value: Any) -> Any:
-        """The value if it is allowed (a per-call option gets the same rules as the variable)."""
-        if self.convert is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError("must be a whole number")
-        if self.convert is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError("must be a number")
-            if not math.isfinite(value):
-                raise ValueError("must be a finite number")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ValueError(f"must be between {_number(self.low)} and {_number(self.high)}")
-        return value
-
-
-def _number(x: float | None) -> str:
-    return f"{int(x):,}" if x is not None and float(x).is_integer() else f"{x:g}"
-
-
-FIELDS: tuple[Field, ...] = (
-    Field("ENABLED", "enabled", _to_bool, doc="turn the provider on/off"),
-    Field("MODEL", "model", _to_model, doc="model id"),
-    Field("WEIGHT", "weight", float, 0.0, 1.0, doc="vote weight in consensus"),
-    Field("MAX_TOKENS", "max_tokens", int, 1, 1_000_000, doc="answer length cap"),
-    Field("TEMPERATURE", "temperature", float, 0.0, 2.0, doc="sampling temperature"),
-    Field("TIMEOUT", "timeout", float, 0.001, 3600.0, doc="seconds per request"),
-    Field("MAX_RETRIES", "max_retries", int, 0, 20, doc="retries on 429/5xx"),
-    Field("BASE_URL", "base_url", _to_url, doc="server address"),
-)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ProviderSettings:
-    """The effective configuration of one provider (keys masked in repr)."""
+    """The effective configuration of one provider (keys and URL passwords masked in repr;
+    `.base_url` keeps the real URL for requests)."""
 
     provider: str
     api_key: Secret | None = None
@@ -162,6 +100,8 @@ class ProviderSettings:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     """Variable name → 'env' | '.env' | 'config' for every variable that was set."""
     problems: tuple[str, ...] = ()
+    masks: tuple[Secret, ...] = field(default=(), compare=False, repr=False)
+    """Every key value of the environment it was read from: masked in repr (a key pasted as a model)."""
 
     @property
     def has_key(self) -> bool:
@@ -173,67 +113,117 @@ class ProviderSettings:
     def with_(self, **changes: Any) -> "ProviderSettings":
         return replace(self, **changes)
 
+    def __repr__(self) -> str:
+        return _masked_repr(self)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class GlobalSettings:
-    """Settings that are not about one provider."""
+    """The `NBLLM_*` settings (see the module docstring); a path of None means the default file."""
 
     provider: str = "auto"
     model: str | None = None
     health_timeout: float = 2.0
+    log: bool = True
+    history: Path | None = None
+    cache: Path | None = None
+    cache_mode: str = "off"
+    embedded_model: Path | None = None
+    embedded_args: str = ""
+    embedded_start_timeout: float = 30.0
+    config: Path | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    """Variable name → 'env' | '.env' | 'config' for every variable that was set."""
     problems: tuple[str, ...] = ()
     provider_source: str = ""
     """Where `provider` came from, for messages: "NBLLM_PROVIDER", "the saved default" or ""."""
+    masks: tuple[Secret, ...] = field(default=(), compare=False, repr=False)
+
+    def value(self, variable: str) -> Any:
+        """The typed value of an `NBLLM_*` variable (`value("NBLLM_HISTORY")` is `.history`)."""
+        return getattr(self, GLOBALS[variable].attr)
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
 
 
-# ---- sources ---------------------------------------------------------------
+# ---- warnings ------------------------------------------------------------------------
+
+_warned: set[tuple[str, ...]] = set()
+_warned_lock = threading.Lock()
 
 
-def user_config_path() -> Path:
-    """Where persisted choices live (`NBLLM_CONFIG` overrides, for tests and CI)."""
-    override = os.environ.get("NBLLM_CONFIG")
-    if override:
-        return Path(override)
-    from platformdirs import user_config_dir
+def config_warning(problem: str, key: tuple[str, ...] | None = None) -> None:
+    """One `NbllmConfigWarning`, attributed to the first caller outside nbllm and IPython
+    (a user's cell or script), so the user sees their own line, not nbllm's source.
 
-    return Path(user_config_dir("nbllm")) / "config.json"
-
-
-def read_user_config() -> dict[str, Any]:
-    path = user_config_path()
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        config_warning(f"nbllm: ignoring unreadable config file {path}: {exc}")
-        return {}
+    With a `key` (variable and value, or a file's problem) it is said once per process
+    until `forget_warnings()`: re-reading the same bad value must not repeat it each call.
+    """
+    if key is not None:
+        with _warned_lock:
+            if key in _warned:
+                return
+            _warned.add(key)
+    skipped = (os.path.dirname(os.path.abspath(__file__)), os.sep + "IPython" + os.sep)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and any(part in os.path.abspath(frame.f_code.co_filename) for part in skipped):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(problem, NbllmConfigWarning, stacklevel=level)
+    log.debug(problem)  # shown once, as a warning; not again through logging
 
 
-def write_user_config(data: Mapping[str, Any]) -> Path:
-    path = user_config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(data), indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+def forget_warnings() -> None:
+    """Let every problem be said again (an explicit re-read: `nbllm.reinit()`, `--reinit`)."""
+    with _warned_lock:
+        _warned.clear()
+
+
+def _bad(name: str, raw: str, bad: BadValue, instead: str, origin: Mapping[str, str], masks: tuple[str, ...],
+         warn: bool) -> str:
+    """The one sentence about a bad value (warned once), returned for `.problems`."""
+    where = " (from .env)" if origin.get(name) == ".env" else ""
+    problem = redact(f"nbllm: {name}={raw.strip()!r}{where} is not valid: {bad}; using {instead}.", masks)
+    if warn:
+        config_warning(problem, key=(name, raw))
+    return problem
+
+
+# ---- the environment and .env --------------------------------------------------------
+
+
+def _environment(dotenv_path: str | os.PathLike[str] | None) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """Merged variables, where each came from, and what is wrong with the `.env` file (if anything)."""
+    merged: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    problem = None
+    path = Path(dotenv_path) if dotenv_path else None
+    if path is not None and path.is_file():
+        try:
+            text, problem = decode(path.read_bytes(), f"the .env file {path.resolve()}")
+        except OSError as exc:
+            text, problem = None, f"nbllm: the .env file {path.resolve()} cannot be read ({os_reason(exc)}); ignoring it."
+        if text is not None:
+            from dotenv import dotenv_values
+
+            for key, value in dotenv_values(stream=io.StringIO(text)).items():
+                if value is not None:
+                    merged[key] = value
+                    origin[key] = ".env"
+    for key, value in os.environ.items():  # the one place nbllm reads the process environment
+        merged[key] = value
+        origin[key] = "env"
+    return merged, origin, problem
 
 
 def read_environment(dotenv_path: str | os.PathLike[str] | None = ".env") -> tuple[dict[str, str], dict[str, str]]:
-    """Merged variables and where each came from; real environment wins over `.env`."""
-    merged: dict[str, str] = {}
-    origin: dict[str, str] = {}
-    if dotenv_path and Path(dotenv_path).is_file():
-        from dotenv import dotenv_values
+    """Merged variables and where each came from; real environment wins over `.env`.
 
-        for key, value in dotenv_values(dotenv_path).items():
-            if value is not None:
-                merged[key] = value
-                origin[key] = ".env"
-    for key, value in os.environ.items():
-        merged[key] = value
-        origin[key] = "env"
+    A `.env` that cannot be read (not UTF-8, no permission) is one warning and is ignored.
+    """
+    merged, origin, problem = _environment(dotenv_path)
+    if problem:
+        config_warning(problem, key=("file", problem))
     return merged, origin
 
 
@@ -248,41 +238,81 @@ def key_values(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(values, key=len, reverse=True))  # a key inside a longer one is masked after it
 
 
-def config_warning(problem: str) -> None:
-    """One `NbllmConfigWarning`, attributed to the first caller outside nbllm and IPython
-    (a user's cell or script), so the user sees their own line, not nbllm's source."""
-    skipped = (os.path.dirname(os.path.abspath(__file__)), os.sep + "IPython" + os.sep)
-    frame, level = sys._getframe(0), 1
-    while frame is not None and any(part in os.path.abspath(frame.f_code.co_filename) for part in skipped):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(problem, NbllmConfigWarning, stacklevel=level)
-    log.debug(problem)  # shown once, as a warning; not again through logging
+# ---- the user config file ------------------------------------------------------------
+
+def user_config_path(env: Mapping[str, str] | None = None, origin: Mapping[str, str] | None = None) -> Path:
+    """Where persisted choices live: `NBLLM_CONFIG` (environment or `.env`), else the user config directory."""
+    if env is None:
+        env, origin = read_environment()
+    raw = env.get("NBLLM_CONFIG", "")
+    if raw.strip():
+        try:
+            return to_path(raw)
+        except BadValue as bad:
+            _bad("NBLLM_CONFIG", raw, bad, GLOBALS["NBLLM_CONFIG"].instead, origin or {}, key_values(env), True)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("nbllm")) / "config.json"
 
 
+def _read_user_config(path: Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, f"nbllm: ignoring unreadable config file {path}: {os_reason(exc)}."
+    text, problem = decode(data, f"the config file {path}")
+    if text is None:
+        return {}, problem
+    try:
+        parsed = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        return {}, (f"nbllm: ignoring unreadable config file {path}: it is not valid JSON (line {exc.lineno}, "
+                    f"column {exc.colno}); fix it, or delete it and save your choices again.")
+    return validate_user_config(parsed, path)
 
-def server_root(url: str) -> str:
-    """`http://host:1234/v1/` → `http://host:1234` (local servers are addressed both ways)."""
-    url = url.rstrip("/")
-    return url[:-3] if url.endswith("/v1") else url
+
+def read_user_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The user config file, checked (`validate_user_config`); a bad file or entry is one warning."""
+    data, problem = _read_user_config(user_config_path(env))
+    if problem:
+        config_warning(problem, key=("file", problem))
+    return data
 
 
-def openai_base(url: str) -> str:
-    """The OpenAI-compatible API base (`…/v1`) of a local server."""
-    return server_root(url) + "/v1"
+def write_user_config(data: Mapping[str, Any]) -> Path:
+    path = user_config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(data), indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
 
 
-def _host_to_url(value: str, default_port: int | None) -> str:
-    """OLLAMA_HOST style values (`0.0.0.0`, `host:port`, `http://host`) → a URL."""
-    value = value.strip()
-    if "://" not in value:
-        value = "http://" + value
-    parts = urlsplit(value)
-    host = parts.hostname or "localhost"
-    if host in ("0.0.0.0", "::", ""):
-        host = "localhost"
-    port = parts.port or default_port
-    netloc = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{netloc}" + (f":{port}" if port else "")
+# ---- building settings ---------------------------------------------------------------
+
+
+class Snapshot(NamedTuple):
+    """Everything read in one pass (`read_settings`): what a registry keeps."""
+
+    env: dict[str, str]
+    origin: dict[str, str]
+    user_config: dict[str, Any]
+    global_settings: GlobalSettings
+
+
+def read_settings(dotenv_path: str | os.PathLike[str] | None = ".env") -> Snapshot:
+    """Re-read the environment, `.env` and the user config file (every problem is said again)."""
+    forget_warnings()
+    env, origin, problem = _environment(dotenv_path)
+    problems = [problem] if problem else []
+    user_config, problem = _read_user_config(user_config_path(env, origin))
+    problems += [problem] if problem else []
+    for problem in problems:
+        config_warning(problem, key=("file", problem))
+    return Snapshot(env, origin, user_config, load_global_settings(env, user_config, origin=origin,
+                                                                  file_problems=problems))
 
 
 def load_provider_settings(
@@ -296,16 +326,13 @@ def load_provider_settings(
     origin = origin or {}
     user_config = user_config or {}
     prefix = spec.env_prefix
-    values: dict[str, Any] = {
-        "enabled": True,
-        "model": spec.default_model,
-        "base_url": spec.base_url,
-    }
+    values: dict[str, Any] = {"enabled": True, "model": spec.default_model, "base_url": spec.base_url}
     sources: dict[str, str] = {}
     problems: list[str] = []
+    masks = key_values(env)
 
-    # Persisted enable/disable from the user config file (environment wins below).
-    if spec.name in user_config.get("disabled", []):
+    disabled = user_config.get("disabled")  # persisted --disable; the environment wins below
+    if isinstance(disabled, list) and spec.name in disabled:
         values["enabled"] = False
         sources[f"{prefix}_ENABLED"] = "config"
 
@@ -318,67 +345,81 @@ def load_provider_settings(
 
     model_default, url_default = True, True
     if spec.host_env and env.get(spec.host_env, "").strip():
-        values["base_url"] = _host_to_url(env[spec.host_env], spec.default_port)
         sources[spec.host_env] = origin.get(spec.host_env, "env")
-        url_default = False
+        try:
+            values["base_url"], url_default = host_to_url(env[spec.host_env], spec.default_port), False
+        except BadValue as bad:
+            problems.append(_bad(spec.host_env, env[spec.host_env], bad, f"the default {spec.base_url!r}", origin,
+                                 masks, warn))
 
     for fld in FIELDS:
         name = f"{prefix}_{fld.suffix}"
         raw = env.get(name)
         if raw is None or raw.strip() == "":
             continue
+        previous = sources.get(f"{prefix}_ENABLED") if fld.attr == "enabled" else None
         sources[name] = origin.get(name, "env")
         try:
             values[fld.attr] = fld.parse(raw)
-        except (ValueError, TypeError) as exc:
-            default = values.get(fld.attr, getattr(ProviderSettings, fld.attr, None))
-            problem = redact(  # a key pasted in the wrong place must not be echoed
-                f"nbllm: {name}={raw.strip()!r} is invalid ({exc}); using the default {default!r}.",
-                key_values(env),
-            )
-            problems.append(problem)
-            if warn:
-                config_warning(problem)
+        except BadValue as bad:
+            kept = values.get(fld.attr, getattr(ProviderSettings, fld.attr, None))
+            if previous == "config":
+                instead = f"{kept!r} from the user config file"
+            elif fld.attr == "base_url" and not url_default:
+                instead = f"{kept!r} from {spec.host_env}"
+            else:
+                instead = f"the default {kept!r}"
+            problems.append(_bad(name, raw, bad, instead, origin, masks, warn))
             continue
-        if fld.attr == "model":
-            model_default = False
-        if fld.attr == "base_url":
-            url_default = False
+        model_default = model_default and fld.attr != "model"
+        url_default = url_default and fld.attr != "base_url"
 
     return ProviderSettings(
-        provider=spec.name,
-        api_key=api_key,
-        model_is_default=model_default,
-        base_url_is_default=url_default,
-        sources=sources,
-        problems=tuple(problems),
-        **values,
+        provider=spec.name, api_key=api_key, model_is_default=model_default, base_url_is_default=url_default,
+        sources=sources, problems=tuple(problems), masks=tuple(Secret(m) for m in masks), **values,
     )
 
 
 def load_global_settings(
-    env: Mapping[str, str], user_config: Mapping[str, Any] | None = None, warn: bool = True
+    env: Mapping[str, str], user_config: Mapping[str, Any] | None = None, warn: bool = True,
+    origin: Mapping[str, str] | None = None, file_problems: tuple[str, ...] | list[str] = (),
 ) -> GlobalSettings:
-    """`NBLLM_PROVIDER`, `NBLLM_MODEL`, `NBLLM_HEALTH_TIMEOUT`; then the saved default."""
-    user_config = user_config or {}
-    saved = user_config.get("default") or {}
-    provider = (env.get("NBLLM_PROVIDER") or saved.get("provider") or "auto").strip().lower()
-    source = "NBLLM_PROVIDER" if env.get("NBLLM_PROVIDER") else ("the saved default" if saved.get("provider") else "")
-    model = env.get("NBLLM_MODEL") or (saved.get("model") if not env.get("NBLLM_PROVIDER") else None)
-    problems: list[str] = []
-    timeout = 2.0
-    raw = env.get("NBLLM_HEALTH_TIMEOUT")
-    if raw:
+    """Every `NBLLM_*` variable (`GLOBALS`), then the saved default for provider and model."""
+    origin = origin or {}
+    masks = key_values(env)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    problems = list(file_problems)
+    for var in GLOBALS.values():
+        raw = env.get(var.name)
+        if raw is None or not raw.strip():
+            continue
+        sources[var.name] = origin.get(var.name, "env")
         try:
-            timeout = float(raw)
-            if not 0 < timeout <= 120:
-                raise ValueError("must be in (0, 120]")
-        except ValueError as exc:
-            timeout = 2.0
-            problems.append(redact(f"nbllm: NBLLM_HEALTH_TIMEOUT={raw!r} is invalid ({exc}); using the default 2.0.",
-                                   key_values(env)))
-    if warn:
-        for problem in problems:
-            config_warning(problem)
-    return GlobalSettings(provider=provider, model=model or None, health_timeout=timeout, problems=tuple(problems),
-                          provider_source=source)
+            values[var.attr] = var.parse(raw)
+        except BadValue as bad:
+            problems.append(_bad(var.name, raw, bad, var.instead, origin, masks, warn))
+    source = "NBLLM_PROVIDER" if "provider" in values else ""
+    saved = (user_config or {}).get("default")
+    if not source and isinstance(saved, dict) and is_name(saved.get("provider")):
+        values["provider"], source = saved["provider"].strip().lower(), "the saved default"
+        sources["NBLLM_PROVIDER"] = "config"
+        if "model" not in values and is_name(saved.get("model")):
+            values["model"] = saved["model"].strip()
+            sources["NBLLM_MODEL"] = "config"
+    return GlobalSettings(**values, sources=sources, problems=tuple(problems), provider_source=source,
+                          masks=tuple(Secret(m) for m in masks))
+
+
+def global_variable_rows(settings: GlobalSettings, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The `NBLLM_*` variables for `--list`, shaped like `ProviderRegistry.variables()` rows
+    (provider 'nbllm'); values shown without keys or URL passwords."""
+    masks = key_values(env)
+    rows = []
+    for var in GLOBALS.values():
+        raw = (env.get(var.name) or "").strip()
+        source = settings.sources.get(var.name, "")
+        shown = raw if raw else (str(settings.value(var.name) or "") if source == "config" else "")
+        shown = _ARG_KEYS.sub(r"\1***", redact(shown, masks)) if shown else ""
+        rows.append({"provider": "nbllm", "variable": var.name, "set": bool(raw), "source": source, "value": shown})
+    return rows

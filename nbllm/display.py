@@ -19,25 +19,13 @@ from dataclasses import dataclass
 from pprint import pformat
 from typing import Any
 
+from .errors import CellError, Interrupted
+
 __all__ = [
     "FORMATS", "AnswerView", "CellError", "Interrupted", "Converted", "convert", "extract_code", "footer", "rich_frontend",
 ]
 
 FORMATS = ("markdown", "text", "code", "json", "html")
-
-
-class CellError(Exception):
-    """A failure a magic reports as one readable line; IPython shows `_render_traceback_`, not a traceback."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"nbllm: {self}"]
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C / kernel interrupt during a request: still an interrupt, shown as one line."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"nbllm: {self}"]
 
 
 def rich_frontend(shell: Any) -> bool:
@@ -114,12 +102,25 @@ def _with_footer(bundle: dict[str, Any], line: str) -> dict[str, Any]:
     return bundle
 
 
+LARGE = 64 * 1024
+"""Characters of live text beyond which an update also waits for the text to grow by GROWTH."""
+GROWTH = 0.25
+"""Growth (a fraction of the text last shown) a large answer needs before its next live update.
+
+With growth g the live updates of an n-character answer send at most n·(1+g)/g
+characters (5n here) plus the final display's n, however the text arrives."""
+
+
 class AnswerView:
     """One answer on screen: `add()` text while it streams, `finish()` once at the end.
 
     Rich front ends get one display (created with the first text) updated in place,
     throttled to one update per `interval` seconds; call `tick()` when idle so the
-    last throttled text still appears. Terminals get the text printed as it comes.
+    last throttled text still appears. Every update resends the whole text, so once
+    it passes `LARGE` characters an update also waits until the text has grown by
+    `GROWTH` since the last one: the sizes sent then grow geometrically and a long
+    answer costs a few times its size in total, not its size per update (5 MB took
+    ten times longer streamed than not). Terminals get the text printed as it comes.
     """
 
     def __init__(self, fmt: str = "markdown", *, rich: bool, interval: float = 0.05, show_footer: bool = False,
@@ -134,10 +135,14 @@ class AnswerView:
         self._handle: Any = None
         self._last = -math.inf
         self._pending = False
+        self._size = 0  # characters so far, without joining the parts
+        self._shown = 0  # characters in the last live update
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        if len(self.parts) > 1:  # join once: later reads and updates start from one string
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
 
     def _live_bundle(self) -> dict[str, Any]:
         text = self.text
@@ -154,23 +159,37 @@ class AnswerView:
 
     def _refresh(self) -> None:
         now = self.clock()
-        if now - self._last < self.interval:
+        if now - self._last < self.interval or not self._grown_enough():
             self._pending = True
             return
         self._publish(self._live_bundle())
         self._last = now
+        self._shown = self._size
         self._pending = False
+
+    def _grown_enough(self) -> bool:
+        """Small text: always. Large: only once it grew by GROWTH since the last update."""
+        return self._shown < LARGE or self._size - self._shown >= GROWTH * self._shown
 
     def add(self, delta: str) -> None:
         """Show one more piece of the answer."""
         if not delta:
             return
         self.parts.append(delta)
+        self._size += len(delta)
         if self.rich:
             self._refresh()
         else:
             sys.stdout.write(delta)
             sys.stdout.flush()
+
+    def notice(self, text: str) -> None:
+        """Show what the call is waiting for (e.g. "starting the embedded model…") until text arrives."""
+        if self.rich:
+            self._publish({"text/plain": text, "text/markdown": f"*{text}*"})
+        else:
+            sys.stderr.write(f"nbllm: {text}\n")
+            sys.stderr.flush()
 
     def tick(self) -> None:
         """Nothing new arrived for a while: show text held back by the throttle."""

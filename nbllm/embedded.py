@@ -17,6 +17,14 @@ group signals. Instead it runs under `python -m nbllm.embedded`, a small wrapper
 that watches its parent and exits as soon as the parent is gone — also when the
 kernel is killed with SIGKILL and its `atexit` handlers never run.
 
+A server that dies from a crash signal (SIGSEGV, SIGILL, SIGBUS, SIGABRT…) is not restarted:
+it would crash again. The usual cause is a llama-cpp-python compiled for another CPU (a
+native build faults on CPUs with AMX, and pip's wheel cache reuses such a build whatever
+`CMAKE_ARGS` says), so `ServerCrashed` names the signal and the command that rebuilds it
+portably. nbllm tries again once the model file, `NBLLM_EMBEDDED_ARGS` or the installed
+llama-cpp-python change, or after `stop_server()` / `forget_crash()` (`nbllm.reinit()`).
+A server stopped from outside (SIGKILL, SIGTERM) is simply restarted on next use.
+
 Set `EMBEDDED_BASE_URL` to use an already running server instead of starting one.
 Other variables: `NBLLM_EMBEDDED_START_TIMEOUT` (seconds to wait for the server,
 default 30) and `NBLLM_EMBEDDED_ARGS` (extra server options, e.g. `--n_ctx 4096`).
@@ -31,6 +39,7 @@ import importlib.util
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -42,15 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, ModelError
+from .errors import ConfigurationError, ModelError, ServerCrashed
 
 if TYPE_CHECKING:
     from .catalog import ProviderSpec
-    from .config import ProviderSettings
+    from .config import GlobalSettings, ProviderSettings
 
 __all__ = [
     "INSTALL_HINT", "DEFAULT_ALIAS", "EmbeddedServer", "missing_requirement", "model_file", "ensure_server",
-    "server_info", "stop_server",
+    "server_info", "stop_server", "forget_crash", "crash_signal", "crash_error", "rebuild_command",
+    "llama_version",
 ]
 
 log = logging.getLogger("nbllm")
@@ -62,19 +72,43 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_START_TIMEOUT = 30.0
 WATCH_INTERVAL = 0.25
 """Seconds between the wrapper's checks that its parent is still alive."""
+SETTLE_SECONDS = 0.5
+"""How long a health check waits for a server that stopped listening to be reaped (it just crashed?)."""
+
+# Signals by which a process dies of its own fault; SIGKILL/SIGTERM/SIGINT come from outside.
+_CRASH_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGSEGV", "SIGILL", "SIGBUS", "SIGABRT", "SIGFPE", "SIGSYS", "SIGTRAP")
+    if hasattr(signal, name)
+)
 
 # What `python -m llama_cpp.server` needs (llama-cpp-python's `[server]` extra).
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 
 
-def _env(name: str, env: Mapping[str, str] | None = None) -> str | None:
-    """A variable from `env` (the registry's snapshot), else read now from the environment and `.env`."""
-    if env is None:
-        from .config import read_environment
+_VARIABLES = ("NBLLM_EMBEDDED_MODEL", "NBLLM_EMBEDDED_ARGS", "NBLLM_EMBEDDED_START_TIMEOUT")
 
-        env = read_environment(".env")[0]
-    value = env.get(name, "").strip()
-    return value or None
+
+def _env(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """An `NBLLM_EMBEDDED_*` value as `config` checked it (a bad one gives its default), as text."""
+    value = _globals(env).value(name)
+    return str(value) if value not in (None, "") else None
+
+
+def _globals(env: Mapping[str, str] | None) -> "GlobalSettings":
+    """The registry's settings (environment, `.env`, re-read by `reinit`), or those of a caller's `env`."""
+    if env is None:
+        from .registry import get_registry
+
+        return get_registry().global_settings
+    return _parse(tuple(env.get(name, "") for name in _VARIABLES))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(raw: tuple[str, ...]) -> "GlobalSettings":
+    """Parsed once per set of values: the fast path of `ensure_server` must not touch files."""
+    from .config import load_global_settings
+
+    return load_global_settings(dict(zip(_VARIABLES, raw)))
 
 
 _found: set[str] = set()
@@ -133,15 +167,68 @@ def model_file(env: Mapping[str, str] | None = None) -> Path:
 
 
 def _start_timeout(env: Mapping[str, str] | None = None) -> float:
-    raw = _env("NBLLM_EMBEDDED_START_TIMEOUT", env)
+    """`NBLLM_EMBEDDED_START_TIMEOUT` (config warns about a bad one and gives the default)."""
+    return _globals(env).embedded_start_timeout
+
+
+def crash_signal(returncode: int | None) -> str | None:
+    """"SIGSEGV, signal 11" for a process that died from a crash signal; None for an exit code,
+    a process still running, or one stopped from outside (SIGKILL, SIGTERM: restarting is fine)."""
+    if returncode is None or returncode >= 0 or -returncode not in _CRASH_SIGNALS:
+        return None
+    return f"{signal.Signals(-returncode).name}, signal {-returncode}"
+
+
+def llama_version() -> str | None:
+    """The installed llama-cpp-python version (metadata only: the compiled library is not loaded)."""
+    from importlib import metadata
+
     try:
-        value = float(raw) if raw else DEFAULT_START_TIMEOUT
-        if value > 0:
-            return value
-    except ValueError:
-        pass
-    log.warning("nbllm: NBLLM_EMBEDDED_START_TIMEOUT=%r is invalid; using %g s.", raw, DEFAULT_START_TIMEOUT)
-    return DEFAULT_START_TIMEOUT
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def rebuild_command(version: str | None = None) -> str:
+    """The shell command that rebuilds llama-cpp-python for any x86-64, past pip's wheel cache
+    (which ignores CMAKE_ARGS), with this interpreter's pip."""
+    version = version or llama_version()
+    requirement = "llama-cpp-python[server]" + (f"=={version}" if version else "")
+    return (f'CMAKE_ARGS="-DGGML_NATIVE=OFF" {shlex.quote(sys.executable)} -m pip install --no-cache-dir '
+            f'--force-reinstall --no-deps "{requirement}"')
+
+
+def crash_error(returncode: int, last_words: str = "") -> ServerCrashed:
+    """What a crash of the llama.cpp server means, and the command that fixes it."""
+    name = crash_signal(returncode) or f"exit code {returncode}"
+    if -returncode == getattr(signal, "SIGABRT", None):  # llama.cpp's own assertions abort: say what failed
+        said = f": {last_words}" if last_words else ""
+        why = "if the model file is good, llama-cpp-python may be built for another CPU"
+    else:
+        said, why = "", "llama-cpp-python was probably built for another CPU"
+    return ServerCrashed(
+        "embedded", f"the llama.cpp server crashed ({name}{said})",
+        hint=f"{why}; rebuild it portably: {rebuild_command()}",
+    )
+
+
+def _install_stamp() -> tuple[tuple[int, int], ...]:
+    """Identity of the installed llama_cpp files: a reinstall (the fix for a crash) changes it."""
+    try:
+        found = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return ()
+    if found is None or not found.submodule_search_locations:
+        return ()
+    package = Path(list(found.submodule_search_locations)[0])
+    stamp = []
+    for path in (package, package / "lib"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        stamp.append((info.st_ino, info.st_mtime_ns))
+    return tuple(stamp)
 
 
 def _free_port() -> int:
@@ -164,6 +251,8 @@ class EmbeddedServer:
     wanted: tuple[str | None, str | None] = (None, None)
     """The settings this server was last found right for (`_wanted`): the fast path's key."""
     started_at: float = field(default_factory=time.monotonic)
+    key: tuple[Any, ...] = ()
+    """What a crash of this server is remembered under (`_crash_key`): model, arguments, installation."""
 
     @property
     def base_url(self) -> str:
@@ -215,10 +304,48 @@ _lock = threading.Lock()
 _server: EmbeddedServer | None = None
 _failure: tuple[tuple[Path, str], ModelError] | None = None
 """Why the last start of (model, alias) failed: health reports it instead of "starts on first use"."""
+_crash: tuple[tuple[Any, ...], ServerCrashed] | None = None
+"""The last crash and the `_crash_key` it happened under: no server is started for that key again."""
 _atexit_registered = False
 
 
-def _launch(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
+def _crash_key(model: Path, env: Mapping[str, str]) -> tuple[Any, ...]:
+    """What must change before a crashed server is worth starting again (the alias does not matter)."""
+    return (model, _env("NBLLM_EMBEDDED_ARGS", env) or "", _install_stamp())
+
+
+def _copy(error: ServerCrashed) -> ServerCrashed:
+    """A fresh exception each time: re-raising one object would chain its old tracebacks."""
+    return ServerCrashed(error.provider, error.reason, url=error.url, hint=error.hint)
+
+
+def _crash_of(server: EmbeddedServer) -> ServerCrashed | None:
+    """The crash that ended `server`, or None (still running, exited, or stopped from outside)."""
+    returncode = server.process.poll()
+    if crash_signal(returncode) is None:
+        return None
+    last = server.last_words() if -returncode == getattr(signal, "SIGABRT", None) else ""
+    return crash_error(returncode, last)
+
+
+def _record_crash(server: EmbeddedServer, error: ServerCrashed) -> None:
+    """Remember the crash (caller holds `_lock`) and drop the dead server."""
+    global _server, _crash
+    if _server is server:
+        _server = None
+    if _crash is None or _crash[0] != server.key:
+        log.error("nbllm: the embedded model server (pid %s) crashed; not restarting it. %s", server.pid, error)
+    _crash = (server.key, error)
+    server.stop()
+
+
+def _raise_if_crashed(key: tuple[Any, ...]) -> None:
+    """Raise the crash remembered for `key`, if any (caller holds `_lock`)."""
+    if _crash is not None and _crash[0] == key:
+        raise _copy(_crash[1])
+
+
+def _launch(model: Path, alias: str, env: Mapping[str, str], key: tuple[Any, ...] = ()) -> EmbeddedServer:
     global _atexit_registered
     port = _free_port()
     handle, name = tempfile.mkstemp(prefix="nbllm-embedded-", suffix=".log")
@@ -231,17 +358,25 @@ def _launch(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
         atexit.register(stop_server)
         _atexit_registered = True
     log.info("nbllm: started the embedded model server (pid %s) on port %s with %s", process.pid, port, model.name)
-    return EmbeddedServer(process, port, model, alias, Path(name), start_timeout=_start_timeout(env))
+    return EmbeddedServer(process, port, model, alias, Path(name), start_timeout=_start_timeout(env), key=key)
 
 
-def _current(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
-    """The running server for this model, starting (or restarting) one if needed."""
+def _current(model: Path, alias: str, env: Mapping[str, str], key: tuple[Any, ...]) -> EmbeddedServer:
+    """The running server for this model, starting (or restarting) one if needed.
+
+    Raises `ServerCrashed` instead of starting one that crashed under the same `key`.
+    """
     global _server
     with _lock:
+        _raise_if_crashed(key)
         server = _server
         if server is not None and server.alive() and (server.model, server.alias) == (model, alias):
             return server
-        if server is not None:
+        crash = None if server is None else _crash_of(server)
+        if server is not None and crash is not None:
+            _record_crash(server, crash)
+            _raise_if_crashed(key)  # the same model and build: it would crash again
+        elif server is not None:
             if server.alive():
                 log.info("nbllm: the embedded model changed; restarting its server")
             else:
@@ -250,17 +385,24 @@ def _current(model: Path, alias: str, env: Mapping[str, str]) -> EmbeddedServer:
                     server.pid, server.process.returncode, server.last_words() or "no output",
                 )
             server.stop()
-        _server = _launch(model, alias, env)
+        _server = _launch(model, alias, env, key)
         return _server
 
 
-def _running(model: Path, alias: str) -> EmbeddedServer | None:
+def _running(model: Path, alias: str, key: tuple[Any, ...] = ()) -> EmbeddedServer | None:
     """The ready server for this model, or None; never starts one (health checks).
 
-    Raises the error of the last failed start of this model, so health shows it as down.
+    Raises the error of the last failed start of this model, so health shows it as down,
+    and `ServerCrashed` when it crashed (health shows "crashed").
     """
     with _lock:
+        _raise_if_crashed(key)
         server = _server
+        crash = None if server is None else _crash_of(server)
+        if server is not None and crash is not None:
+            _record_crash(server, crash)
+            _raise_if_crashed(key)
+            server = None
         if server is not None and server.ready and server.alive() and (server.model, server.alias) == (model, alias):
             return server
         if _failure is not None and _failure[0] == (model, alias) and (server is None or not server.alive()):
@@ -288,6 +430,10 @@ async def _wait_ready(server: EmbeddedServer, timeout: float) -> None:
     url = f"{server.base_url}/models"
     while True:
         if not server.alive():
+            crash = await asyncio.to_thread(_crash_of, server)
+            if crash is not None:  # e.g. a build for another CPU: SIGILL/SIGSEGV on load
+                await asyncio.to_thread(_crashed, server, crash)
+                raise _copy(crash)
             reason = await asyncio.to_thread(server.last_words) or "no output"
             error = ModelError(
                 "embedded", f"the model server exited with code {server.process.returncode} while starting "
@@ -312,6 +458,34 @@ async def _wait_ready(server: EmbeddedServer, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
+def _crashed(server: EmbeddedServer, error: ServerCrashed) -> None:
+    with _lock:
+        _record_crash(server, error)
+
+
+async def _still_serving(server: EmbeddedServer) -> bool:
+    """False once the process has exited. A server that refuses connections is given
+    `SETTLE_SECONDS` to be reaped: right after a call failed because it crashed, its
+    socket may close a moment before its exit status can be read."""
+    if not server.alive():
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), 1.0)
+    except (OSError, asyncio.TimeoutError, TimeoutError):
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            if not server.alive():
+                return False
+        return True  # alive and not listening: the probe will say so
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
 def _started(server: EmbeddedServer) -> None:
     global _failure
     server.ready = True
@@ -328,10 +502,6 @@ def _find(spec: "ProviderSpec", settings: "ProviderSettings", env: Mapping[str, 
           ) -> EmbeddedServer | None:
     """The server for these settings (worker thread: reads files, looks modules up, may start or
     stop a process). With `start=False` only a ready one, else None."""
-    if env is None:
-        from .config import read_environment
-
-        env = read_environment(".env")[0]
     problem = missing_requirement(env)
     if problem:
         raise ConfigurationError(f"{spec.name}: {problem} — install it with {INSTALL_HINT}")
@@ -339,7 +509,8 @@ def _find(spec: "ProviderSpec", settings: "ProviderSettings", env: Mapping[str, 
     alias = settings.model if not settings.model_is_default else (
         DEFAULT_ALIAS if _env("NBLLM_EMBEDDED_MODEL", env) is None else model.stem
     )
-    server = _current(model, alias, env) if start else _running(model, alias)
+    key = _crash_key(model, env)
+    server = _current(model, alias, env, key) if start else _running(model, alias, key)
     if server is not None:
         server.wanted = _wanted(settings, env)
     return server
@@ -353,21 +524,29 @@ async def ensure_server(
     `start=True` (calls, `get_model`) starts the server if needed and waits until it
     answers. `start=False` (health checks) never starts anything: the URL of a ready
     server, else None. `env` is the registry's snapshot of the environment and `.env`
-    (read now when omitted). Raises `ConfigurationError` when the extra is not
+    (the registry's settings when omitted). Raises `ConfigurationError` when the extra is not
     installed (health shows "not installed") and `ModelError` when the server cannot
-    start (with `start=False`: when its last start failed).
+    start (with `start=False`: when its last start failed). Raises `ServerCrashed`,
+    with either value of `start`, once the server died from a signal (see the module
+    docstring): no new one is started. After a failed call, `start=False` tells whether
+    the server crashed during it.
     """
     if not settings.base_url_is_default:
         return settings.base_url  # the user runs their own server (EMBEDDED_BASE_URL)
     server = _server
-    if (env is not None and server is not None and server.ready and server.wanted == _wanted(settings, env)
-            and server.alive()):
-        return server.base_url  # the usual case: no file, lock or process work on the event loop
+    if env is not None and server is not None and server.ready and server.wanted == _wanted(settings, env):
+        # The usual case: no file, lock or process work on the event loop. A health check
+        # (or the look after a failed call) also makes sure the server still listens.
+        if server.alive() if start else await _still_serving(server):
+            return server.base_url
     server = await asyncio.to_thread(_find, spec, settings, env, start)
     if server is None:
         return None
     if not server.ready:
         await _wait_ready(server, server.start_timeout)
+    elif not start and not await _still_serving(server):  # it just died: say why (or None)
+        server = await asyncio.to_thread(_find, spec, settings, env, start)
+        return None if server is None else server.base_url
     return server.base_url
 
 
@@ -381,12 +560,19 @@ def server_info() -> dict[str, Any] | None:
 
 
 def stop_server() -> None:
-    """Stop the server nbllm started (also run at interpreter exit)."""
-    global _server, _failure
+    """Stop the server nbllm started (also run at interpreter exit) and forget any crash."""
+    global _server, _failure, _crash
     with _lock:
-        server, _server, _failure = _server, None, None
+        server, _server, _failure, _crash = _server, None, None, None
     if server is not None:
         server.stop()
+
+
+def forget_crash() -> None:
+    """Let the next use start the server again after a crash (`nbllm.reinit()` calls this)."""
+    global _crash
+    with _lock:
+        _crash = None
 
 
 # ---- the wrapper process -----------------------------------------------------

@@ -1,26 +1,80 @@
-"""nbllm's exceptions: one hierarchy, each error says what to do next.
+"""Every exception nbllm raises, in one module, and the one scrubber all output goes through.
 
-Messages never contain API keys or URL passwords: errors are built from provider
-names and URLs, and `redact` scrubs any secret (and any `user:password@` in a URL)
-that a lower layer might have echoed back.
+    NbllmError
+    ├── ConfigurationError (also ValueError)  bad configuration, an unknown name, a usage
+    │                                          mistake; the message names the valid choices
+    ├── ModelError (also RuntimeError)        a provider failed: which provider, which URL,
+    │   │                                      what happened, whether a retry may help
+    │   └── ReplayMiss                         strict replay found no recorded answer
+    ├── ProbeError                             a health probe failed (health turns it into a row)
+    │   └── ServerCrashed                      a server nbllm runs itself died from a signal
+    ├── Cancelled                              the request was cancelled on nbllm's loop
+    └── CellError                              a magic's failure, shown as one line
+    KeyboardInterrupt (not NbllmError: `except Exception` must never swallow Ctrl-C)
+    ├── Interrupted                            Ctrl-C during a magic's request, shown as one line
+    └── MapInterrupted                         Ctrl-C during `map`; `.partial` keeps what finished
+    ValueError
+    └── BadValue                               a setting's text is not in the accepted form (never escapes config)
+
+Why one scrubber here: errors are the lowest layer, so everything above can pass its
+output through `scrub` — messages, reprs, tables, call-log and cache rows, widget
+state. It masks the keys this process knows (`remember_secrets`, fed by the settings
+reader), key-shaped tokens, `Bearer`/`Basic`/`Token` credentials, `x-api-key`/`api-key`
+style headers and `?key=` parameters, and the `user:password@` of any URL. Every
+NbllmError scrubs its own message, so no face can forget to.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["NbllmError", "ConfigurationError", "ModelError", "redact", "display_url"]
+__all__ = [
+    "NbllmError", "ConfigurationError", "ModelError", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
+    "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "redact", "display_url",
+    "remember_secrets", "detached",
+]
 
-# Shapes of well-known keys (sk-..., sk-ant-..., xai-..., AIza...), plus any
-# `Bearer <token>` header value, in case an SDK message echoes one.
-_KEY_PATTERNS = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|xai-[A-Za-z0-9_\-]{8,}|AIza[A-Za-z0-9_\-]{20,}|(?<=Bearer )[A-Za-z0-9._\-]{8,})"
-)
-
+MASK = "***"
 
 # The `user:password@` part of any URL in a text (up to the last `@` before the path,
 # since a password may itself contain an unescaped `@`).
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#]*@")
+
+# One pass for every shape of secret that may reach a message without nbllm knowing its value.
+_SHAPES = re.compile(
+    r"(?P<scheme>\b(?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=\-]{4,}"  # Authorization credentials
+    r"|(?P<header>\b(?:x-api-key|api-key|x-goog-api-key|api_key|apikey|x-auth-token)[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;&}]{4,}"  # header or parameter with its value
+    r"|(?P<param>[?&]key=)[^&\s\"']+"  # Google-style ?key=
+    r"|\b(?:sk-[A-Za-z0-9_\-]{8,}|xai-[A-Za-z0-9_\-]{8,}|AIza[A-Za-z0-9_\-]{20,}|gsk_[A-Za-z0-9]{8,}"
+    r"|hf_[A-Za-z0-9]{8,})",  # well-known key shapes
+    re.IGNORECASE,
+)
+
+_lock = threading.Lock()
+_known: tuple[str, ...] = ()
+_known_pattern: re.Pattern[str] | None = None
+
+
+def remember_secrets(values: Iterable[str]) -> None:
+    """The keys this process knows (every `*_API_KEY` value): `scrub` masks them wherever they appear.
+
+    The settings reader calls this each time it reads the environment; values shorter
+    than 4 characters are ignored (masking them would shred ordinary text).
+    """
+    global _known, _known_pattern
+    found = sorted({v.strip() for v in values if v and len(v.strip()) >= 4}, key=len, reverse=True)
+    with _lock:
+        _known = tuple(found)
+        _known_pattern = re.compile("|".join(re.escape(v) for v in found)) if found else None
+
+
+def _shape(match: re.Match[str]) -> str:
+    prefix = match.group("scheme") or match.group("header") or match.group("param") or ""
+    return prefix + MASK
 
 
 def display_url(url: str) -> str:
@@ -28,32 +82,134 @@ def display_url(url: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1", url)
 
 
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Replace known secret values, key-shaped tokens and URL credentials with a mask."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _KEY_PATTERNS.sub("***", display_url(text))
+def scrub(text: Any, secrets: Iterable[str] = ()) -> str:
+    """`text` with every known key, key-shaped token, credential header and URL password masked."""
+    text = text if isinstance(text, str) else str(text)
+    extra = [s for s in secrets if s and len(s) >= 4]
+    for secret in sorted(extra, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    pattern = _known_pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    if "://" in text:
+        text = display_url(text)
+    return _SHAPES.sub(_shape, text)
+
+
+redact = scrub
+"""The old name of `scrub`, kept for callers that pass a provider's own keys."""
+
+
+def detached(exc: BaseException) -> BaseException:
+    """`exc` with no chained exceptions or traceback: what nbllm raises must not carry an
+    SDK error (whose text may echo a header) as `__context__`/`__cause__`.
+
+    Raise the result outside any `except` block, or Python chains the handled one again.
+    """
+    exc.__cause__ = None
+    exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc.with_traceback(None)
+
+
+class BadValue(ValueError):
+    """A setting's text is not in the accepted form; `str()` is the explanation ("expected …").
+    Internal to the settings reader, which turns it into one warning and uses the default."""
 
 
 class NbllmError(Exception):
-    """Base class of every error nbllm raises on purpose."""
+    """Base class of every error nbllm raises on purpose; its message is always scrubbed."""
+
+    def __init__(self, message: Any = "", *args: Any):
+        super().__init__(scrub(message), *args)
 
 
 class ConfigurationError(NbllmError, ValueError):
-    """Bad configuration or an unknown/disabled provider; the message names valid choices."""
+    """Bad configuration, an unknown/disabled provider or a usage mistake; the message names valid choices."""
 
 
 class ModelError(NbllmError, RuntimeError):
-    """A provider failed: says which provider, which URL and what happened."""
+    """A provider failed: says which provider, which URL and what happened.
 
-    def __init__(self, provider: str, message: str, url: str | None = None, hint: str | None = None):
+    `retryable` says whether the same request may succeed later (429, 5xx, a timeout,
+    a reply cut off); `retry_after` is the wait the server asked for, in seconds;
+    `status` the HTTP status when there was one. Retry loops read these, nothing else.
+    """
+
+    def __init__(self, provider: str, message: str, url: str | None = None, hint: str | None = None, *,
+                 retryable: bool = False, retry_after: float | None = None, status: int | None = None):
         self.provider = provider
         self.url = display_url(url) if url else url
-        self.reason = redact(message)
+        self.reason = scrub(message)
         self.hint = hint
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
         where = f" at {self.url}" if url else ""
         text = f"{provider}{where}: {self.reason}"
         if hint:
             text += f" — {hint}"
         super().__init__(text)
+
+    def __reduce__(self) -> Any:  # picklable (multiprocessing, nbclient) with every fact kept
+        return (_rebuild_model_error, (type(self), self.provider, self.reason, self.url, self.hint,
+                                       self.retryable, self.retry_after, self.status))
+
+
+def _rebuild_model_error(cls: type[ModelError], provider: str, reason: str, url: str | None, hint: str | None,
+                         retryable: bool, retry_after: float | None, status: int | None) -> ModelError:
+    return cls(provider, reason, url, hint, retryable=retryable, retry_after=retry_after, status=status)
+
+
+class ReplayMiss(ModelError):
+    """Strict replay found no recorded answer for this call; nothing was sent."""
+
+
+class ProbeError(NbllmError):
+    """A probe failed; `url` never carries the base URL's `user:password@`, `status` the HTTP status if any."""
+
+    def __init__(self, message: str, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.url = display_url(url) if url else url
+        self.status = status
+
+
+class Cancelled(NbllmError):
+    """A request was cancelled on nbllm's loop (e.g. the loop was shut down), not by Ctrl-C here."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or "the request was cancelled before it finished (nbllm's loop was stopped, "
+                                    "e.g. by %unload_ext); run it again")
+
+
+class CellError(NbllmError):
+    """A failure a magic reports as one readable line; IPython shows `_render_traceback_`, not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"nbllm: {self}"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C / kernel interrupt during a request: still an interrupt, shown as one line."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"nbllm: {self}"]
+
+
+class MapInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `map`; `.partial` holds every finished result, in input order."""
+
+    def __init__(self, partial: Any):
+        done = int(sum(1 for v in partial if getattr(v, "kind", None) != "interrupted"))
+        super().__init__(f"nbllm.map interrupted: {done} of {len(partial)} finished; "
+                         "get them from this exception's .partial or nbllm.batch.last_partial()")
+        self.partial = partial
+
+
+class ServerCrashed(ModelError):
+    """A server nbllm runs itself (the embedded llama.cpp) died from a signal (SIGSEGV, SIGILL…).
+
+    Restarting would crash again (a build for another CPU), so nbllm stops restarting it
+    until the model, its arguments or the llama-cpp-python installation change; the hint
+    is the command that fixes it.
+    """

@@ -7,14 +7,17 @@ Never raises for a provider that is down: the reason goes into
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from .catalog import ProviderSpec, how_to_enable, key_names
 from .config import ProviderSettings
-from .errors import ConfigurationError, display_url, redact
+from .errors import ConfigurationError, ServerCrashed, display_url, redact
 from . import probes
 
 NOT_STARTED = "starts on first use"
@@ -27,7 +30,8 @@ class Prepare(Protocol):
 
     def __call__(self, name: str, start: bool = True) -> Awaitable[ProviderSettings | None]: ...
 
-__all__ = ["NOT_STARTED", "ProviderHealth", "check_provider", "check_providers", "known_without_probe"]
+__all__ = ["NOT_STARTED", "ProviderHealth", "check_provider", "check_providers", "known_without_probe", "probed",
+           "self_hosted", "unfinished"]
 
 
 @dataclass
@@ -47,6 +51,8 @@ class ProviderHealth:
     configured: bool = True
     note: str | None = None
     """Something worth knowing that is not a fault (e.g. "starts on first use")."""
+    crashed: bool = False
+    """The server nbllm runs itself died from a signal; nbllm will not restart it (`error` says the fix)."""
 
     @property
     def available(self) -> bool:
@@ -60,6 +66,8 @@ class ProviderHealth:
             return "disabled"
         if not self.configured:
             return "not installed" if self.kind == "local" else "not configured"
+        if self.crashed:
+            return "crashed"
         if self.connected is False:
             return "down"
         return "available"
@@ -75,15 +83,28 @@ def _blank(spec: ProviderSpec, settings: ProviderSettings) -> ProviderHealth:
     )
 
 
+def self_hosted(spec: ProviderSpec, settings: ProviderSettings) -> bool:
+    """A cloud provider pointed at a server that is not its vendor's (`OPENAI_BASE_URL=http://gpu:8000/v1`):
+    it is probed, its model detected and it is not priced as the vendor, like any local server."""
+    if spec.kind != "cloud" or settings.base_url_is_default or spec.builder not in ("openai", "openai_compatible"):
+        return False
+    return urlsplit(settings.base_url).hostname != urlsplit(spec.base_url).hostname
+
+
+def probed(spec: ProviderSpec, settings: ProviderSettings) -> bool:
+    """Whether health asks the server (local servers and self-hosted ones) rather than only checking a key."""
+    return spec.kind == "local" or self_hosted(spec, settings)
+
+
 def known_without_probe(spec: ProviderSpec, settings: ProviderSettings) -> ProviderHealth | None:
     """The health of a disabled or cloud provider (no request is made for those); None for
-    an enabled local server, which only a probe can tell about."""
+    an enabled local or self-hosted server, which only a probe can tell about."""
     base = _blank(spec, settings)
     if not settings.enabled:
         base.connected = None if spec.kind == "cloud" else False
         base.error = f"disabled: {how_to_enable(spec.name)}"
         return base
-    if spec.kind == "cloud":
+    if spec.kind == "cloud" and not self_hosted(spec, settings):
         base.configured = settings.has_key
         if not settings.has_key:
             base.error = f"no API key: set {key_names(spec)}"
@@ -110,6 +131,9 @@ async def check_provider(
             prepared = await prepare(spec.name, start=False)
         except ConfigurationError as exc:  # e.g. an optional extra is missing
             base.configured, base.base_url, base.error = False, None, str(exc)
+            return base
+        except ServerCrashed as exc:  # nbllm will not restart it until it is rebuilt
+            base.connected, base.crashed, base.error = False, True, str(exc)
             return base
         except Exception as exc:  # e.g. its last start failed
             base.connected, base.error = False, str(exc)
@@ -150,11 +174,65 @@ async def check_provider(
 
 
 async def check_providers(
-    items: list[tuple[ProviderSpec, ProviderSettings]], timeout: float, prepare: Prepare | None = None
+    items: list[tuple[ProviderSpec, ProviderSettings]], timeout: float, prepare: Prepare | None = None,
+    bound: float | None = None,
 ) -> dict[str, ProviderHealth]:
-    """Probe all concurrently: the whole table costs about one timeout, not the sum."""
-    # Build the HTTP client (and import httpx2) before any probe's clock starts: in a
-    # fresh kernel that import can wait on the main thread's imports for seconds.
+    """Probe all concurrently: the whole table costs about one timeout, not the sum.
+
+    Each probe is already bounded by `timeout`; `bound` (seconds) also bounds each whole
+    check, `prepare` hook included: one still unfinished then gets a "timed out after
+    `bound` s" row and the others keep their results (the panel, which must never show
+    a row stuck on "checking…", asks for this).
+    """
+    # Import what the probes need off this loop, then build the HTTP client, before any
+    # clock starts: in a fresh kernel an import can wait seconds on the main thread's
+    # (Run All importing pydantic-ai for %%llm), and that wait is no provider's fault.
+    missing = _modules_to_import([spec for spec, _ in items])
+    if missing:
+        await asyncio.to_thread(_import_all, missing)
     probes.shared_client()
-    results = await asyncio.gather(*(check_provider(spec, st, timeout, prepare) for spec, st in items))
-    return {health.provider: health for health in results}
+    if bound is None:
+        results = await asyncio.gather(*(check_provider(spec, st, timeout, prepare) for spec, st in items))
+        return {health.provider: health for health in results}
+    tasks = [asyncio.ensure_future(check_provider(spec, st, timeout, prepare)) for spec, st in items]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, timeout=bound)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for finished ones; also when this whole check is dropped
+    found: dict[str, ProviderHealth] = {}
+    for (spec, settings), task in zip(items, tasks):
+        if task.done() and not task.cancelled() and task.exception() is None:
+            found[spec.name] = task.result()
+        else:
+            failure = None if task.cancelled() or not task.done() else task.exception()
+            found[spec.name] = unfinished(spec, settings, bound, failure)
+    return found
+
+
+def unfinished(spec: ProviderSpec, settings: ProviderSettings, bound: float,
+               failure: BaseException | None = None) -> ProviderHealth:
+    """The row of a provider whose check did not finish within `bound` seconds (`failure`
+    None or a timeout) or raised `failure`."""
+    base = _blank(spec, settings)
+    base.connected = False
+    if failure is None or isinstance(failure, (asyncio.TimeoutError, TimeoutError)):
+        base.error = f"timed out after {bound:g} s (the check did not finish)"
+    else:
+        base.error = redact(f"check failed: {type(failure).__name__}: {failure}", settings.secrets())
+    return base
+
+
+def _modules_to_import(specs: list[ProviderSpec]) -> list[str]:
+    """The probes' HTTP client and the modules of `prepare` hooks, if not imported yet."""
+    names = ["httpx2"] + [spec.prepare.partition(":")[0] for spec in specs if spec.prepare]
+    return [name for name in dict.fromkeys(names) if name not in sys.modules]
+
+
+def _import_all(names: list[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # e.g. an optional extra: its check says so in its own row
+            pass

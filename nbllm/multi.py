@@ -24,8 +24,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import bridge
+from . import bridge, pipeline, routing
 from .errors import ConfigurationError
+from .pipeline import Call
 from .health import NOT_STARTED
 from .registry import get_registry
 
@@ -65,7 +66,7 @@ async def _targets(names: list[str] | None) -> list[tuple[str, str | None]]:
     if names is not None:
         return [(name, None) for name in names]
     registry = get_registry()
-    health = await registry.check()
+    health = await routing.check()
     available = [(h.provider, h.model_id if h.model_detected else None) for h in health.values() if h.available]
     # The embedded server is not started for this (a process and a model load) unless nothing else answers.
     available = [t for t in available if health[t[0]].note != NOT_STARTED] or available
@@ -78,17 +79,12 @@ async def _targets(names: list[str] | None) -> list[tuple[str, str | None]]:
     return available
 
 
-async def _one(prompt: str, provider: str, model: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    from .calls import Request, _ask
-
-    opts = dict(options)
-    if model and not opts.get("model"):
-        opts["model"] = model
+async def _one(call: Call) -> dict[str, Any]:
     started = time.perf_counter()
     row: dict[str, Any] = dict.fromkeys(COMPARE_COLUMNS)
-    row.update(provider=provider, model=opts.get("model") or "", answer="")
+    row.update(provider=call.provider, model=call.model or "", answer="")
     try:
-        answer = await _ask(Request(prompt=prompt, provider=provider, **opts))
+        answer = await pipeline.answer(call)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a failure is a row, never an exception
@@ -104,21 +100,19 @@ async def _one(prompt: str, provider: str, model: str | None, options: dict[str,
 
 async def _fan_out(prompt: str, providers: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per provider, in order; runs on nbllm's loop."""
-    from .calls import check_options, check_prompt
-
-    check_prompt(prompt)
-    check_options(options, "compare/consensus")
     if options.get("chat") is not None:
         raise ConfigurationError("compare/consensus do not take chat memory: each provider would add its own turn "
                                  "to one conversation. Ask them without --chat / chat=.")
+    call = pipeline.describe(prompt, "compare/consensus", **options)  # checked once, before anything is sent
     targets = await _targets(_names(providers))
-    return list(await asyncio.gather(*(_one(prompt, name, model, options) for name, model in targets)))
+    calls = [pipeline.for_provider(call, name, call.request.model or model) for name, model in targets]
+    return list(await asyncio.gather(*(_one(c) for c in calls)))
 
 
 def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
     import pandas as pd
 
-    from .tables import cast_usage
+    from .store import cast_usage
 
     return cast_usage(pd.DataFrame(rows, columns=COMPARE_COLUMNS))
 

@@ -15,7 +15,7 @@ from typing import Any
 from .catalog import ProviderSpec
 from .clients import shared_client
 from .config import ProviderSettings, openai_base, server_root
-from .errors import display_url, redact
+from .errors import ProbeError
 
 __all__ = ["Found", "ProbeError", "probe", "get_json", "describe_http_error"]
 
@@ -26,15 +26,6 @@ class Found:
     models: list[str] = field(default_factory=list)
     loaded: str | None = None
     note: str | None = None
-
-
-class ProbeError(Exception):
-    """A probe failed; message and URL never carry the base URL's `user:password@`."""
-
-    def __init__(self, message: str, url: str | None = None, status: int | None = None):
-        super().__init__(redact(message))
-        self.url = display_url(url) if url else url
-        self.status = status
 
 
 _STATUS_WORDS = {
@@ -186,7 +177,8 @@ _DIALECTS = {
 
 async def probe(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
     """Ask the server what it serves, in the dialect the catalog names."""
-    dialect = _DIALECTS.get(spec.probe)
+    # A cloud provider is probed only when it points at a self-hosted server, which speaks OpenAI's API.
+    dialect = _DIALECTS.get("openai" if spec.probe == "key" else spec.probe)
     if dialect is None:
         raise ProbeError(f"no probe for style {spec.probe!r}")
     return await dialect(spec, settings, timeout)

@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -38,11 +37,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .calllog import connect, data_file
-from .errors import ConfigurationError, ModelError
-from .registry import get_registry
+from .store import connect, data_file
+from .errors import ConfigurationError, ReplayMiss, scrub
 
-__all__ = ["cache", "ReplayCache", "ReplayMiss", "Recording", "Recorder", "for_request", "cache_path", "MODES"]
+__all__ = ["cache", "ReplayCache", "ReplayMiss", "Recording", "Recorder", "recorder", "mode_for", "cache_path", "MODES"]
 
 MODES = ("record", "replay", "off")
 
@@ -69,13 +67,11 @@ PRAGMA user_version = 1;
 """
 
 
-class ReplayMiss(ModelError):
-    """Strict replay found no recorded answer for this call; nothing was sent."""
-
-
 def cache_path() -> Path:
     """Where recorded answers live (`NBLLM_CACHE` overrides the user data directory)."""
-    return data_file("NBLLM_CACHE", "cache.sqlite")
+    from .registry import get_registry
+
+    return data_file(get_registry().global_settings.value("NBLLM_CACHE"), "cache.sqlite")
 
 
 def _check_mode(mode: Any, where: str) -> str:
@@ -214,7 +210,7 @@ class Recorder:
             return
 
         def clean(text: str | None) -> str | None:
-            return get_registry().scrub(text) if text else text  # every key this process knows
+            return scrub(text) if text else text  # every key this process knows
 
         asked = {k: v for k, v in self.asked.items() if k not in ("prompt", "system", "history")}
         row = (
@@ -239,35 +235,35 @@ def _warn_once(path: Path, problem: str) -> None:
         log.warning("nbllm: the replay cache %s %s; %s.", path, problem, _FIX)
 
 
-def for_request(request: Any) -> Recorder | None:
-    """A `Recorder` for this call, or None when caching is off for it (no disk is touched)."""
-    mode = cache.mode if request.cache is None else _check_mode(request.cache, "cache option")
-    if mode == "off":
-        return None
-    from .session import current
+def mode_for(option: Any) -> str:
+    """The cache mode of one call: its own `cache=` option, else the global mode."""
+    return cache.mode if option is None else _check_mode(option, "cache option")
 
-    selection = current()
-    provider = (request.provider or selection.provider or "auto").strip().lower()
-    model = request.model or (selection.model if request.provider is None else None)
-    temperature, max_tokens = request.temperature, request.max_tokens
-    if provider != "auto":
-        settings = get_registry().settings(provider)  # unknown name → ConfigurationError naming valid ones
-        provider = settings.provider
+
+def recorder(call: Any) -> Recorder | None:
+    """A `Recorder` for this call (a `pipeline.Call`), or None when caching is off for it (no disk is touched).
+
+    The key is what was asked: `call.provider`/`call.model` as named (or the kernel
+    default, possibly `auto`), so a replay needs no provider to be reachable.
+    """
+    if call.cache_mode == "off":
+        return None
+    request = call.request
+    model, temperature, max_tokens = call.model, request.temperature, request.max_tokens
+    settings = call.settings()
+    if settings is not None:
         model = model or settings.model
         temperature = settings.temperature if temperature is None else temperature
         max_tokens = settings.max_tokens if max_tokens is None else max_tokens
     asked = {
-        "v": 1, "provider": provider, "model": model, "prompt": request.prompt, "system": request.system or None,
-        "temperature": temperature, "max_tokens": max_tokens,
+        "v": 1, "provider": call.provider, "model": model, "prompt": request.prompt,
+        "system": request.system or None, "temperature": temperature, "max_tokens": max_tokens,
         "history": _transcript(list(request.chat.messages)) if request.chat is not None else [],
     }
-    return Recorder(mode, asked)
+    return Recorder(call.cache_mode, asked)
 
 
 # ---- nbllm.cache ----------------------------------------------------------------------
-
-
-_warned: set[str] = set()
 
 
 class ReplayCache:
@@ -289,16 +285,9 @@ class ReplayCache:
     def mode(self) -> str:
         if self._mode is not None:
             return self._mode
-        initial = os.environ.get("NBLLM_CACHE_MODE", "").strip()
-        if not initial:
-            return "off"
-        try:
-            return _check_mode(initial, "NBLLM_CACHE_MODE")
-        except ConfigurationError as exc:
-            if initial not in _warned:
-                _warned.add(initial)
-                logging.getLogger("nbllm").warning("%s Using 'off'.", exc)
-            return "off"
+        from .registry import get_registry
+
+        return get_registry().global_settings.cache_mode  # NBLLM_CACHE_MODE as config read it (bad: 'off')
 
     def reset(self) -> None:
         """Forget the mode set in this process (`NBLLM_CACHE_MODE` decides again)."""

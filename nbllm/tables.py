@@ -11,6 +11,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from .health import ProviderHealth
+from .store import cast_usage  # noqa: F401  (tables of calls are typed the same way)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEALTH_COLUMNS", "HEALTH_TABLE_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS",
-    "health_rows", "health_frame", "health_table",
+    "health_rows", "health_frame",
     "variables_frame", "frame", "to_text", "to_html", "styled", "display_bundle",
 ]
 
@@ -33,6 +34,7 @@ VARIABLE_COLUMNS = ["provider", "variable", "set", "source", "value"]
 _STATUS_COLOURS = {
     "available": "#1a7f37",
     "down": "#cf222e",
+    "crashed": "#cf222e",
     "disabled": "#6e7781",
     "not configured": "#9a6700",
     "not installed": "#9a6700",
@@ -70,22 +72,16 @@ def health_frame(health: dict[str, ProviderHealth], columns: list[str] | None = 
     return frame(health_rows(health), columns or HEALTH_COLUMNS).set_index("provider")
 
 
-def health_table(timeout: float | None = None) -> "pd.DataFrame":
-    """Probe every provider now (concurrently) and return the table, models included.
-
-    Safe inside a running kernel; costs about one health timeout in all.
-    """
-    from .api import health_check
-
-    return health_frame(health_check(timeout=timeout), HEALTH_TABLE_COLUMNS)
-
-
 def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
     """Every variable each provider reads, whether it is set and from where (keys masked)."""
     from .registry import get_registry
 
+    from .config import global_variable_rows
+
     registry = get_registry()
     rows = [row for name in (names or registry.names()) for row in registry.variables(name)]
+    if names is None:  # then the NBLLM_* variables, which are nobody's provider
+        rows += global_variable_rows(registry.global_settings, registry.environment)
     return frame(rows, VARIABLE_COLUMNS)
 
 
@@ -182,14 +178,3 @@ def display_bundle(df: "pd.DataFrame", caption: str | None = None) -> dict[str, 
         text = f"{caption}\n{text}"
         body = f"<p>{html.escape(caption)}</p>\n{body}"
     return {"text/plain": text, "text/html": body}
-
-
-def cast_usage(frame: "pd.DataFrame") -> "pd.DataFrame":
-    """Token counts as nullable integers, latency and cost as floats, so None cells keep their column's type."""
-    for column in ("input_tokens", "output_tokens"):
-        if column in frame.columns:
-            frame[column] = frame[column].astype("Int64")
-    for column in ("latency_ms", "cost_usd"):
-        if column in frame.columns:
-            frame[column] = frame[column].astype("float64")
-    return frame

@@ -20,11 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
-__all__ = ["provider_variables", "clean_environment", "execute"]
+__all__ = ["provider_variables", "clean_environment", "execute", "clear_unrun"]
 
 
 def provider_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
@@ -64,10 +65,12 @@ def execute(path: Path, output: Path, timeout: float) -> str | None:
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(path, as_version=4)
+    ran: set[int] = set()
     client = NotebookClient(
         notebook, timeout=timeout, kernel_name="python3", store_widget_state=True, record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not the kernel's start-up chatter
+        on_cell_execute=lambda cell, cell_index: ran.add(cell_index),
     )
     error = None
     try:
@@ -77,9 +80,20 @@ def execute(path: Path, output: Path, timeout: float) -> str | None:
     except Exception as exc:  # a kernel that died or timed out: report it, go on with the next
         error = f"{type(exc).__name__}: {exc}"
     if error is None or output != path:  # never overwrite a reference notebook with a failed run
+        clear_unrun(notebook, ran)
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, output)
     return error
+
+
+def clear_unrun(notebook: Any, ran: set[int]) -> None:
+    """Empty the outputs and execution count of every code cell not in `ran` (the indices
+    this run executed): after a failure nbclient stops, and the cells after the failing
+    one would still show a previous run's outputs as if this run had produced them."""
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and index not in ran:
+            cell.outputs = []
+            cell.execution_count = None
 
 
 def main(argv: list[str] | None = None) -> int:

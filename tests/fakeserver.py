@@ -31,6 +31,12 @@ class Behaviour:
     mode: "ok" | "error" (HTTP `status`) | "hang" (never answers) | "bad_json" |
     "cut_stream" (sends `cut_after` chunks, then drops the connection) |
     "loading" (llama.cpp /health → 503).
+    Chat-only faults (GET endpoints answer normally): "echo_auth" (401 whose message
+    echoes the request's Authorization header and its credential as `x-api-key`),
+    "empty" (200 with an empty body), "cut" (a non-streamed body cut in the middle; a
+    stream is cut like "cut_stream"), "trickle" (a non-streamed body sent 8 bytes at a
+    time, `chunk_delay` seconds apart; a stream sends its first chunk at once, then one
+    per `chunk_delay`).
     `fail_first`: the first N chat requests fail with `status` (then "ok"), e.g.
     429 with `retry_after` seconds.
     `fail_rate` / `hang_rate`: each chat request fails (500 or 429, alternating at
@@ -252,16 +258,49 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(fault, {"error": {"message": f"fake failure {fault}"}}, headers)
             if self._common_failure():
                 return
+            if b.mode == "echo_auth":
+                auth = self.headers.get("Authorization", "")
+                credential = auth.split(" ", 1)[-1]
+                return self._send(401, {"error": {"message": f"rejected Authorization: {auth}; x-api-key: "
+                                                             f"{credential}", "type": "invalid_request_error"}})
+            if b.mode == "empty":
+                return self._send(200, b"")
             text = server.reply_for(body)
             model = body.get("model") or "fake-model"
             if body.get("stream"):
                 return self._stream(text, model)
             words = text.split(" ")
-            self._send(200, {
+            payload = {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)},
-            })
+            }
+            if b.mode in ("cut", "trickle"):
+                return self._slow_body(json.dumps(payload).encode())
+            self._send(200, payload)
+
+        def _slow_body(self, data: bytes) -> None:
+            """"cut": half the body, then the connection drops; "trickle": 8 bytes per `chunk_delay`."""
+            b = server.behaviour
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.close_connection = True
+            try:
+                if b.mode == "cut":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                for i in range(0, len(data), 8):
+                    if server._stop.is_set():
+                        return
+                    self.wfile.write(data[i:i + 8])
+                    self.wfile.flush()
+                    time.sleep(b.chunk_delay)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass
 
         def _stream(self, text: str, model: str) -> None:
             b = server.behaviour
@@ -285,10 +324,10 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             try:
                 event(chunk({"role": "assistant", "content": ""}))
                 for i, piece in enumerate(pieces):
-                    if b.mode == "cut_stream" and i >= b.cut_after:
+                    if b.mode in ("cut_stream", "cut") and i >= b.cut_after:
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
-                    if b.chunk_delay:
+                    if b.chunk_delay and not (b.mode == "trickle" and i == 0):  # trickle: the first at once
                         time.sleep(b.chunk_delay)
                     event(chunk({"content": piece}))
                 final = chunk({}, "stop")

@@ -12,7 +12,9 @@ import pytest
 
 import nbllm
 from nbllm import batch
-from nbllm.batch import Failed, MapInterrupted, failures, render, retry_delay
+from nbllm.batch import Failed, MapInterrupted, failures, render
+from nbllm import retry
+from nbllm.retry import retry_delay
 from nbllm.errors import ConfigurationError
 
 from conftest import reset_nbllm
@@ -138,8 +140,8 @@ def test_a_failure_is_a_value_and_the_rest_go_on(lms):
 def test_map_turns_the_sdk_retries_off_and_retries_itself(lms, monkeypatch):
     lms.set(mode="error", status=500)
     delays: list[float] = []
-    real = batch.retry_delay
-    monkeypatch.setattr(batch, "retry_delay", lambda *a: delays.append(real(*a)) or delays[-1])
+    real = retry.retry_delay
+    monkeypatch.setattr(retry, "retry_delay", lambda *a: delays.append(real(*a)) or delays[-1])
     result = nbllm.map(["x"], "{}", provider="lmstudio", retries=2, backoff=0.01, progress=False)
     assert isinstance(result[0], Failed) and result[0].attempts == 3
     assert len(lms.chat_requests()) == 3  # not 3 × (1 + LMSTUDIO_MAX_RETRIES)
@@ -184,14 +186,16 @@ def test_retry_delay_policy():
     assert 1 <= retry_delay(http(500), 2, 0.5, 60) <= 3  # doubles per attempt, with jitter
     assert retry_delay(ModelTimeoutError("m", "timed out"), 0, 0.5, 60) is not None
     assert retry_delay(ValueError("bad json"), 0, 0.5, 60) is None
-    # A ModelError keeps the SDK error as __context__: that is what map reads.
+    # A ModelError carries its facts; nothing reads the exception chain to decide.
+    assert retry_delay(nbllm.ModelError("lmstudio", "HTTP 503", retryable=True), 0, 0.5, 60) is not None
+    assert retry_delay(nbllm.ModelError("lmstudio", "HTTP 429", retryable=True, retry_after=3), 0, 0.5, 60) == 3
     try:
         try:
             raise http(503)
         except Exception:
-            raise nbllm.ModelError("lmstudio", "HTTP 503") from None
+            raise nbllm.ModelError("lmstudio", "HTTP 400 after all") from None
     except nbllm.ModelError as wrapped:
-        assert retry_delay(wrapped, 0, 0.5, 60) is not None
+        assert retry_delay(wrapped, 0, 0.5, 60) is None  # a 503 hidden in __context__ is not read
 
 
 def test_a_thousand_prompts_against_a_faulty_server(make_server, monkeypatch):

@@ -8,6 +8,7 @@ import warnings
 import nbllm
 from nbllm.config import NbllmConfigWarning
 from nbllm.factory import model_settings
+from nbllm import routing
 from nbllm.registry import get_registry
 
 
@@ -114,11 +115,11 @@ def test_auto_probes_local_servers_at_the_same_time(make_server, monkeypatch):
 def test_offline_auto_prefers_a_cloud_key_over_an_unprobed_server(monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0000000000")
     nbllm.reinit()
-    choice = get_registry().choose_offline("auto")
+    choice = routing.choose_offline("auto")
     assert choice.provider == "anthropic" and "ANTHROPIC key is set" in choice.reason
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     nbllm.reinit()
-    choice = get_registry().choose_offline("auto")
+    choice = routing.choose_offline("auto")
     assert choice.provider == "lmstudio" and "not probed" in choice.reason
 
 

@@ -74,6 +74,7 @@ def test_logging_can_be_turned_off(local_provider, monkeypatch):
     nbllm.history.enable()
     nbllm.ask("logged")
     monkeypatch.setenv("NBLLM_LOG", "0")
+    nbllm.reinit()  # config reads NBLLM_LOG (from the environment or .env) when settings are re-read
     nbllm.history.reset()
     nbllm.ask("not logged either")
     assert list(nbllm.history()["prompt"]) == ["logged"]

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import nbllm
+from nbllm import catalog
 from nbllm.cli import build_providers_parser, main
 from nbllm.config import user_config_path
 from nbllm.registry import reset_registry
@@ -70,7 +71,20 @@ def test_health_check_succeeds_when_something_answers(capsys, fake_server, monke
 def test_health_check_fails_when_nothing_is_available(capsys):
     code, out, err = run(capsys, "--health-check")
     assert code == 1 and "llamacpp" in out
-    assert err.count("\n") == 1 and err.startswith("nbllm: no provider is available")
+    assert err == f"nbllm: no provider is available. {catalog.NOTHING_USABLE_ADVICE}\n"
+
+
+def test_faces_write_no_provider_advice_of_their_own():
+    """Advice comes from the catalog (`how_to_enable`, `install_hint`, NOTHING_USABLE_ADVICE)."""
+    import inspect
+
+    from nbllm import cli, commands
+    from nbllm.magics import providers
+
+    for face in (cli, commands, providers):
+        source = inspect.getsource(face)
+        for advice in ("LM Studio", "OPENAI_API_KEY", "enable with", "pip install"):
+            assert advice not in source, (face.__name__, advice)
 
 
 def test_health_check_timeout_option_with_a_hanging_server(capsys, make_server, monkeypatch):
@@ -135,20 +149,43 @@ def test_use_persists_the_default(capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["--enable", "nope"], "Invalid LLM provider 'nope'"),
+    (["--disable", "nope"], "Invalid LLM provider 'nope'"),
     (["--use", "nope"], "Invalid LLM provider 'nope'"),
     (["--test", "nope"], "Invalid LLM provider 'nope'"),
+    (["--test", "auto"], "--test takes a provider NAME, not auto"),
     (["--model", "m"], "--model goes with --use NAME"),
+    (["--list", "--model", "m"], "--model goes with --use NAME"),
+    (["--list", "--timeout", "1"], "--timeout goes with --status, --health-check or --test"),
+    (["--use", "ollama", "--timeout", "1"], "--timeout goes with"),
+    (["--status", "--save"], "--save goes with --enable, --disable or --use"),
 ])
-def test_user_mistakes_exit_1_with_one_line(capsys, argv, words):
+def test_usage_mistakes_exit_2_with_one_line(capsys, argv, words):
     code, out, err = run(capsys, *argv)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("nbllm: ") and words in err
+    code, data = run_json(capsys, *argv)
+    assert code == 2 and data["ok"] is False and words in data["error"]
 
 
-def test_use_a_disabled_provider_fails(capsys):
+def test_a_usage_mistake_changes_nothing(capsys):
+    assert run(capsys, "--use", "ollama", "--timeout", "1")[0] == 2
+    assert run(capsys, "--disable", "ollama", "--timeout", "1")[0] == 2
+    assert not user_config_path().exists()
+    assert nbllm.current().provider == "auto" and nbllm.get_registry().settings("ollama").enabled
+
+
+def test_the_options_that_probe_take_a_timeout(capsys):
+    assert run(capsys, "--timeout", "0.3")[0] == 0  # --status is implied
+    assert run(capsys, "--status", "--timeout", "0.3")[0] == 0
+    assert run(capsys, "--test", "ollama", "--timeout", "0.3")[0] == 1  # ran; nothing answers there
+
+
+def test_use_or_test_a_disabled_provider_is_a_usage_mistake(capsys):
     run(capsys, "--disable", "grok")
-    code, _, err = run(capsys, "--use", "grok")
-    assert code == 1 and "disabled" in err and "--enable grok" in err
+    for option in ("--use", "--test"):
+        code, out, err = run(capsys, option, "grok")
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert "disabled" in err and "--enable grok" in err
 
 
 def test_unknown_option_is_a_usage_error(capsys):
@@ -168,6 +205,10 @@ def test_help_and_version(capsys):
     for option in ("--status", "--list", "--enable", "--disable", "--test", "--health-check", "--reinit", "--use",
                    "--model", "--save", "--json"):
         assert option in out
+    epilog = " ".join(out[out.index("Exit status:"):].split())
+    assert "0 done; 1 the command ran but failed" in epilog and "2 a usage mistake" in epilog
+    for status in ("0: done", "1: the command ran but failed", "2: a usage", "130: interrupted"):
+        assert status in " ".join(main.__doc__.split())  # main documents them too
 
 
 def test_test_local_success(capsys, fake_server, monkeypatch):
@@ -204,9 +245,11 @@ def test_reinit(capsys):
 
 
 def test_the_parser_is_the_shared_one():
-    cli = {a.dest for a in build_providers_parser("cli")._actions}
-    magic = {a.dest for a in build_providers_parser("magic")._actions}
-    assert cli - magic == {"json"} and magic - cli == {"panel"}
+    from nbllm.magics.providers import ProviderMagics
+
+    cli = {a.dest for a in build_providers_parser()._actions}
+    magic = {a.dest for a in ProviderMagics.llm_providers.parser._actions}
+    assert cli - magic == {"json", "help"} and magic - cli == {"panel"}
     args = build_providers_parser().parse_args(["--use", "ollama", "-m", "x", "--save"])
     assert (args.use, args.model, args.save, args.status) == ("ollama", "x", True, False)
 
@@ -223,7 +266,21 @@ def test_console_script_runs_in_a_new_process(tmp_path):
     assert result.returncode == 0 and json.loads(result.stdout)["default"]["provider"] == "ollama"
     result = subprocess.run([script, "providers", "--disable", "nope"], env=env, capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode == 1 and result.stderr.startswith("nbllm: Invalid LLM provider 'nope'")
+    assert result.returncode == 2 and result.stderr.startswith("nbllm: Invalid LLM provider 'nope'")
+    result = subprocess.run([script, "providers", "--model", "x"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "nbllm: --model goes with --use NAME, e.g. --use ollama --model llama3.2.\n"
+
+
+def test_neither_face_imports_the_other():
+    code = ("import sys, nbllm.{0}; print(sorted(m for m in ('nbllm.cli', 'nbllm.magics.providers', 'IPython') "
+            "if m in sys.modules))")
+    cli = subprocess.run([sys.executable, "-c", code.format("cli")], capture_output=True, text=True, check=True)
+    assert cli.stdout.strip() == "['nbllm.cli']"
+    magic = subprocess.run([sys.executable, "-c", code.format("magics.providers")], capture_output=True, text=True,
+                           check=True)
+    assert magic.stdout.strip() == "['IPython', 'nbllm.magics.providers']"
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
@@ -284,5 +341,5 @@ def test_a_bad_setting_is_one_plain_line_on_stderr(capsys, monkeypatch):
     code, out, err = run(capsys, "--list")
     assert code == 0 and "OPENAI_TEMPERATURE" in out
     lines = [line for line in err.splitlines() if line]
-    assert lines == ["nbllm: OPENAI_TEMPERATURE='hot' is invalid (could not convert string to float: 'hot'); "
+    assert lines == ["nbllm: OPENAI_TEMPERATURE='hot' is not valid: expected a number between 0 and 2; "
                      "using the default 0.7."]

@@ -11,9 +11,15 @@ import pytest
 import nbllm
 from nbllm.catalog import get_spec
 from nbllm.config import (
-    NbllmConfigWarning, ProviderSettings, Secret, load_global_settings, load_provider_settings,
+    NbllmConfigWarning, ProviderSettings, Secret, forget_warnings, load_global_settings, load_provider_settings,
 )
 from nbllm.registry import get_registry
+
+
+@pytest.fixture(autouse=True)
+def _every_problem_is_new():
+    """A bad value warns once per process; each test here starts as a new process would."""
+    forget_warnings()
 
 
 def settings_for(provider: str, **env: str) -> tuple[ProviderSettings, list[str]]:
@@ -181,16 +187,16 @@ def test_a_valid_nbllm_provider_does_not_warn(monkeypatch):
 
 def test_update_of_model_or_base_url_is_what_a_local_provider_then_uses(make_server):
     """`update(model=)` wins over the model the server reports; `update(base_url=)` is the only address."""
-    from nbllm import bridge
+    from nbllm import bridge, routing
 
     server = make_server(models=["served-a", "served-b"], loaded="served-a")
     registry = get_registry()
     registry.update("ollama", base_url=server.url)
-    assert bridge.run(registry.choose("ollama")).model == "served-a"  # detected: the model is the default
+    assert bridge.run(routing.choose("ollama")).model == "served-a"  # detected: the model is the default
     registry.update("ollama", model="served-b")
     settings = registry.settings("ollama")
     assert not settings.model_is_default and not settings.base_url_is_default
-    assert bridge.run(registry.choose("ollama")).model == "served-b"
+    assert bridge.run(routing.choose("ollama")).model == "served-b"
     assert nbllm.health_check(["ollama"])["ollama"].model_id == "served-b"
     registry.update("ollama", model="served-b")  # the same value again changes nothing
     assert not registry.settings("ollama").model_is_default

@@ -160,3 +160,95 @@ def test_errors_render_as_one_line():
         "nbllm: lmstudio at http://x: HTTP 500"]
     assert isinstance(Interrupted("stop"), KeyboardInterrupt)
     assert Interrupted("stop")._render_traceback_() == ["nbllm: stop"]
+
+
+class _CountingPublisher:
+    """Counts the characters of every display published, keeping only the last bundle
+    (a 5 MB answer republished a hundred times would otherwise hold gigabytes)."""
+
+    def __init__(self, shell) -> None:
+        self.publisher = shell.display_pub
+        self.chars = 0
+        self.count = 0
+        self.sizes: list[int] = []
+        self.last: dict = {}
+        self.publisher.publish = self.publish
+
+    def publish(self, data, metadata=None, *args, **kwargs) -> None:
+        size = sum(len(v) for v in data.values() if isinstance(v, str))
+        self.chars += size
+        self.count += 1
+        self.sizes.append(len(data.get("text/plain", "")))
+        self.last = data
+
+
+def _chunks(total: int, seed: int) -> list[str]:
+    """`total` characters in chunks of 1 to 4096 characters (log-uniform: many small ones)."""
+    import random
+
+    rng = random.Random(seed)
+    chunks, size = [], 0
+    while size < total:
+        n = min(int(2 ** rng.uniform(0, 12)), total - size)
+        chunks.append(chr(ord("a") + len(chunks) % 26) * n)
+        size += n
+    return chunks
+
+
+FIVE_MB = 5 * 1024 * 1024
+LINEAR = 8
+"""Total characters published for a streamed answer, at most this many times its final size."""
+
+
+@pytest.mark.parametrize("chars_per_second", [2e5, 1e6])
+def test_a_long_stream_publishes_linear_bytes_and_ends_with_the_whole_text(shell, chars_per_second):
+    """Streaming 5 MB (over 5 or 25 s: 100 or 500 throttle windows) costs a few times the
+    answer, not the answer per update; the last display is the whole text."""
+    clock = Clock()
+    view = AnswerView("markdown", rich=True, interval=0.05, clock=clock)
+    chunks = _chunks(FIVE_MB, seed=7)
+    with capture_output():
+        counter = _CountingPublisher(shell)
+        for chunk in chunks:
+            clock.now += len(chunk) / chars_per_second
+            view.add(chunk)
+        view.finish(convert(view.text, "markdown"), META)
+    final = "".join(chunks)
+    assert counter.last["text/plain"] == final
+    assert counter.last["text/markdown"] == final
+    final_size = sum(len(v) for v in counter.last.values() if isinstance(v, str))
+    assert counter.chars <= LINEAR * final_size, (counter.count, counter.chars / final_size)
+    assert counter.count >= 10  # the display still moves while it grows
+
+
+def test_a_long_stream_stays_linear_even_if_every_chunk_passes_the_throttle(shell):
+    clock = Clock()
+    view = AnswerView("text", rich=True, interval=0.05, clock=clock)
+    with capture_output():
+        counter = _CountingPublisher(shell)
+        for i in range(FIVE_MB // 4096):
+            clock.now += 1.0  # a slow stream: the time throttle never holds anything back
+            view.add("y" * 4096)
+        view.finish(None, META)
+    final = FIVE_MB // 4096 * 4096
+    assert counter.sizes[-1] == final
+    assert sum(counter.sizes) <= LINEAR * final
+    live = counter.sizes[:-1]
+    large = [s for s in live if s >= 64 * 1024]
+    assert all(b >= a * 1.25 for a, b in zip(large, large[1:]))  # grown by a quarter each time
+    assert len(live) > 64 // 4  # every chunk shown while the text was small
+
+
+def test_a_normal_answer_updates_as_before(shell):
+    """Below the large-text size nothing changes: the first chunk at once, then one
+    update per interval."""
+    clock = Clock()
+    view = AnswerView("markdown", rich=True, interval=0.05, clock=clock)
+    with capture_output():
+        counter = _CountingPublisher(shell)
+        for i in range(400):  # 400 tokens of ~20 characters over 4 s
+            clock.now = i * 0.01
+            view.add("word " * 4)
+            if i == 0:
+                assert counter.count == 1
+    assert 4 / 0.06 <= counter.count <= 4 / 0.05 + 1  # about one per interval, none held back for size

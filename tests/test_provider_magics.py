@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from IPython.core.error import UsageError
@@ -132,6 +133,8 @@ def test_failed_test_is_one_line_without_traceback(shell):
     ("--enable nope", "Invalid LLM provider 'nope'"),
     ("--use nope", "Invalid LLM provider 'nope'"),
     ("--model m", "--model goes with --use"),
+    ("--list --timeout 1", "--timeout goes with --status, --health-check or --test"),
+    ("--status --save", "--save goes with --enable, --disable or --use"),
     ("--bogus", "unrecognized arguments: --bogus"),
     ("--list --status", "not allowed with argument"),
 ])
@@ -140,6 +143,41 @@ def test_user_mistakes_are_usage_errors(shell, line, words):
         shell.run_line_magic("llm_providers", line)
     captured = cell(shell, line)
     assert "UsageError" in captured.stderr and words in captured.stderr
+    assert "Traceback" not in captured.stdout + captured.stderr
+
+
+def test_using_a_disabled_provider_is_a_usage_error(shell):
+    magic(shell, "--disable grok")
+    for line in ("--use grok", "--test grok"):
+        with pytest.raises(UsageError, match="disabled: enable with"):
+            shell.run_line_magic("llm_providers", line)
+    assert nbllm.current().provider == "auto"
+
+
+def test_braces_in_the_line_are_never_evaluated(shell):
+    """IPython would run `{expr}` before the magic sees it; this magic takes its line as written."""
+    calls = []
+
+    def side_effect() -> str:
+        calls.append(1)
+        return "ollama"
+
+    shell.user_ns["_side_effect"] = side_effect
+    captured = cell(shell, "--use {_side_effect()}")
+    assert calls == []  # expanded, it would have run and made ollama the default
+    assert nbllm.current().provider == "auto"
+    assert "Invalid LLM provider '{_side_effect()}'" in captured.stderr
+    with pytest.raises(UsageError, match="Invalid LLM provider") as raised:
+        shell.run_line_magic("llm_providers", "--use {__import__('os').getcwd()}")
+    assert os.getcwd() not in str(raised.value)
+
+
+def test_dollar_names_are_passed_literally(shell):
+    shell.user_ns["name"] = "ollama"
+    captured = cell(shell, "--use $name")
+    assert nbllm.current().provider == "auto"
+    lines = [line for line in captured.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "UsageError" in lines[0] and "Invalid LLM provider '$name'" in lines[0]
     assert "Traceback" not in captured.stdout + captured.stderr
 
 

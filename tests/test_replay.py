@@ -22,7 +22,10 @@ def test_cache_mode_is_global_and_checked():
 def test_initial_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv("NBLLM_CACHE_MODE", "replay")
     assert nbllm.cache() == "replay"
-    monkeypatch.setenv("NBLLM_CACHE_MODE", "bogus")
+    monkeypatch.setenv("NBLLM_CACHE_MODE", "bogus")  # read again by reinit (config is the one reader)
+    with pytest.warns(nbllm.NbllmConfigWarning, match="NBLLM_CACHE_MODE='bogus' is not valid: expected one of "
+                      "record, replay, off; using 'off'"):
+        nbllm.reinit()
     assert nbllm.cache() == "off"
 
 

@@ -14,12 +14,12 @@ from argparse import ArgumentParser, Namespace
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Float
 
-from ..display import FORMATS, AnswerView, CellError, Interrupted, convert, rich_frontend
-from ..errors import NbllmError
+from ..display import FORMATS, AnswerView, convert, rich_frontend
+from ..errors import CellError, Interrupted, NbllmError
 from ..interpolate import interpolate
 
 __all__ = ["LLMMagics", "split_line"]
@@ -100,6 +100,7 @@ class LLMMagics(Magics):
 
     last_answer: Any = None
 
+    @no_var_expand  # IPython would evaluate {expr} and $name in the line: nbllm fills them itself
     @magic_arguments("%llm")  # help shows it as %%llm
     @argument("-p", "--provider", help="provider to ask (default: the kernel-wide default, see %%llm_providers)")
     @argument("-m", "--model", help="model id (default: the provider's configured model)")
@@ -147,20 +148,29 @@ class LLMMagics(Magics):
             raise UsageError(f"The prompt is empty: write it in the {where} (see %llm? for options).")
         prompt = prompt.lstrip("\n").rstrip()
         if self.interpolate and not args.raw:
-            prompt = interpolate(prompt, self.shell.user_ns if self.shell is not None else {})
+            prompt = interpolate(prompt, self._namespace())
         options = self._call_options(args, conversation() if args.chat else None)
-        from ..calls import check_numbers
-
-        try:  # -t 5 or --max-tokens 0 is a usage mistake, said before anything is sent
-            check_numbers(options)
-        except NbllmError as exc:
-            raise UsageError(str(exc)) from None
         if args.compare is not None or args.consensus is not None:
-            return self._many(args, prompt, options, show=cell is not None)
+            return _many(self.shell, args, prompt, options, show=cell is not None)
+        streaming = cell is not None and self.stream and not args.no_stream
+        call = self._describe(prompt, options, "stream" if streaming else "ask")
         if cell is None:
-            return self._ask_line(prompt, options, fmt, args.out)
-        self._ask_cell(prompt, options, fmt, args.out, stream=self.stream and not args.no_stream)
+            return self._ask_line(call, fmt, args.out)
+        self._ask_cell(call, fmt, args.out, stream=streaming)
         return None
+
+    def _namespace(self) -> dict[str, Any]:
+        return self.shell.user_ns if self.shell is not None else {}
+
+    @staticmethod
+    def _describe(prompt: str, options: dict[str, Any], kind: str) -> Any:
+        """The call, checked once by the API (an unknown provider, `-t 5`): one line, nothing sent."""
+        from ..pipeline import describe
+
+        try:
+            return describe(prompt, "%%llm", kind=kind, **options)
+        except NbllmError as exc:
+            raise CellError(str(exc)) from None
 
     # --- parsing -----------------------------------------------------------------
     def _arguments(self, line: str, cell: str | None) -> tuple[Namespace, str]:
@@ -173,6 +183,8 @@ class LLMMagics(Magics):
             except ValueError as exc:
                 raise UsageError(f"Cannot read the options {line.strip()!r}: {exc}.") from None
             prompt = cell
+        if self.interpolate and "--raw" not in argv:  # options are filled like the prompt: never evaluated
+            argv = [interpolate(token, self._namespace()) for token in argv]
         args = parser.parse_args(argv)
         if args.question:  # only the cell form can get here: the line form keeps its question apart
             raise UsageError(f"Unexpected {' '.join(args.question)!r} after %%llm: the prompt goes in the cell.")
@@ -189,19 +201,19 @@ class LLMMagics(Magics):
 
     # --- one provider --------------------------------------------------------------
     @staticmethod
-    def _ask(prompt: str, options: dict[str, Any]) -> Any:
+    def _ask(call: Any) -> Any:
         """The whole answer at once; failures and Ctrl-C become one-line errors."""
         from ..calls import ask
 
         try:
-            return ask(prompt, **options)
+            return ask(call)
         except NbllmError as exc:
             raise CellError(str(exc)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted, the request was cancelled") from None
 
-    def _ask_line(self, prompt: str, options: dict[str, Any], fmt: str, out: str | None) -> Any:
-        answer = self._ask(prompt, options)
+    def _ask_line(self, call: Any, fmt: str, out: str | None) -> Any:
+        answer = self._ask(call)
         self.last_answer = answer
         converted = convert(answer.text, fmt)
         self._keep(converted.value, out, fmt, answer.ok)
@@ -209,13 +221,10 @@ class LLMMagics(Magics):
             raise CellError(converted.problem)
         return converted.value
 
-    def _ask_cell(self, prompt: str, options: dict[str, Any], fmt: str, out: str | None, stream: bool) -> None:
+    def _ask_cell(self, call: Any, fmt: str, out: str | None, stream: bool) -> None:
         view = AnswerView(fmt, rich=rich_frontend(self.shell), interval=self.update_interval,
                           show_footer=self.show_footer)
-        if stream:
-            answer = self._stream(prompt, options, view, fmt, out)
-        else:
-            answer = self._ask(prompt, options)
+        answer = self._stream(call, view, fmt, out) if stream else self._ask(call)
         self.last_answer = answer
         metadata = {**answer.metadata(), "format": fmt}
         if answer.failure is not None and not answer.text:
@@ -230,23 +239,26 @@ class LLMMagics(Magics):
         if converted is not None and converted.problem:
             raise CellError(converted.problem + (f" in {out}" if out else ""))
 
-    def _stream(self, prompt: str, options: dict[str, Any], view: AnswerView, fmt: str, out: str | None) -> Any:
+    def _stream(self, call: Any, view: AnswerView, fmt: str, out: str | None) -> Any:
         from .. import bridge
-        from ..calls import Answer, stream
-        from ..session import current
+        from ..calls import Answer, TextStream
+        from ..pipeline import Notice
 
-        text_stream = stream(prompt, raise_errors=False, **options)
-        # Its async iterator runs on nbllm's loop; `idle` wakes us to flush throttled text.
+        text_stream = TextStream(call, raise_errors=False)
+        answer = None
+        # The pipeline's events run on nbllm's loop; `idle` wakes us to flush throttled text.
         try:
-            for item in bridge.iterate(text_stream.__aiter__(), idle=max(self.update_interval, 0.01)):
+            for item in bridge.iterate(text_stream.items(), idle=max(self.update_interval, 0.01)):
                 if item is bridge.IDLE:
                     view.tick()
+                elif isinstance(item, Notice):
+                    view.notice(item.text)
+                elif isinstance(item, Answer):
+                    answer = item
                 else:
                     view.add(item)
         except (KeyboardInterrupt, bridge.Cancelled) as stopped:  # Ctrl-C, or nbllm's loop stopped under it
-            selection = current()
-            provider = options.get("provider") or selection.provider
-            partial = Answer(view.text, provider, options.get("model") or selection.model or "", error="interrupted")
+            partial = Answer(view.text, call.provider, call.model or "", error="interrupted")
             self.last_answer = partial
             if view.text:
                 view.finish(None, {**partial.metadata(), "format": fmt})
@@ -255,7 +267,7 @@ class LLMMagics(Magics):
             if isinstance(stopped, bridge.Cancelled):
                 raise CellError(f"{stopped}{kept}") from None
             raise Interrupted(f"interrupted, the request was cancelled{kept}") from None
-        return text_stream.answer
+        return answer
 
     def _keep(self, value: Any, out: str | None, fmt: str, ok: bool) -> None:
         """Store the result in the namespace; code also goes into the next cell."""
@@ -266,28 +278,28 @@ class LLMMagics(Magics):
         if fmt == "code" and ok and isinstance(value, str) and value.strip():
             self.shell.set_next_input(value, replace=False)
 
-    # --- many providers --------------------------------------------------------------
-    def _many(self, args: Namespace, prompt: str, options: dict[str, Any], show: bool) -> Any:
-        import nbllm
 
-        kind = "compare" if args.compare is not None else "consensus"
-        names = args.compare if args.compare is not None else args.consensus
-        function = getattr(nbllm, kind)
-        if "provider" in options:
-            raise UsageError(f"--{kind} takes the providers itself: --{kind} a,b instead of -p.")
-        providers = [name.strip() for name in names.split(",") if name.strip()] or None
-        try:
-            result = function(prompt, providers=providers, **options)
-        except NbllmError as exc:
-            raise CellError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted, the requests were cancelled") from None
-        if args.out and self.shell is not None:
-            self.shell.user_ns[args.out] = result
-        if not show:
-            return result
-        from IPython.display import display
+def _many(shell: Any, args: Namespace, prompt: str, options: dict[str, Any], show: bool) -> Any:
+    """`--compare` / `--consensus`: the API's function, its result stored (-o) and shown."""
+    import nbllm
 
-        display(result)
-        return None
+    kind = "compare" if args.compare is not None else "consensus"
+    names = args.compare if args.compare is not None else args.consensus
+    function = getattr(nbllm, kind)
+    if "provider" in options:
+        raise UsageError(f"--{kind} takes the providers itself: --{kind} a,b instead of -p.")
+    providers = [name.strip() for name in names.split(",") if name.strip()] or None
+    try:
+        result = function(prompt, providers=providers, **options)
+    except NbllmError as exc:
+        raise CellError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted, the requests were cancelled") from None
+    if args.out and shell is not None:
+        shell.user_ns[args.out] = result
+    if not show:
+        return result
+    from IPython.display import display
 
+    display(result)
+    return None

@@ -1,9 +1,13 @@
 """`%llm_providers`: see, test, enable/disable and choose LLM providers from a notebook.
 
-The options are the command line's (`nbllm.cli.add_provider_arguments`), so
+The options are the command line's (`nbllm.commands.add_provider_arguments`), so
 `nbllm providers --status` and `%llm_providers --status` mean the same thing; this
-file only parses, calls `nbllm.cli.run_providers` and displays. Changes apply to
+file only parses, calls `nbllm.commands.run_providers` and displays. Changes apply to
 this kernel; `--save` keeps them in the user config file.
+
+The line is never expanded by IPython (`@no_var_expand`): `{expr}` and `$name` would
+otherwise be evaluated before the magic sees them, and a provider NAME is no place
+to run code.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ import sys
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import ArgDecorator, magic_arguments, parse_argstring
 
-from ..cli import Outcome, add_provider_arguments, has_action, run_providers, scrub
+from ..commands import Outcome, add_provider_arguments, has_action, run_providers, scrub
 
 __all__ = ["ProviderMagics"]
 
@@ -34,6 +38,7 @@ class ProviderMagics(Magics):
 
     @magic_arguments()
     @provider_arguments()
+    @no_var_expand
     @line_magic
     def llm_providers(self, line: str = "") -> None:
         """See which LLM providers are reachable, test one, enable or disable providers and
@@ -42,6 +47,7 @@ class ProviderMagics(Magics):
         Changes apply to this kernel; add --save to keep them for new kernels and the
         `nbllm` command line (environment variables still win over saved choices).
         Tables are HTML in a notebook and plain text in a terminal; keys are never shown.
+        The line is taken as written: `{...}` and `$name` are not expanded.
         """
         if _asks_for_help(line):  # the magic's parser has no -h: show what `%llm_providers?` shows
             print(self.llm_providers.__doc__)
@@ -51,16 +57,7 @@ class ProviderMagics(Magics):
             _show_panel()
             if not has_action(args):
                 return
-        from ..errors import ConfigurationError, NbllmError
-
-        try:
-            outcome = run_providers(args, persist=args.save)
-        except ConfigurationError as exc:  # a user mistake: one line, no traceback
-            raise UsageError(scrub(str(exc))) from None
-        except NbllmError as exc:  # a provider failed (e.g. --test): report it, keep the kernel going
-            print(f"nbllm: {scrub(str(exc))}", file=sys.stderr)
-            return
-        _show(outcome)
+        _show(run_providers(args, persist=args.save))
 
 
 def _asks_for_help(line: str) -> bool:
@@ -83,10 +80,14 @@ def _show_panel() -> None:
 
 
 def _show(outcome: Outcome) -> None:
+    """A usage mistake is IPython's one-line UsageError; a failure (e.g. a --test that got no
+    answer) is one line on stderr after whatever the command did show, and the kernel goes on."""
     from IPython.display import display
 
     from ..tables import display_bundle
 
+    if outcome.mistake:
+        raise UsageError(scrub(outcome.error or ""))
     if outcome.message:
         print(scrub(outcome.message))
     if outcome.table is not None:

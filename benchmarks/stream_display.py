@@ -1,0 +1,117 @@
+"""What streaming a long answer costs on screen: `%%llm` streamed vs `--no-stream`.
+
+A streamed answer is one display updated in place, and every update resends the whole
+text so far. Against the local fake server this prints, for a long answer (5 MB by
+default), the wall time of `%%llm --no-stream`, of `%%llm` streamed, and of `%%llm`
+streamed with the large-text rule turned off (`display.LARGE` = infinity: what every
+update cost before it), with the characters each one published and the ratios. The
+display publisher JSON-encodes each bundle as a kernel's would, then drops it.
+
+Run: `.venv/bin/python benchmarks/stream_display.py [--mb 5] [--word 64] [--runs 3]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fakeserver import FakeLLMServer  # noqa: E402
+from IPython.core.displaypub import DisplayPublisher  # noqa: E402
+
+PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "XAI_", "LMSTUDIO_", "OLLAMA_", "LLAMACPP_",
+            "NBLLM_", "EMBEDDED_")
+
+
+class EncodingPublisher(DisplayPublisher):
+    """Encodes what is published as a kernel would (JSON), counts it, keeps nothing.
+    Not the plain `DisplayPublisher`, so the magic treats it as a rich front end."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chars = 0
+        self.count = 0
+
+    def publish(self, data: dict[str, Any], metadata: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
+        self.chars += len(json.dumps(data))
+        self.count += 1
+
+
+def answer(megabytes: float, word: int) -> str:
+    """About `megabytes` MB of words of `word` characters (the fake server streams one word per chunk)."""
+    unit = ("x" * (word - 1)) + " "
+    return (unit * math.ceil(megabytes * 1024 * 1024 / word)).rstrip()
+
+
+def run_cell(shell: Any, source: str) -> tuple[float, EncodingPublisher]:
+    publisher = EncodingPublisher(shell=shell)
+    saved, shell.display_pub = shell.display_pub, publisher
+    try:
+        started = time.perf_counter()
+        result = shell.run_cell(source)
+        elapsed = time.perf_counter() - started
+    finally:
+        shell.display_pub = saved
+    assert result.success, result.error_in_exec
+    return elapsed, publisher
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=5.0, help="answer size in MB (default 5)")
+    parser.add_argument("--word", type=int, default=64, help="characters per streamed chunk (default 64)")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="nbllm-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+    env.update(NBLLM_CONFIG=str(home / "config.json"), NBLLM_HISTORY=str(home / "history.sqlite"),
+               NBLLM_CACHE=str(home / "cache.sqlite"))
+    text = answer(args.mb, args.word)
+    with FakeLLMServer(reply=text) as server:
+        closed = "http://127.0.0.1:9"
+        os.environ.clear()
+        os.environ.update(env, LMSTUDIO_BASE_URL=server.url + "/v1", NBLLM_PROVIDER="lmstudio", LMSTUDIO_TIMEOUT="600",
+                          OLLAMA_BASE_URL=closed, LLAMACPP_BASE_URL=closed, EMBEDDED_BASE_URL=closed)
+        os.chdir(home)
+        from IPython.core.interactiveshell import InteractiveShell
+
+        from nbllm import display
+
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "nbllm")
+        run_cell(shell, "%%llm --no-stream\nwarm up")  # imports and clients, not measured
+        large = display.LARGE
+        cases = {"--no-stream": ("--no-stream", large), "streamed": ("", large),
+                 "streamed, every update whole (old)": ("", math.inf)}
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        published: dict[str, EncodingPublisher] = {}
+        for i in range(args.runs):  # interleaved, so machine noise hits every case alike
+            for name, (flags, limit) in cases.items():
+                display.LARGE = limit
+                elapsed, publisher = run_cell(shell, f"%%llm {flags}\nrun {i}")
+                times[name].append(elapsed)
+                published[name] = publisher
+        display.LARGE = large
+    size = len(json.dumps({"text/markdown": text, "text/plain": text}))
+    base = statistics.median(times["--no-stream"])
+    print(f"%%llm with a {len(text) / 1e6:.1f} MB answer in {len(text) // args.word:,} chunks of {args.word} "
+          f"characters (median of {args.runs}, interleaved)")
+    for name, values in times.items():
+        p = published[name]
+        med = statistics.median(values)
+        print(f"   {name:<36} {med:7.2f} s  ({med / base:5.2f}x --no-stream) | {p.count:4d} displays, "
+              f"{p.chars / 1e6:8.1f} MB published ({p.chars / size:5.1f}x the answer)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Turn whatever a model call raised into one `ModelError` that carries its facts.
+
+Each failure gets its own words and hint, and says whether a retry may help:
+
+| what happened                           | words                                   | retryable |
+|-----------------------------------------|-----------------------------------------|-----------|
+| connection refused (nothing listens)    | "connection refused …"                  | no: fail fast, the server is not there |
+| other connect failures (DNS, TLS)       | "cannot connect …"                      | no        |
+| a timeout (connect, read, whole reply)  | "timed out after N s …"                 | yes       |
+| the reply was cut mid-body / reset      | "the reply was cut off …"               | yes       |
+| HTTP 429 / 5xx                          | "HTTP 429: rate limited …"              | yes (with the server's Retry-After) |
+| HTTP 401/403, 404, 400                  | one sentence, with the key/model hint   | no        |
+| a malformed answer                      | "the server sent a malformed answer"    | no        |
+
+pydantic-ai 2.x already sorts provider errors into categories (`ModelConnectionError`
+with its `phase`, `ModelTimeoutError`, `ModelHTTPError` with `status_code`, `headers`,
+`retry_after`); the transport's own exception is its `__cause__`, which is the only
+place that says "refused" from "reset". The ModelError built here chains nothing: what
+nbllm raises never carries the SDK's exception (whose text may echo a header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .catalog import ProviderSpec
+from .errors import ModelError, scrub
+from .probes import describe_http_error
+
+__all__ = ["describe_failure", "timed_out"]
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it was raised from inside the SDK (bounded, cycle-safe)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen) and len(seen) < 8:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _names(chain: list[BaseException]) -> str:
+    return " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+
+
+def timed_out(provider: str, url: str | None, seconds: float, what: str, spec: ProviderSpec | None) -> ModelError:
+    """A request that took longer than its timeout (`what`: which bound it was)."""
+    return ModelError(provider, f"timed out after {seconds:g} s ({what})", url=url, retryable=True,
+                      hint=f"raise {_prefix(provider, spec)}_TIMEOUT (or timeout=) or check the server")
+
+
+def _prefix(provider: str, spec: ProviderSpec | None) -> str:
+    return spec.env_prefix if spec is not None else provider.upper()
+
+
+def _http(exc: Any, provider: str, url: str | None, spec: ProviderSpec | None) -> ModelError:
+    status = int(exc.status_code)
+    message = describe_http_error(status)
+    body = _body_text(getattr(exc, "body", None))
+    if body and status < 500:
+        message += f" ({body[:200]})"
+    prefix = _prefix(provider, spec)
+    hint = None
+    if status in (401, 403):
+        hint = f"check {prefix}_API_KEY"
+        message = f"HTTP {status}: the server refused the credentials" + (f" ({body[:200]})" if body else "")
+    elif status == 404:
+        hint = f"check the model name ({prefix}_MODEL) and base URL ({prefix}_BASE_URL)"
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None:  # pydantic-ai reads whole seconds only; servers also send "0.5"
+        retry_after = _seconds((getattr(exc, "headers", None) or {}).get("retry-after"))
+    retryable = status == 429 or status >= 500
+    return ModelError(provider, message, url=url, hint=hint, retryable=retryable,
+                      retry_after=retry_after if retryable else None, status=status)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
+
+
+def _body_text(body: Any) -> str:
+    """A server's error body in one line: its `error.message` when it has one, else its text."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+        body = message if isinstance(message, str) else body
+    text = body if isinstance(body, str) else (str(body) if body else "")
+    return " ".join(text.split())
+
+
+def describe_failure(exc: BaseException, provider: str, url: str | None, spec: ProviderSpec | None = None,
+                     timeout: float | None = None) -> ModelError:
+    """One readable ModelError (with `retryable`, `retry_after`, `status`) for any exception of a model call."""
+    if isinstance(exc, ModelError):
+        return exc
+    from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UnexpectedModelBehavior
+
+    chain = _chain(exc)
+    http = next((e for e in chain if isinstance(e, ModelHTTPError)), None)
+    if http is not None:
+        return _http(http, provider, url, spec)
+    low = _names(chain)
+    local = spec is not None and spec.kind == "local"
+    prefix = _prefix(provider, spec)
+    deadline = next((e for e in chain if type(e).__name__ == "ModelRequestTimeout"), None)
+    if deadline is not None:  # pydantic-ai's own clocks: the whole reply, or a stream's first chunk
+        seconds = float(getattr(deadline, "timeout", None) or timeout or 0)
+        first = getattr(deadline, "setting", "") == "first_event_timeout"
+        return timed_out(provider, url, seconds, "no first chunk arrived in time" if first else
+                         "the whole reply must arrive within the timeout", spec)
+    if any(isinstance(e, (TimeoutError, asyncio.TimeoutError)) for e in chain) or "timeout" in low or "timed out" in low:
+        return timed_out(provider, url, timeout or 0, "the server sent nothing for that long", spec) if timeout \
+            else ModelError(provider, "timed out", url=url, retryable=True,
+                            hint=f"raise {prefix}_TIMEOUT or check the server")
+    if "refused" in low or "all connection attempts failed" in low or "errno 111" in low:
+        hint = (spec.install_hint if local and spec and spec.install_hint else f"check {prefix}_BASE_URL")
+        if not local:
+            hint = f"check your network (or {prefix}_BASE_URL)"
+        return ModelError(provider, "connection refused (nothing is listening)", url=url, hint=hint)
+    if any(word in low for word in ("peer closed", "incomplete chunked", "remoteprotocolerror", "incomplete",
+                                    "connection reset", "readerror", "server disconnected", "ended without")):
+        return ModelError(provider, "the reply was cut off before it was complete (the connection closed "
+                                    "mid-reply)", url=url, retryable=True, hint="try again; if it keeps happening "
+                                    "the server is crashing or a proxy is dropping long replies")
+    if "connecterror" in low or "connect" in low or "name or service not known" in low or "getaddrinfo" in low:
+        hint = f"check your network (or {prefix}_BASE_URL)" if not local else f"check {prefix}_BASE_URL"
+        detail = next((str(e) for e in reversed(chain) if str(e)), "")
+        return ModelError(provider, f"cannot connect ({detail[:160]})" if detail else "cannot connect", url=url,
+                          hint=hint)
+    if isinstance(exc, UnexpectedModelBehavior) or any(w in low for w in ("json", "decode", "validation")):
+        return ModelError(provider, f"the server sent a malformed answer ({type(exc).__name__}: "
+                                    f"{scrub(str(exc))[:160]})", url=url)
+    if isinstance(exc, ModelAPIError):
+        return ModelError(provider, scrub(str(exc))[:300], url=url, retryable=False)
+    return ModelError(provider, f"{type(exc).__name__}: {scrub(str(exc))[:300]}", url=url)

@@ -1,0 +1,215 @@
+"""What a provider name means right now: a named provider, or `auto`, resolved to a `Choice`.
+
+`auto` is OpenAI when its key is set, else the first local server that answers
+(LM Studio, Ollama, llama.cpp, vLLM… probed concurrently, chosen by priority), then
+another cloud key, then the embedded model. A local server's model is detected from
+what it lists. Both answers are remembered for `DETECT_TTL` seconds, because a probe
+costs a round trip per call otherwise; a failed call (`invalidate`) or any change of
+settings (the registry's generation) forgets them.
+
+Why a module of its own: the registry holds settings and does not choose; this is the
+one place that chooses, so every call, `map`, `compare`, `get_model` and `--test` get
+the same answer for the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import NoReturn
+
+from . import catalog
+from .catalog import AUTO, ProviderSpec
+from .errors import ConfigurationError
+from .health import ProviderHealth, probed
+from .registry import ProviderRegistry, get_registry
+
+__all__ = ["Choice", "choose", "choose_offline", "detected_model", "invalidate", "check", "DETECT_TTL"]
+
+log = logging.getLogger("nbllm")
+
+DETECT_TTL = 60.0
+"""Seconds a local server's detected model (and `auto`'s pick) is trusted before it is probed again."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A resolved provider + model, with the reason (what `auto` says it picked)."""
+
+    provider: str
+    model: str
+    reason: str = ""
+
+
+class _Memory:
+    """Detected models and `auto`'s last pick, valid for one generation of the registry's settings."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.detected: dict[str, tuple[str | None, float]] = {}
+        self.auto: tuple[Choice, float] | None = None
+        self.registry: ProviderRegistry | None = None
+        self.generation = -1
+        self.version = 0
+        """Bumped by every invalidate(): a probe that started before it must not store its (older) answer."""
+
+    def sync(self, registry: ProviderRegistry) -> None:
+        """Forget everything learnt under older settings (reinit, update, another registry)."""
+        with self.lock:
+            if registry is not self.registry or registry.generation != self.generation:
+                self.registry, self.generation = registry, registry.generation
+                self.detected.clear()
+                self.auto = None
+                self.version += 1
+
+
+_memory = _Memory()
+
+
+def _registry() -> ProviderRegistry:
+    registry = get_registry()
+    _memory.sync(registry)
+    return registry
+
+
+def invalidate(name: str | None = None) -> None:
+    """Forget detected models and the `auto` decision (a provider failed or changed)."""
+    with _memory.lock:
+        if name is None:
+            _memory.detected.clear()
+        else:
+            _memory.detected.pop(name, None)
+        if _memory.auto and (name is None or _memory.auto[0].provider == name):
+            _memory.auto = None
+        _memory.version += 1
+
+
+async def check(names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
+    """Probe providers (see `ProviderRegistry.check`) and remember what local servers serve."""
+    registry = _registry()
+    results = await registry.check(names, timeout)
+    now = time.monotonic()
+    with _memory.lock:
+        for h in results.values():  # what a probe detected saves the next call a probe
+            if h.connected:
+                _memory.detected[h.provider] = (h.model_id if h.model_detected else None, now)
+    return results
+
+
+async def detected_model(name: str) -> str | None:
+    """The model a local server reports, remembered for `DETECT_TTL` seconds."""
+    _registry()
+    cached = _memory.detected.get(name)
+    if cached and time.monotonic() - cached[1] < DETECT_TTL:
+        return cached[0]
+    health = (await check([name]))[name]
+    return health.model_id if health.model_detected else None
+
+
+def choose_offline(provider: str | None, model: str | None = None) -> Choice:
+    """Resolve a name (or `auto`) without touching the network.
+
+    Offline, `auto` cannot know which local server answers, so a configured cloud
+    key comes before the first local server by priority (which is not probed).
+    """
+    registry = _registry()
+    name = (provider or AUTO).strip().lower()
+    if name != AUTO:
+        spec, settings = registry.require(name)
+        return Choice(spec.name, model or settings.model, "named")
+    choice = _openai_first(registry, model) or _other_cloud(registry, model, ["no OpenAI key"])
+    if choice:
+        return choice
+    locals_ = _local_candidates(registry)
+    if not locals_:
+        _nothing_usable(["no cloud key and no local server enabled"])
+    spec = locals_[0]
+    return Choice(spec.name, model or registry.settings(spec.name).model,
+                  f"auto (offline): no cloud key; {spec.label} is first among local servers (not probed)")
+
+
+async def choose(provider: str | None, model: str | None = None, detect_model: bool = True) -> Choice:
+    """Resolve a name (or `auto`, probing local servers concurrently) to a provider and model."""
+    registry = _registry()
+    name = (provider or AUTO).strip().lower()
+    if name != AUTO:
+        spec, settings = registry.require(name)
+        if model or not probed(spec, settings) or not detect_model or not settings.model_is_default:
+            return Choice(spec.name, model or settings.model, "named")
+        detected = await detected_model(spec.name)
+        return Choice(spec.name, detected or settings.model, "named; model detected" if detected else "named")
+    if not detect_model:
+        return await _choose_auto(registry, model, detect_model)
+    with _memory.lock:
+        cached, version = _memory.auto, _memory.version
+    if cached and time.monotonic() - cached[1] < DETECT_TTL:
+        choice = cached[0]
+        return Choice(choice.provider, model, choice.reason) if model else choice
+    choice = await _choose_auto(registry, model, detect_model)
+    with _memory.lock:  # an invalidate() during the probes wins over this (older) answer
+        if not model and version == _memory.version:
+            _memory.auto = (choice, time.monotonic())
+    return choice
+
+
+async def _choose_auto(registry: ProviderRegistry, model: str | None, detect_model: bool) -> Choice:
+    """OpenAI with a key; else the first local server that answers; else another cloud key."""
+    first = _openai_first(registry, model)
+    if first:
+        return _log(first)
+    locals_ = _local_candidates(registry)
+    # Providers with a `prepare` hook (a server nbllm starts: the embedded model) are probed
+    # only if reached, and come after every cloud key.
+    plain = [s.name for s in locals_ if not s.prepare]
+    health = await check(plain) if plain else {}
+    cloud_key = any(s.kind == "cloud" and registry.settings(s.name).enabled and registry.settings(s.name).has_key
+                    for s in catalog.all_specs())
+    tried = []
+    for spec in locals_:
+        if spec.prepare and cloud_key:
+            continue
+        if spec.prepare:  # reached, with nothing else usable: start it (health checks never do)
+            try:
+                await registry.prepare(spec.name)
+            except Exception as exc:  # not installed, or it cannot start: say why, go on
+                tried.append(f"{spec.name} ({exc})")
+                continue
+        h = health.get(spec.name) or (await check([spec.name]))[spec.name]
+        if h.connected:  # (check() has remembered its detected model)
+            picked = model or (h.model_id if detect_model else None) or registry.settings(spec.name).model
+            return _log(Choice(spec.name, picked, f"auto: {spec.label} answered at {h.base_url}"))
+        tried.append(f"{spec.name} ({h.error or 'down'})")
+    tried = ["no OpenAI key", *tried]
+    return _log(_other_cloud(registry, model, tried) or _nothing_usable(tried))
+
+
+def _local_candidates(registry: ProviderRegistry) -> list[ProviderSpec]:
+    specs = [s for s in catalog.all_specs() if s.kind == "local" and registry.settings(s.name).enabled]
+    return sorted(specs, key=lambda s: s.auto_priority)
+
+
+def _openai_first(registry: ProviderRegistry, model: str | None) -> Choice | None:
+    openai = registry.settings("openai")
+    if openai.enabled and openai.has_key:
+        return Choice("openai", model or openai.model, "auto: OPENAI_API_KEY is set")
+    return None
+
+
+def _other_cloud(registry: ProviderRegistry, model: str | None, tried: list[str]) -> Choice | None:
+    """The first other cloud provider with a key, in catalog order."""
+    for spec in catalog.all_specs():
+        st = registry.settings(spec.name)
+        if spec.kind == "cloud" and spec.name != "openai" and st.enabled and st.has_key:
+            return Choice(spec.name, model or st.model, f"auto: {spec.env_prefix} key is set; " + "; ".join(tried))
+    return None
+
+
+def _nothing_usable(tried: list[str]) -> NoReturn:
+    raise ConfigurationError(f"auto found no usable provider ({'; '.join(tried)}). {catalog.NOTHING_USABLE_ADVICE}")
+
+
+def _log(choice: Choice) -> Choice:
+    log.info("nbllm %s → %s (%s)", choice.reason, choice.provider, choice.model)
+    return choice
