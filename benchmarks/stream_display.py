@@ -7,12 +7,19 @@ streamed with the large-text rule turned off (`display.LARGE` = infinity: what e
 update cost before it), with the characters each one published and the ratios. The
 display publisher JSON-encodes each bundle as a kernel's would, then drops it.
 
-Run: `.venv/bin/python benchmarks/stream_display.py [--mb 5] [--word 64] [--runs 3]`.
+The last line is pydantic-ai's own stream of the same answer with nothing displayed
+(`pydantic_ai.direct.model_request_stream`): the part of a streamed call that is not
+nbllm's. Measured Dec 2026 it is most of it for long answers — pydantic-ai rebuilds
+the accumulated text on every delta (`TextPartDelta.apply`: `part.content + delta`),
+so its cost grows with the square of the answer.
+
+Run: `.venv/bin/python benchmarks/stream_display.py [--mb 5] [--word 512] [--runs 3]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -66,10 +73,25 @@ def run_cell(shell: Any, source: str) -> tuple[float, EncodingPublisher]:
     return elapsed, publisher
 
 
+async def pydantic_ai_stream(url: str) -> float:
+    """Seconds for pydantic-ai alone to stream the server's answer, nothing displayed."""
+    from pydantic_ai.direct import model_request_stream
+    from pydantic_ai.messages import ModelRequest, UserPromptPart
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
+
+    model = OpenAIChatModel("fake-model", provider=OpenAICompatibleProvider("bench", base_url=url, api_key="none"))
+    started = time.perf_counter()
+    async with model_request_stream(model, [ModelRequest(parts=[UserPromptPart("run")])]) as stream:
+        async for _event in stream:
+            pass
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=5.0, help="answer size in MB (default 5)")
-    parser.add_argument("--word", type=int, default=64, help="characters per streamed chunk (default 64)")
+    parser.add_argument("--word", type=int, default=512, help="characters per streamed chunk (default 512)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="nbllm-bench-"))
@@ -95,12 +117,14 @@ def main() -> None:
                  "streamed, every update whole (old)": ("", math.inf)}
         times: dict[str, list[float]] = {name: [] for name in cases}
         published: dict[str, EncodingPublisher] = {}
+        alone: list[float] = []
         for i in range(args.runs):  # interleaved, so machine noise hits every case alike
             for name, (flags, limit) in cases.items():
                 display.LARGE = limit
                 elapsed, publisher = run_cell(shell, f"%%llm {flags}\nrun {i}")
                 times[name].append(elapsed)
                 published[name] = publisher
+            alone.append(asyncio.run(pydantic_ai_stream(server.url + "/v1")))
         display.LARGE = large
     size = len(json.dumps({"text/markdown": text, "text/plain": text}))
     base = statistics.median(times["--no-stream"])
@@ -111,6 +135,10 @@ def main() -> None:
         med = statistics.median(values)
         print(f"   {name:<36} {med:7.2f} s  ({med / base:5.2f}x --no-stream) | {p.count:4d} displays, "
               f"{p.chars / 1e6:8.1f} MB published ({p.chars / size:5.1f}x the answer)")
+    med = statistics.median(alone)
+    print(f"   {'pydantic-ai stream alone, no display':<36} {med:7.2f} s  ({med / base:5.2f}x --no-stream)")
+    streamed, old = statistics.median(times["streamed"]), statistics.median(times["streamed, every update whole (old)"])
+    print(f"   => beyond pydantic-ai's stream: streamed {streamed - med:+.2f} s, every update whole {old - med:+.2f} s")
 
 
 if __name__ == "__main__":

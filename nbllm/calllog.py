@@ -32,6 +32,7 @@ import atexit
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -76,6 +77,7 @@ CREATE INDEX IF NOT EXISTS calls_time ON calls (time);
 PRAGMA user_version = 1;
 """
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _INSERT = f"INSERT INTO calls ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' for _ in COLUMNS[1:])})"
 
 
@@ -235,12 +237,7 @@ def clean(text: str | None) -> str | None:
     credentials, and writable (a lone surrogate, which SQLite cannot encode, becomes U+FFFD)."""
     if not text:
         return text
-    text = scrub(text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
+    return _SURROGATE.sub("\ufffd", scrub(text))
 
 
 def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcome: str | None = None) -> None:

@@ -13,6 +13,8 @@ import inspect
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .errors import scrub_library_logs
+
 if TYPE_CHECKING:
     import httpx2
 
@@ -26,6 +28,7 @@ def cached_per_loop(key: Any, build: Any) -> Any:
     loop = asyncio.get_running_loop()
     cache = _per_loop.setdefault(loop, {})
     if key not in cache:
+        scrub_library_logs()  # the clients' own log lines carry URLs: scrub them before the first request
         cache[key] = build()
     return cache[key]
 

@@ -26,6 +26,7 @@ NbllmError scrubs its own message, so no face can forget to.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -34,7 +35,7 @@ from typing import Any
 __all__ = [
     "NbllmError", "ConfigurationError", "ModelError", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
     "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "redact", "display_url",
-    "remember_secrets", "detached",
+    "remember_secrets", "detached", "scrub_library_logs",
 ]
 
 MASK = "***"
@@ -47,7 +48,7 @@ _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#]*@")
 _SHAPES = re.compile(
     r"(?P<scheme>\b(?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=\-]{4,}"  # Authorization credentials
     r"|(?P<header>\b(?:x-api-key|api-key|x-goog-api-key|api_key|apikey|x-auth-token)[\"']?\s*[:=]\s*[\"']?)"
-    r"[^\s\"',;&}]{4,}"  # header or parameter with its value
+    r"[^\s\"',;&}\])]{4,}"  # header or parameter with its value
     r"|(?P<param>[?&]key=)[^&\s\"']+"  # Google-style ?key=
     r"|\b(?:sk-[A-Za-z0-9_\-]{8,}|xai-[A-Za-z0-9_\-]{8,}|AIza[A-Za-z0-9_\-]{20,}|gsk_[A-Za-z0-9]{8,}"
     r"|hf_[A-Za-z0-9]{8,})",  # well-known key shapes
@@ -98,6 +99,28 @@ def scrub(text: Any, secrets: Iterable[str] = ()) -> str:
 
 redact = scrub
 """The old name of `scrub`, kept for callers that pass a provider's own keys."""
+
+
+class ScrubLogs(logging.Filter):
+    """Scrubs every record of the HTTP libraries' loggers (httpx2 logs request URLs, user:password@ included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+_LOGGERS = ("httpx2", "httpx", "httpcore2", "httpcore", "openai", "anthropic", "google_genai")
+
+
+def scrub_library_logs() -> None:
+    """Put `ScrubLogs` on the loggers of the libraries nbllm drives (once; cheap to call again)."""
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ScrubLogs) for f in logger.filters):
+            logger.addFilter(ScrubLogs())
 
 
 def detached(exc: BaseException) -> BaseException:

@@ -95,7 +95,7 @@ def _body_text(body: Any) -> str:
 
 
 def describe_failure(exc: BaseException, provider: str, url: str | None, spec: ProviderSpec | None = None,
-                     timeout: float | None = None) -> ModelError:
+                     timeout: float | None = None, default_url: bool = True) -> ModelError:
     """One readable ModelError (with `retryable`, `retry_after`, `status`) for any exception of a model call."""
     if isinstance(exc, ModelError):
         return exc
@@ -119,12 +119,21 @@ def describe_failure(exc: BaseException, provider: str, url: str | None, spec: P
             else ModelError(provider, "timed out", url=url, retryable=True,
                             hint=f"raise {prefix}_TIMEOUT or check the server")
     if "refused" in low or "all connection attempts failed" in low or "errno 111" in low:
-        hint = (spec.install_hint if local and spec and spec.install_hint else f"check {prefix}_BASE_URL")
+        # "start the server" helps where nbllm looked by default; elsewhere the variable pointing there comes first
+        start = spec.install_hint if local and spec and spec.install_hint else None
+        hint = start if start and default_url else f"check {prefix}_BASE_URL" + (f", or {start}" if start else "")
         if not local:
             hint = f"check your network (or {prefix}_BASE_URL)"
         return ModelError(provider, "connection refused (nothing is listening)", url=url, hint=hint)
+    if "ended without content" in low:  # 200, but no event at all: garbage or an empty body
+        return ModelError(provider, "the server sent a malformed answer (no valid stream events: an empty or "
+                                    "garbled body)", url=url, hint="check that the server speaks OpenAI's API")
+    if "ended without" in low:  # events, then no finish reason: the stream was cut mid-way
+        return ModelError(provider, "the reply was cut off before it was complete (the stream ended without a "
+                                    "finish reason)", url=url, retryable=True,
+                          hint="try again; if it keeps happening the server is crashing")
     if any(word in low for word in ("peer closed", "incomplete chunked", "remoteprotocolerror", "incomplete",
-                                    "connection reset", "readerror", "server disconnected", "ended without")):
+                                    "connection reset", "readerror", "server disconnected")):
         return ModelError(provider, "the reply was cut off before it was complete (the connection closed "
                                     "mid-reply)", url=url, retryable=True, hint="try again; if it keeps happening "
                                     "the server is crashing or a proxy is dropping long replies")

@@ -271,7 +271,7 @@ def _model_and_options(call: Call, target: Target, streamed: bool) -> tuple["Mod
 def _failed(exc: BaseException, target: Target, timeout: float | None) -> ModelError:
     """A failed attempt as one ModelError; `auto`/model detection look again next time."""
     routing.invalidate(target.provider)
-    return describe_failure(exc, target.provider, target.url, target.spec, timeout)
+    return describe_failure(exc, target.provider, target.url, target.spec, timeout, target.settings.base_url_is_default)
 
 
 async def _crash_report(target: Target, error: ModelError) -> ModelError:

@@ -4,9 +4,16 @@
 renders in JupyterLab, Notebook 7 and VS Code). The panel holds no logic: choosing
 calls `session.use()`, and it follows `session.observe()`, so a magic or
 `nbllm.use()` in another cell moves every panel. Health checks run on nbllm's
-background loop; their results are applied from that thread (ipywidgets sends
-trait changes through the kernel's comm from any thread), so neither the kernel
-nor the page waits for a slow provider.
+background loop (`ProviderRegistry.check`, bounded per provider); their results are
+applied from that thread (ipywidgets sends trait changes through the kernel's comm
+from any thread), so neither the kernel nor the page waits for a slow provider.
+
+What the page sends (a pick, Refresh) is handled by the kernel's main shell, in
+turn with cells. ipykernel 7 would otherwise route a widget's messages to the
+subshell JupyterLab opens for widgets as soon as the widget has sent anything while
+handling one of them, and run them there while a cell runs: the busy/idle of that
+handling is the kernel status JupyterLab shows, so the status bar read "Idle"
+during the running cell (see `_handle_on_main_shell`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
-import importlib
 import logging
 import threading
 import time
@@ -24,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from . import bridge, probes, session
+from . import bridge, session
 from .catalog import AUTO, all_specs
 from .errors import NbllmError, display_url
-from .health import ProviderHealth, known_without_probe
+from .health import ProviderHealth, known_without_probe, unfinished
 from .registry import get_registry
 from .session import Selection
 from .tables import _STATUS_COLOURS, health_rows
@@ -85,6 +91,8 @@ class ProviderPanel(widgets.VBox):
         self.refresh_button.layout.width = "110px"
         controls = widgets.HBox([self.provider_select, self.model_select, self.refresh_button, self.check_label])
         super().__init__(children=[controls, self.default_line, self.table], **kwargs)
+        for widget in _walk(self):
+            _handle_on_main_shell(widget)
         self.add_class("nbllm-panel")
 
         with self._syncing_widgets():
@@ -114,7 +122,9 @@ class ProviderPanel(widgets.VBox):
             with self._syncing_widgets():
                 self._fill_providers(checking=True)
             self._render_table(checking=True)
-        future = asyncio.run_coroutine_threadsafe(_bounded_check(registry, timeout), bridge.get_loop())
+        # Each provider on its own bound: one stuck check gets a "timed out" row, the others their results.
+        check = registry.check(None, timeout, bound=timeout + PANEL_MARGIN)
+        future = asyncio.run_coroutine_threadsafe(check, bridge.get_loop())
         self._future = future
         future.add_done_callback(lambda f: self._on_checked(f, generation, timeout))
         return future
@@ -221,7 +231,8 @@ class ProviderPanel(widgets.VBox):
                     self.check_label.value = _small(_escape(f"check failed: {type(error).__name__}: {error}"))
                 # Every row gets an outcome: none is left "checking…" until the next Refresh.
                 registry = get_registry()
-                self._health = {name: _unfinished(registry, name, timeout, error) for name in registry.names()}
+                self._health = {name: unfinished(registry.spec(name), registry.settings(name), timeout, error)
+                                for name in registry.names()}
             try:
                 with self._syncing_widgets():
                     self._fill_providers()
@@ -233,18 +244,7 @@ class ProviderPanel(widgets.VBox):
 
     # ---- rendering ------------------------------------------------------------
     def _render_default(self, selection: Selection) -> None:
-        model = selection.model or "the provider's default"
-        text = (f"Kernel-wide default: <b class='nbllm-current'>{_escape(selection.provider)}</b>"
-                f" · model: <code>{_escape(model)}</code>"
-                " — used by <code>%%llm</code> without <code>-p</code> and <code>nbllm.ask()</code>")
-        health = self._health.get(selection.provider)
-        if health is not None and not health.available:
-            reason = _escape(get_registry().scrub(health.error or health.status))
-            text += (f"<br>⚠ <b>{_escape(selection.provider)} is {health.status}</b>: {reason}."
-                     " Calls will fail until it answers.")
-        if self._note:
-            text += f"<br>⚠ {_escape(get_registry().scrub(self._note))}"
-        self.default_line.value = f'<div class="nbllm-default">{text}</div>'
+        self.default_line.value = _default_html(selection, self._health.get(selection.provider), self._note)
 
     def _render_table(self, checking: bool = False) -> None:
         registry = get_registry()
@@ -252,15 +252,7 @@ class ProviderPanel(widgets.VBox):
             rows = health_rows({n: self._health[n] for n in registry.names() if n in self._health})
         else:
             rows = [_pending_row(registry, spec.name) for spec in all_specs()]
-        head = "".join(f"<th {_CELL_STYLE}>{label}</th>" for _key, label in _TABLE_HEADINGS)
-        body = "".join(
-            "<tr>" + "".join(_td(key, row.get(key)) for key, _label in _TABLE_HEADINGS) + "</tr>" for row in rows
-        )
-        caption = f"<caption style='text-align:left; caption-side:top'>{CHECKING}</caption>" if checking else ""
-        self.table.value = (
-            "<div style='overflow-x:auto'><table class='nbllm-health' style='border-collapse:collapse;"
-            f" font-size:0.9em; line-height:1.3'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-        )
+        self.table.value = _table_html(rows, checking)
 
     def _syncing_widgets(self) -> "_Syncing":
         return _Syncing(self)
@@ -297,49 +289,53 @@ def _subscribe(owner: ProviderPanel) -> Callable[[], None]:
     return unsubscribe[0]
 
 
-async def _bounded_check(registry: "ProviderRegistry", timeout: float) -> dict[str, ProviderHealth]:
-    """Check every provider concurrently, each on its own bound: one still unfinished after
-    `timeout + PANEL_MARGIN` gets a "timed out" row, and the others keep their results."""
-    # The first check in a fresh kernel may wait seconds on imports the main thread is
-    # running (Run All: pydantic-ai for %%llm); that wait must not count against the bound.
-    await asyncio.to_thread(_import_probe_modules, registry)
-    probes.shared_client()
-    bound = timeout + PANEL_MARGIN
-    names = registry.names()
-    tasks = {name: asyncio.ensure_future(registry.check([name], timeout)) for name in names}
-    try:
-        await asyncio.wait(tasks.values(), timeout=bound)
-    finally:
-        for task in tasks.values():
-            task.cancel()  # no-op for finished ones; also when the panel drops this check
-    results: dict[str, ProviderHealth] = {}
-    for name, task in tasks.items():
-        if task.done() and not task.cancelled() and task.exception() is None:
-            results.update(task.result())
-        else:
-            failure = None if task.cancelled() or not task.done() else task.exception()
-            results[name] = _unfinished(registry, name, bound, failure)
-    return results
+def _handle_on_main_shell(widget: widgets.Widget) -> None:
+    """Have the kernel's main shell handle what the page sends to `widget` (and its layout and style).
+
+    ipykernel 7 sends a comm message from the page to the subshell named in the header
+    of the message its comm last replied under; JupyterLab names its widget subshell in
+    every widget message. So once the panel has updated its widgets while handling one
+    (a pick, Refresh — or its loop thread applying a check that Refresh started, under
+    the same parent), the next pick runs in that subshell at the same time as a cell,
+    and the busy/idle it publishes becomes the status JupyterLab shows for the whole
+    kernel: "Idle" while the cell still runs. The main shell handles it after the cell,
+    like any kernel without subshells, and choosing never races a running cell.
+    """
+    for w in (widget, getattr(widget, "layout", None), getattr(widget, "style", None)):
+        comm = getattr(w, "comm", None)
+        if comm is not None and hasattr(comm, "_reply_subshell_for"):  # ipykernel >= 7.4's comm routing
+            comm._reply_subshell_for = _main_shell
 
 
-def _import_probe_modules(registry: "ProviderRegistry") -> None:
-    """Import what the probes need, off the loop thread (an import may wait on another thread's)."""
-    import httpx2  # noqa: F401  (the probes' HTTP client)
-
-    for name in registry.names():
-        hook = registry.spec(name).prepare
-        if hook:
-            importlib.import_module(hook.partition(":")[0])
+def _main_shell(data: Any, default: str | None) -> None:
+    """Comm routing hook: None is the kernel's main shell."""
+    return None
 
 
-def _unfinished(registry: "ProviderRegistry", name: str, bound: float, failure: BaseException | None) -> ProviderHealth:
-    """The row of a provider whose check did not finish in time (or raised)."""
-    spec, settings = registry.spec(name), registry.settings(name)
-    timed_out = failure is None or isinstance(failure, (asyncio.TimeoutError, TimeoutError))
-    error = (f"timed out after {bound:g} s (the check did not finish)" if timed_out
-             else f"check failed: {type(failure).__name__}: {failure}")
-    return ProviderHealth(provider=name, enabled=settings.enabled, connected=False, model_id=settings.model,
-                          base_url=display_url(settings.base_url), kind=spec.kind, error=error)
+def _default_html(selection: Selection, health: ProviderHealth | None, note: str) -> str:
+    """The line under the selectors: the kernel-wide default, and why it may not answer."""
+    model = selection.model or "the provider's default"
+    text = (f"Kernel-wide default: <b class='nbllm-current'>{_escape(selection.provider)}</b>"
+            f" · model: <code>{_escape(model)}</code>"
+            " — used by <code>%%llm</code> without <code>-p</code> and <code>nbllm.ask()</code>")
+    if health is not None and not health.available:
+        reason = _escape(get_registry().scrub(health.error or health.status))
+        text += (f"<br>⚠ <b>{_escape(selection.provider)} is {health.status}</b>: {reason}."
+                 " Calls will fail until it answers.")
+    if note:
+        text += f"<br>⚠ {_escape(get_registry().scrub(note))}"
+    return f'<div class="nbllm-default">{text}</div>'
+
+
+def _table_html(rows: list[dict[str, Any]], checking: bool) -> str:
+    """The health table as escaped HTML (a "checking…" caption while a check runs)."""
+    head = "".join(f"<th {_CELL_STYLE}>{label}</th>" for _key, label in _TABLE_HEADINGS)
+    body = "".join(
+        "<tr>" + "".join(_td(key, row.get(key)) for key, _label in _TABLE_HEADINGS) + "</tr>" for row in rows
+    )
+    caption = f"<caption style='text-align:left; caption-side:top'>{CHECKING}</caption>" if checking else ""
+    return ("<div style='overflow-x:auto'><table class='nbllm-health' style='border-collapse:collapse;"
+            f" font-size:0.9em; line-height:1.3'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, str]], value: str | None = None) -> None:

@@ -97,7 +97,8 @@ class Bench:
     """The faulty server behind the default provider `lmstudio`, and how to heal it."""
 
     def __init__(self, make_server: Callable[..., FakeLLMServer], monkeypatch: pytest.MonkeyPatch,
-                 good: FakeLLMServer, retries: int = RETRIES, timeout: float = TIMEOUT, **env: str):
+                 good: FakeLLMServer, retries: int = RETRIES, timeout: float = TIMEOUT, warm: bool = False,
+                 **env: str):
         self.make_server = make_server
         self.server = make_server()
         self.good = good
@@ -110,6 +111,9 @@ class Bench:
         }.items():
             monkeypatch.setenv(key, value)
         reset_nbllm()
+        if warm:  # imports are paid before anything is timed; through ollama, so that no
+            # keep-alive connection to this server outlives its stop() (a refused port is refused)
+            assert nbllm.ask("warm up", provider="ollama").text == "Echo: warm up"
 
     def break_(self, fault: Fault) -> None:
         if fault.refused:
@@ -173,7 +177,7 @@ def assert_clear_line(line: str, fault: Fault, url: str) -> None:
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_fault_gives_one_clear_line_and_leaves_the_default(fault: Fault, face: str, make_server, monkeypatch,
                                                           fake_server, request) -> None:
-    bench = Bench(make_server, monkeypatch, fake_server, retries=fault.retries, **fault.env)
+    bench = Bench(make_server, monkeypatch, fake_server, retries=fault.retries, warm=True, **fault.env)
     ip = request.getfixturevalue("shell") if face in ("cell", "cell-no-stream", "line") else None
     before = nbllm.current()
     assert before == Selection("lmstudio", None)
@@ -259,7 +263,7 @@ def test_fault_gives_one_clear_line_and_leaves_the_default(fault: Fault, face: s
 def test_a_trickling_reply_is_cut_at_the_timeout_as_a_whole(make_server, monkeypatch, fake_server):
     """8 bytes every 0.2 s never leaves the connection idle for 1 s, yet the reply takes ~8 s:
     the whole non-streamed attempt is bounded by LMSTUDIO_TIMEOUT=1."""
-    bench = Bench(make_server, monkeypatch, fake_server, retries=0, timeout=1)
+    bench = Bench(make_server, monkeypatch, fake_server, retries=0, timeout=1, warm=True)
     bench.server.set(mode="trickle", chunk_delay=0.2)
     started = time.perf_counter()
     with pytest.raises(ModelError) as info:
@@ -270,7 +274,7 @@ def test_a_trickling_reply_is_cut_at_the_timeout_as_a_whole(make_server, monkeyp
 
 
 def test_a_stream_slower_than_the_timeout_fails_and_keeps_its_text(make_server, monkeypatch, fake_server):
-    bench = Bench(make_server, monkeypatch, fake_server, retries=RETRIES, timeout=1)
+    bench = Bench(make_server, monkeypatch, fake_server, retries=RETRIES, timeout=1, warm=True)
     bench.server.set(mode="trickle", chunk_delay=1.6, reply="first second third")
     stream = nbllm.stream(PROMPT)
     received: list[str] = []
@@ -289,7 +293,7 @@ def test_a_stream_slower_than_the_timeout_fails_and_keeps_its_text(make_server, 
 def test_429_waits_what_retry_after_says(face, make_server, monkeypatch, fake_server):
     """Two 429s then an answer: a short Retry-After is faster than the backoff would be
     (≥ 0.75 s for two retries), a long one is waited for."""
-    bench = Bench(make_server, monkeypatch, fake_server, retries=RETRIES)
+    bench = Bench(make_server, monkeypatch, fake_server, retries=RETRIES, warm=True)
 
     def timed() -> float:
         started = time.perf_counter()
@@ -381,6 +385,8 @@ def config_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     ("LMSTUDIO_TIMEOUT", "soon", lambda: get_registry().settings("lmstudio").timeout == 30.0),
     ("LMSTUDIO_TEMPERATURE", "hot", lambda: get_registry().settings("lmstudio").temperature == 0.7),
     ("NBLLM_PROVIDER", "nope", lambda: nbllm.current() == Selection("auto", None)),
+    ("LMSTUDIO_MAX_RETRIES", "lots", lambda: get_registry().settings("lmstudio").max_retries == 3),
+    ("NBLLM_CACHE_MODE", "sometimes", lambda: nbllm.cache() == "off" and len(nbllm.cache) == 0),
 ])
 def test_a_bad_environment_value_is_one_warning_and_calls_work(variable, value, check, make_server, monkeypatch,
                                                                fake_server):
@@ -429,7 +435,7 @@ def test_a_bad_flag_is_one_line_nothing_is_sent_and_the_next_cell_works(cell, wo
 
 @pytest.mark.parametrize("content, words", [
     (b"LMSTUDIO_MODEL=fake-model\n\xff\xfe broken\n", ("not UTF-8", "0xff")),
-    (b"LMSTUDIO_TIMEOUT=soon\n", ("LMSTUDIO_TIMEOUT", "from .env")),
+    (b"LMSTUDIO_TEMPERATURE=hot\n", ("LMSTUDIO_TEMPERATURE", "'hot'", "from .env")),
 ], ids=["byte-0xff", "bad-value"])
 def test_a_bad_dotenv_file_is_one_warning_and_calls_work(content, words, make_server, monkeypatch, fake_server,
                                                          tmp_path):

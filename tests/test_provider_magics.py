@@ -195,7 +195,9 @@ def test_panel_is_shown(shell, monkeypatch):
             shown.append(True)
             return "<b>panel</b>"
 
-    monkeypatch.setattr(nbllm, "panel", lambda: FakePanel(), raising=False)
+    from nbllm import widgets
+
+    monkeypatch.setattr(widgets, "panel", lambda: FakePanel())
     captured = magic(shell, "--panel")
     assert [o.data.get("text/html") for o in captured.outputs] == ["<b>panel</b>"] and captured.stdout == ""
     captured = magic(shell, "--panel --use ollama")

@@ -237,12 +237,12 @@ def test_a_slow_first_import_does_not_count_against_the_bound(lmstudio, panels, 
 
 
 def test_a_failed_check_leaves_no_row_checking(lmstudio, monkeypatch):
-    from nbllm import widgets
+    from nbllm.registry import ProviderRegistry
 
-    async def broken(registry, timeout):
+    async def broken(self, names=None, timeout=None, bound=None):
         raise RuntimeError("the check broke")
 
-    monkeypatch.setattr(widgets, "_bounded_check", broken)
+    monkeypatch.setattr(ProviderRegistry, "check", broken)
     p = nbllm.panel()
     try:
         assert p.wait(WAIT)

@@ -281,11 +281,11 @@ class LLMMagics(Magics):
 
 def _many(shell: Any, args: Namespace, prompt: str, options: dict[str, Any], show: bool) -> Any:
     """`--compare` / `--consensus`: the API's function, its result stored (-o) and shown."""
-    import nbllm
+    from .. import multi
 
     kind = "compare" if args.compare is not None else "consensus"
     names = args.compare if args.compare is not None else args.consensus
-    function = getattr(nbllm, kind)
+    function = getattr(multi, kind)
     if "provider" in options:
         raise UsageError(f"--{kind} takes the providers itself: --{kind} a,b instead of -p.")
     providers = [name.strip() for name in names.split(",") if name.strip()] or None

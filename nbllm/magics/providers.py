@@ -71,10 +71,11 @@ def _asks_for_help(line: str) -> bool:
 
 
 def _show_panel() -> None:
-    import nbllm
     from IPython.display import display
 
-    widget = nbllm.panel()
+    from ..widgets import panel
+
+    widget = panel()
     if widget is not None:
         display(widget)
 
