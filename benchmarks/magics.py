@@ -33,6 +33,24 @@ PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "XAI_", "LMS
             "NBLLM_", "EMBEDDED_")
 
 
+def isolated_env() -> tuple[Path, dict[str, str]]:
+    """A fresh folder, and this process's environment without provider variables, nbllm's files in that folder."""
+    home = Path(tempfile.mkdtemp(prefix="nbllm-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+    env.update(NBLLM_CONFIG=str(home / "config.json"), NBLLM_HISTORY=str(home / "history.sqlite"),
+               NBLLM_CACHE=str(home / "cache.sqlite"))
+    return home, env
+
+
+def serve_lmstudio_from(server: FakeLLMServer, home: Path, env: dict[str, str], **extra: str) -> None:
+    """This process as a kernel would be: `env`, lmstudio (the default) on `server`, other local servers closed."""
+    closed = "http://127.0.0.1:9"
+    os.environ.clear()
+    os.environ.update(env, LMSTUDIO_BASE_URL=server.url + "/v1", NBLLM_PROVIDER="lmstudio",
+                      OLLAMA_BASE_URL=closed, LLAMACPP_BASE_URL=closed, EMBEDDED_BASE_URL=closed, **extra)
+    os.chdir(home)
+
+
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
@@ -160,18 +178,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="nbllm-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
-    env.update(NBLLM_CONFIG=str(home / "config.json"), NBLLM_HISTORY=str(home / "history.sqlite"),
-               NBLLM_CACHE=str(home / "cache.sqlite"))
+    home, env = isolated_env()
     loading(max(5, args.runs // 2), env)
 
     with FakeLLMServer() as server:
-        closed = "http://127.0.0.1:9"
-        os.environ.clear()
-        os.environ.update(env, LMSTUDIO_BASE_URL=server.url + "/v1", NBLLM_PROVIDER="lmstudio",
-                          OLLAMA_BASE_URL=closed, LLAMACPP_BASE_URL=closed, EMBEDDED_BASE_URL=closed)
-        os.chdir(home)
+        serve_lmstudio_from(server, home, env)
         from IPython.core.interactiveshell import InteractiveShell
 
         shell = InteractiveShell.instance()

@@ -22,10 +22,8 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fakeserver import FakeLLMServer  # noqa: E402
 from IPython.core.displaypub import DisplayPublisher  # noqa: E402
+from magics import isolated_env, serve_lmstudio_from  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "XAI_", "LMSTUDIO_", "OLLAMA_", "LLAMACPP_",
-            "NBLLM_", "EMBEDDED_")
 
 
 class EncodingPublisher(DisplayPublisher):
@@ -94,17 +91,10 @@ def main() -> None:
     parser.add_argument("--word", type=int, default=512, help="characters per streamed chunk (default 512)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="nbllm-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
-    env.update(NBLLM_CONFIG=str(home / "config.json"), NBLLM_HISTORY=str(home / "history.sqlite"),
-               NBLLM_CACHE=str(home / "cache.sqlite"))
+    home, env = isolated_env()
     text = answer(args.mb, args.word)
     with FakeLLMServer(reply=text) as server:
-        closed = "http://127.0.0.1:9"
-        os.environ.clear()
-        os.environ.update(env, LMSTUDIO_BASE_URL=server.url + "/v1", NBLLM_PROVIDER="lmstudio", LMSTUDIO_TIMEOUT="600",
-                          OLLAMA_BASE_URL=closed, LLAMACPP_BASE_URL=closed, EMBEDDED_BASE_URL=closed)
-        os.chdir(home)
+        serve_lmstudio_from(server, home, env, LMSTUDIO_TIMEOUT="600")
         from IPython.core.interactiveshell import InteractiveShell
 
         from nbllm import display

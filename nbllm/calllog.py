@@ -12,7 +12,7 @@ daemon thread batches the rows into the file (WAL mode), so logging never adds
 disk latency to a call. `history()` waits for pending rows before it reads.
 
 Keys never reach the file: rows are built from prompts, answers and settings, and
-every text is scrubbed of every key the process knows (`ProviderRegistry.scrub`).
+every text is scrubbed of every key the process knows (`errors.scrub`).
 
 Schema (table `calls`, `PRAGMA user_version = 1`)::
 

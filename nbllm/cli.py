@@ -16,7 +16,8 @@ import sys
 import warnings
 from typing import Any
 
-from .commands import PROVIDERS_DESCRIPTION, Outcome, add_provider_arguments, run_providers, scrub
+from .commands import PROVIDERS_DESCRIPTION, Outcome, add_provider_arguments, run_providers
+from .errors import scrub
 
 __all__ = ["build_providers_parser", "build_parser", "exit_status", "main"]
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 __all__ = [
     "PROVIDERS_DESCRIPTION", "Outcome", "add_provider_arguments", "positive_seconds", "has_action", "run_providers",
-    "scrub",
 ]
 
 Face = Literal["cli", "magic"]
@@ -188,15 +187,14 @@ def _health(timeout: float | None) -> Outcome:
 
 def _list() -> Outcome:
     from . import tables
-    from .config import user_config_path
     from .registry import get_registry
 
     registry = get_registry()
     df = tables.variables_frame()
     problems = [p for name in registry.names() for p in registry.settings(name).problems]
     problems += list(registry.global_settings.problems)
-    message = "\n".join([f"user config file: {user_config_path()}", *problems])
-    data = {"config_file": str(user_config_path()), "variables": df.to_dict("records"), "problems": problems}
+    message = "\n".join([f"user config file: {registry.config_path}", *problems])
+    data = {"config_file": str(registry.config_path), "variables": df.to_dict("records"), "problems": problems}
     return Outcome(message, df, data)
 
 
@@ -256,25 +254,17 @@ def _test(name: str, timeout: float | None) -> Outcome:
 
 def _reinit() -> Outcome:
     from . import api, session
-    from .config import user_config_path
+    from .registry import get_registry
 
     api.reinit()
     summary = api.status()
-    message = f"re-read the environment, .env and {user_config_path()}\n{summary}\ndefault: {session.current()}"
+    message = f"re-read the environment, .env and {get_registry().config_path}\n{summary}\ndefault: {session.current()}"
     return Outcome(message, data={"summary": asdict(summary)})
 
 
 def _saved_note(persist: bool) -> str:
     if not persist:
         return " (this kernel; add --save to keep it)"
-    from .config import user_config_path
-
-    return f" (saved to {user_config_path()})"
-
-
-def scrub(text: str) -> str:
-    """The registry's scrub, which each face applies to what it shows: no key or URL
-    credential reaches a terminal or a notebook."""
     from .registry import get_registry
 
-    return get_registry().scrub(text)
+    return f" (saved to {get_registry().config_path})"

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .catalog import ProviderSpec, all_specs, key_env_names
-from .errors import redact
+from .errors import scrub
 from .settings_values import (
     FIELDS, GLOBALS, BadValue, Secret, decode, host_to_url, is_name, openai_base, os_reason, server_root, to_path,
     validate_user_config,
@@ -77,7 +77,7 @@ def _masked_repr(obj: Any) -> str:
     """The dataclass repr without keys (`masks`), key shapes, URL passwords or `--api_key X`."""
     text = ", ".join(f"{f.name}={getattr(obj, f.name)!r}" for f in fields(obj) if f.repr)
     secrets = tuple(m.get() for m in obj.masks)
-    return _ARG_KEYS.sub(r"\1***", redact(f"{type(obj).__name__}({text})", secrets))
+    return _ARG_KEYS.sub(r"\1***", scrub(f"{type(obj).__name__}({text})", secrets))
 
 
 @dataclass(frozen=True, repr=False)
@@ -183,7 +183,7 @@ def _bad(name: str, raw: str, bad: BadValue, instead: str, origin: Mapping[str, 
          warn: bool) -> str:
     """The one sentence about a bad value (warned once), returned for `.problems`."""
     where = " (from .env)" if origin.get(name) == ".env" else ""
-    problem = redact(f"nbllm: {name}={raw.strip()!r}{where} is not valid: {bad}; using {instead}.", masks)
+    problem = scrub(f"nbllm: {name}={raw.strip()!r}{where} is not valid: {bad}; using {instead}.", masks)
     if warn:
         config_warning(problem, key=(name, raw))
     return problem
@@ -281,8 +281,9 @@ def read_user_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return data
 
 
-def write_user_config(data: Mapping[str, Any]) -> Path:
-    path = user_config_path()
+def write_user_config(data: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Write the user config file (`path`: where the caller already knows it is) atomically."""
+    path = path or user_config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dict(data), indent=2, sort_keys=True))
@@ -420,6 +421,6 @@ def global_variable_rows(settings: GlobalSettings, env: Mapping[str, str]) -> li
         raw = (env.get(var.name) or "").strip()
         source = settings.sources.get(var.name, "")
         shown = raw if raw else (str(settings.value(var.name) or "") if source == "config" else "")
-        shown = _ARG_KEYS.sub(r"\1***", redact(shown, masks)) if shown else ""
+        shown = _ARG_KEYS.sub(r"\1***", scrub(shown, masks)) if shown else ""
         rows.append({"provider": "nbllm", "variable": var.name, "set": bool(raw), "source": source, "value": shown})
     return rows

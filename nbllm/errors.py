@@ -34,7 +34,7 @@ from typing import Any
 
 __all__ = [
     "NbllmError", "ConfigurationError", "ModelError", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
-    "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "redact", "display_url",
+    "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "display_url",
     "remember_secrets", "detached", "scrub_library_logs",
 ]
 
@@ -95,10 +95,6 @@ def scrub(text: Any, secrets: Iterable[str] = ()) -> str:
     if "://" in text:
         text = display_url(text)
     return _SHAPES.sub(_shape, text)
-
-
-redact = scrub
-"""The old name of `scrub`, kept for callers that pass a provider's own keys."""
 
 
 class ScrubLogs(logging.Filter):

@@ -7,6 +7,7 @@ Never raises for a provider that is down: the reason goes into
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import sys
 import time
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from .catalog import ProviderSpec, how_to_enable, key_names
 from .config import ProviderSettings
-from .errors import ConfigurationError, ServerCrashed, display_url, redact
+from .errors import ConfigurationError, ServerCrashed, display_url, scrub
 from . import probes
 
 NOT_STARTED = "starts on first use"
@@ -88,7 +89,13 @@ def self_hosted(spec: ProviderSpec, settings: ProviderSettings) -> bool:
     it is probed, its model detected and it is not priced as the vendor, like any local server."""
     if spec.kind != "cloud" or settings.base_url_is_default or spec.builder not in ("openai", "openai_compatible"):
         return False
-    return urlsplit(settings.base_url).hostname != urlsplit(spec.base_url).hostname
+    return _host(settings.base_url) != _host(spec.base_url)
+
+
+@functools.lru_cache(maxsize=64)
+def _host(url: str) -> str | None:
+    """A URL's host name, parsed once per URL (asked on every answer, to know whether it is priced)."""
+    return urlsplit(url).hostname
 
 
 def probed(spec: ProviderSpec, settings: ProviderSettings) -> bool:
@@ -169,7 +176,7 @@ async def check_provider(
             base.error = found.note
     base.latency_ms = round((time.perf_counter() - started) * 1000, 1)
     if base.error:  # a server or SDK may echo what it was sent
-        base.error = redact(base.error, settings.secrets())
+        base.error = scrub(base.error, settings.secrets())
     return base
 
 
@@ -220,7 +227,7 @@ def unfinished(spec: ProviderSpec, settings: ProviderSettings, bound: float,
     if failure is None or isinstance(failure, (asyncio.TimeoutError, TimeoutError)):
         base.error = f"timed out after {bound:g} s (the check did not finish)"
     else:
-        base.error = redact(f"check failed: {type(failure).__name__}: {failure}", settings.secrets())
+        base.error = scrub(f"check failed: {type(failure).__name__}: {failure}", settings.secrets())
     return base
 
 

@@ -65,7 +65,6 @@ async def _targets(names: list[str] | None) -> list[tuple[str, str | None]]:
     """(provider, detected model or None) for the named providers, or every available one."""
     if names is not None:
         return [(name, None) for name in names]
-    registry = get_registry()
     health = await routing.check()
     available = [(h.provider, h.model_id if h.model_detected else None) for h in health.values() if h.available]
     # The embedded server is not started for this (a process and a model load) unless nothing else answers.

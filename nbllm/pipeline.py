@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,15 @@ class Request:
     cache: str | None = None
     """Replay-cache mode for this call ("record" | "replay" | "off"); None: the global mode."""
     retry: RetryPolicy = RetryPolicy()
+
+    def numbers(self, settings: ProviderSettings) -> dict[str, Any]:
+        """The temperature, max_tokens and timeout this call uses with `settings`: its own, else the provider's."""
+        return {name: getattr(settings, name) if getattr(self, name) is None else getattr(self, name)
+                for name in ("temperature", "max_tokens", "timeout")}
+
+    def retries(self, settings: ProviderSettings) -> int:
+        """How many times this call may be retried: its policy's count, else `{P}_MAX_RETRIES`."""
+        return settings.max_retries if self.retry.retries is None else self.retry.retries
 
 
 @dataclass(frozen=True)
@@ -235,13 +245,21 @@ async def _routed(call: Call) -> AsyncIterator[Target | Notice]:
     """`route`, announcing a server that has to start first (a process and a model load)."""
     registry = get_registry()
     choice = await routing.choose(call.provider, call.model)
-    spec, settings = registry.require(choice.provider)
-    prepared = await registry.prepare(spec.name, start=False)
-    if prepared is None:
+    spec = registry.require(choice.provider)[0]
+    # Only a provider whose server nbllm runs (a `prepare` hook) may need starting; once a call has
+    # found it running, later calls skip that look (for the embedded model, a local connect).
+    running = _running.setdefault(registry, set())
+    if spec.prepare and spec.name not in running and await registry.prepare(spec.name, start=False) is None:
         yield Notice(f"starting the {spec.label} model…")
-        prepared = await registry.prepare(spec.name)
+    prepared = await registry.prepare(spec.name)  # the settings themselves for a provider without a hook
+    if spec.prepare:
+        running.add(spec.name)
     assert prepared is not None
     yield Target(spec, prepared, choice.model, choice.reason)
+
+
+_running: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
+"""Per registry: the providers with a `prepare` hook whose server a call has found running or started."""
 
 
 # ---- one attempt ---------------------------------------------------------------------------
@@ -329,8 +347,6 @@ async def _attempt(call: Call, target: Target) -> Answer:
 
 async def _retrying(call: Call, target: Target) -> Answer:
     """`_attempt` under the retry policy; the last error carries how many attempts were made."""
-    retries = call.request.retry.retries
-    retries = target.settings.max_retries if retries is None else retries
     attempt = 0
     while True:
         try:
@@ -339,12 +355,19 @@ async def _retrying(call: Call, target: Target) -> Answer:
             return answer
         except ModelError as exc:
             error = exc
-        delay = call.request.retry.delay(error, attempt) if attempt < retries else None
+        delay = _retry_wait(call, target, error, attempt)
         if delay is None:
             error.attempts = attempt + 1  # type: ignore[attr-defined]
             raise detached(error)
         attempt += 1
         await asyncio.sleep(delay)
+
+
+def _retry_wait(call: Call, target: Target, error: ModelError, attempt: int) -> float | None:
+    """Seconds before attempt `attempt + 1`, or None: out of retries, or not worth one."""
+    if attempt >= call.request.retries(target.settings):
+        return None
+    return call.request.retry.delay(error, attempt)
 
 
 # ---- the whole call ---------------------------------------------------------------------------
@@ -396,10 +419,7 @@ async def answer(call: Call, target: Target | None = None) -> Answer:
 
 def _logged_options(call: Call, target: Target) -> dict[str, Any]:
     """The numbers the call really used, for the call log's `settings` column."""
-    request, settings = call.request, target.settings
-    return {"temperature": request.temperature if request.temperature is not None else settings.temperature,
-            "max_tokens": request.max_tokens if request.max_tokens is not None else settings.max_tokens,
-            "timeout": request.timeout if request.timeout is not None else settings.timeout}
+    return call.request.numbers(target.settings)
 
 
 def _log_interrupted(call: Call, answer: Answer, started: float, text: str = "",
@@ -464,8 +484,6 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
 
     model, options = _model_and_options(call, target, streamed=True)
     messages = _request_messages(call)
-    retries = call.request.retry.retries
-    retries = target.settings.max_retries if retries is None else retries
     chunks: list[str] = []
     result = Answer("", target.provider, target.model, reason=target.reason)
     started = time.perf_counter()
@@ -489,7 +507,7 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
                 error = _failed(exc, target, options["timeout"])
             if error is None:
                 break
-            delay = call.request.retry.delay(error, attempt) if attempt < retries and not chunks else None
+            delay = None if chunks else _retry_wait(call, target, error, attempt)
             if delay is None:  # out of retries, or text has arrived: keep it and say what failed
                 result.failure = await _crash_report(target, error)
                 result.error = str(result.failure)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .catalog import AUTO, ProviderSpec
+from .catalog import ProviderSpec
 from .config import (
     FIELDS, GlobalSettings, ProviderSettings, key_values, load_provider_settings, read_settings, read_user_config,
-    write_user_config,
+    user_config_path, write_user_config,
 )
 from .errors import ConfigurationError, remember_secrets, scrub
 from .health import ProviderHealth, check_providers
@@ -61,7 +62,7 @@ class ProviderRegistry:
             self._settings = {
                 spec.name: load_provider_settings(spec, env, origin, user_config) for spec in catalog.all_specs()
             }
-            self._secrets = self._collect_secrets()
+            self._remember_secrets()
         from .clients import clear
 
         clear()
@@ -116,7 +117,7 @@ class ProviderRegistry:
                     changes.setdefault(f"{attr}_is_default", False)
             self._settings[spec.name] = settings.with_(**changes)
             if "api_key" in changes:
-                self._secrets = self._collect_secrets()
+                self._remember_secrets()
             self._generation += 1
             return self._settings[spec.name]
 
@@ -125,12 +126,10 @@ class ProviderRegistry:
         spec = self.spec(name)
         updated = self.update(spec.name, enabled=enabled)
         if save:
-            config = read_user_config()
+            config = read_user_config(self._env)
             disabled = [n for n in config.get("disabled", []) if n != spec.name]
-            if not enabled:
-                disabled.append(spec.name)
-            config["disabled"] = sorted(disabled)
-            write_user_config(config)
+            config["disabled"] = sorted(disabled if enabled else [*disabled, spec.name])
+            write_user_config(config, self.config_path)
         return updated
 
     def enable(self, name: str, save: bool = False) -> ProviderSettings:
@@ -140,9 +139,14 @@ class ProviderRegistry:
         return self._set_enabled(name, False, save)
 
     def save_default(self, provider: str, model: str | None) -> None:
-        config = read_user_config()
+        config = read_user_config(self._env)
         config["default"] = {"provider": provider, "model": model}
-        write_user_config(config)
+        write_user_config(config, self.config_path)
+
+    @property
+    def config_path(self) -> Path:
+        """The user config file, as the last read of the environment and `.env` names it (no file is read)."""
+        return user_config_path(self._env, self._origin)
 
     # ---- variables (for --list) ------------------------------------------------
     def variables(self, name: str) -> list[dict[str, Any]]:
@@ -152,31 +156,22 @@ class ProviderRegistry:
         names = catalog.key_env_names(spec) + [f"{spec.env_prefix}_{fld.suffix}" for fld in FIELDS]
         if spec.host_env:
             names.append(spec.host_env)
-        rows, secrets = [], self.secrets()
+        rows = []
         for var in names:
             is_key = var.endswith("_API_KEY")
             source = settings.sources.get(var)
             raw = self._env.get(var)
             # Not a key variable: shown, but without URL credentials or a key pasted there by mistake.
-            shown = "********" if is_key and raw else (scrub(raw, secrets) if raw is not None else "")
+            shown = "********" if is_key and raw else (scrub(raw) if raw is not None else "")
             rows.append({"provider": spec.name, "variable": var, "set": bool(raw), "source": source or "", "value": shown})
         return rows
 
-    def secrets(self) -> tuple[str, ...]:
-        """Every key this process knows (each provider's and any `*_API_KEY` value), longest
-        first: what output is scrubbed of, as a last line of defence."""
-        return self._secrets
-
-    def _collect_secrets(self) -> tuple[str, ...]:
+    def _remember_secrets(self) -> None:
+        """Hand every key this process knows (each provider's and any `*_API_KEY` value) to the
+        one scrubber (`errors.scrub`), which masks them in every output."""
         values = {s for settings in self._settings.values() for s in settings.secrets()}
         values.update(key_values(self._env))
-        remember_secrets(values)  # the one scrubber (errors.scrub) masks them in every output
-        return tuple(sorted(values, key=len, reverse=True))
-
-    @staticmethod
-    def scrub(text: str) -> str:
-        """`errors.scrub`: kept so faces written against the registry keep working."""
-        return scrub(text)
+        remember_secrets(values)
 
     @property
     def environment(self) -> dict[str, str]:

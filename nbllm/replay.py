@@ -251,10 +251,10 @@ def recorder(call: Any) -> Recorder | None:
     request = call.request
     model, temperature, max_tokens = call.model, request.temperature, request.max_tokens
     settings = call.settings()
-    if settings is not None:
+    if settings is not None:  # a named provider: the values the call will use (`auto` keys on what was asked)
         model = model or settings.model
-        temperature = settings.temperature if temperature is None else temperature
-        max_tokens = settings.max_tokens if max_tokens is None else max_tokens
+        used = request.numbers(settings)
+        temperature, max_tokens = used["temperature"], used["max_tokens"]
     asked = {
         "v": 1, "provider": call.provider, "model": model, "prompt": request.prompt,
         "system": request.system or None, "temperature": temperature, "max_tokens": max_tokens,

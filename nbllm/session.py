@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from .catalog import AUTO
 from .config import config_warning
-from .errors import ConfigurationError, redact
+from .errors import ConfigurationError, scrub
 from .registry import ProviderRegistry, get_registry
 
 __all__ = ["Selection", "current", "use", "observe", "reset_default", "Conversation", "conversation"]
@@ -68,7 +68,7 @@ def _valid_provider(registry: ProviderRegistry, name: str, source: str) -> str:
     what = f"{source}={name!r}" if source == "NBLLM_PROVIDER" else f"{source or 'the default provider'} {name!r}"
     reason = "names a disabled provider" if known else "is not a known provider"
     message = f"nbllm: {what} {reason}; using {AUTO!r}. Enabled choices: {', '.join([AUTO, *enabled])}."
-    config_warning(redact(message, registry.secrets()))
+    config_warning(scrub(message))
     return AUTO
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .errors import BadValue, redact
+from .errors import BadValue, scrub
 
 __all__ = [
     "BadValue", "TRUE_WORDS", "FALSE_WORDS", "BOOL_FORM", "to_bool", "to_text", "to_url", "to_choice", "to_path",
@@ -304,7 +304,7 @@ def validate_user_config(data: Any, path: Path | str = "the config file") -> tup
     are (a newer version may have written them).
     """
     if not isinstance(data, dict):
-        return {}, redact(f"nbllm: ignoring config file {path}: it holds {_kind(data)}, where an object shaped "
+        return {}, scrub(f"nbllm: ignoring config file {path}: it holds {_kind(data)}, where an object shaped "
                           f"{_SHAPE} is expected.")
     clean, wrong = dict(data), []
     if "disabled" in data:
@@ -330,7 +330,7 @@ def validate_user_config(data: Any, path: Path | str = "the config file") -> tup
         wrong.append(f'"default"."model" is {_kind(default["model"])}, expected a model name or null')
     if not wrong:
         return clean, None
-    return clean, redact(f"nbllm: config file {path}: " + "; ".join(wrong) + ". Those entries are ignored and "
+    return clean, scrub(f"nbllm: config file {path}: " + "; ".join(wrong) + ". Those entries are ignored and "
                          "the rest is used; fix the file, or save the choice again (--save).")
 
 

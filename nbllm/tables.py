@@ -11,7 +11,6 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from .health import ProviderHealth
-from .store import cast_usage  # noqa: F401  (tables of calls are typed the same way)
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -32,7 +32,7 @@ import ipywidgets as widgets
 
 from . import bridge, session
 from .catalog import AUTO, all_specs
-from .errors import NbllmError, display_url
+from .errors import NbllmError, display_url, scrub
 from .health import ProviderHealth, known_without_probe, unfinished
 from .registry import get_registry
 from .session import Selection
@@ -319,11 +319,11 @@ def _default_html(selection: Selection, health: ProviderHealth | None, note: str
             f" · model: <code>{_escape(model)}</code>"
             " — used by <code>%%llm</code> without <code>-p</code> and <code>nbllm.ask()</code>")
     if health is not None and not health.available:
-        reason = _escape(get_registry().scrub(health.error or health.status))
+        reason = _escape(scrub(health.error or health.status))
         text += (f"<br>⚠ <b>{_escape(selection.provider)} is {health.status}</b>: {reason}."
                  " Calls will fail until it answers.")
     if note:
-        text += f"<br>⚠ {_escape(get_registry().scrub(note))}"
+        text += f"<br>⚠ {_escape(scrub(note))}"
     return f'<div class="nbllm-default">{text}</div>'
 
 
@@ -398,7 +398,7 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.0f} ms"
     if key == "enabled":
         return "yes" if value else "no"
-    return _escape(get_registry().scrub(str(value)))
+    return _escape(scrub(str(value)))
 
 
 def _escape(text: str) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,38 @@ def reset_nbllm() -> None:
     replay.cache.reset()
 
     clients.clear()
+
+
+@contextmanager
+def nbllm_shell() -> Iterator[Any]:
+    """An IPython InteractiveShell with nbllm loaded and a fresh conversation; afterwards the
+    extension is unloaded, its settings dropped and the names the test's cells made removed."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import nbllm
+
+    shell = InteractiveShell.instance()
+    before = set(shell.user_ns)
+    shell.extension_manager.load_extension("nbllm")
+    nbllm.conversation().reset()
+    try:
+        yield shell
+    finally:
+        shell.extension_manager.unload_extension("nbllm")
+        shell.config.pop("LLMMagics", None)
+        shell.rl_next_input = None
+        for name in set(shell.user_ns) - before:
+            shell.user_ns.pop(name, None)
+
+
+def run_cell(shell: Any, cell: str) -> tuple[Any, list[dict[str, Any]], str]:
+    """Run a cell as a rich front end would see it: its result, its displays, and all it printed."""
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as captured:
+        publisher = shell.display_pub
+        result = shell.run_cell(cell)
+    return result, publisher.outputs, captured.stdout + captured.stderr
 
 
 def _closed_port_url() -> str:

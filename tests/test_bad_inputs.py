@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import reset_nbllm
+from conftest import nbllm_shell, reset_nbllm, run_cell
 from fakeserver import FakeLLMServer
 
 import nbllm
@@ -134,27 +134,11 @@ class Bench:
 @pytest.fixture
 def shell() -> Iterator[Any]:
     """An IPython shell with nbllm loaded (as test_llm_magic.py's `ip`)."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    ip = InteractiveShell.instance()
-    before = set(ip.user_ns)
-    ip.extension_manager.load_extension("nbllm")
-    nbllm.conversation().reset()
-    yield ip
-    ip.extension_manager.unload_extension("nbllm")
-    ip.rl_next_input = None
-    for name in set(ip.user_ns) - before:
-        ip.user_ns.pop(name, None)
+    with nbllm_shell() as ip:
+        yield ip
 
 
-def run(ip: Any, cell: str) -> tuple[Any, list[dict[str, Any]], str]:
-    """Run a cell: its result, its displays, and everything it printed (stdout + stderr)."""
-    from IPython.utils.capture import capture_output
-
-    with capture_output() as captured:
-        publisher = ip.display_pub
-        result = ip.run_cell(cell)
-    return result, publisher.outputs, captured.stdout + captured.stderr
+run = run_cell
 
 
 def lines_of(text: str) -> list[str]:

@@ -10,9 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import reset_nbllm
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
+from conftest import nbllm_shell, reset_nbllm, run_cell
 
 from nbllm.magics.llm import LLMMagics, split_line
 
@@ -26,26 +24,11 @@ def ip(local_provider, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_TIMEOUT", "5")
     monkeypatch.setenv("LMSTUDIO_API_KEY", SECRET)
     reset_nbllm()
-    shell = InteractiveShell.instance()
-    before = set(shell.user_ns)
-    shell.extension_manager.load_extension("nbllm")
-    import nbllm
-
-    nbllm.conversation().reset()
-    yield shell
-    shell.extension_manager.unload_extension("nbllm")
-    shell.config.pop("LLMMagics", None)
-    shell.rl_next_input = None
-    for name in set(shell.user_ns) - before:
-        shell.user_ns.pop(name, None)
+    with nbllm_shell() as shell:
+        yield shell
 
 
-def run(shell, cell):
-    """Run a cell as a rich front end would see it: displays, stdout, stderr, the result."""
-    with capture_output() as cap:
-        outputs_of = shell.display_pub
-        result = shell.run_cell(cell)
-    return result, outputs_of.outputs, cap.stdout + cap.stderr
+run = run_cell
 
 
 def last_body(server):

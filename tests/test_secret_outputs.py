@@ -24,7 +24,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import _PROVIDER_PREFIXES, reset_nbllm
+from conftest import _PROVIDER_PREFIXES, nbllm_shell, reset_nbllm
 from fakeserver import FakeLLMServer
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
@@ -194,15 +194,8 @@ def test_no_secret_in_the_transports_log_lines(leaky, caplog):
 
 @pytest.fixture
 def shell(leaky) -> Iterator[Any]:
-    from IPython.core.interactiveshell import InteractiveShell
-
-    ip = InteractiveShell.instance()
-    before = set(ip.user_ns)
-    ip.extension_manager.load_extension("nbllm")
-    yield ip
-    ip.extension_manager.unload_extension("nbllm")
-    for name in set(ip.user_ns) - before:
-        ip.user_ns.pop(name, None)
+    with nbllm_shell() as ip:
+        yield ip
 
 
 def run_to_cell(ip: Any, source: str) -> Any:

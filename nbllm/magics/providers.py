@@ -20,7 +20,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import ArgDecorator, magic_arguments, parse_argstring
 
-from ..commands import Outcome, add_provider_arguments, has_action, run_providers, scrub
+from ..commands import Outcome, add_provider_arguments, has_action, run_providers
+from ..errors import scrub
 
 __all__ = ["ProviderMagics"]
 
