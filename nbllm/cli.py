@@ -74,10 +74,12 @@ def _print_outcome(outcome: Outcome, as_json: bool) -> None:
     else:
         if outcome.message:
             print(scrub(outcome.message))
-        if outcome.table is not None:
+        shown = ([("", outcome.table)] if outcome.table is not None else []) + list(outcome.more)
+        if shown:
             from . import tables
 
-            print(scrub(tables.to_text(outcome.table)))
+            for caption, frame in shown:
+                print(f"\n{caption}\n{scrub(tables.to_text(frame))}" if caption else scrub(tables.to_text(frame)))
     if outcome.error:
         print(f"nbllm: {scrub(outcome.error)}", file=sys.stderr)
 

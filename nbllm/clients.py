@@ -28,8 +28,8 @@ def cached_per_loop(key: Any, build: Any) -> Any:
     loop = asyncio.get_running_loop()
     cache = _per_loop.setdefault(loop, {})
     if key not in cache:
-        scrub_library_logs()  # the clients' own log lines carry URLs: scrub them before the first request
         cache[key] = build()
+        scrub_library_logs()  # the clients' log lines carry URLs: scrub them (their SDKs are imported now)
     return cache[key]
 
 
@@ -67,7 +67,7 @@ async def _close_all(objects: list[Any]) -> None:
 
 
 async def _close(thing: Any) -> None:
-    """httpx2 clients have `aclose()`, SDK clients an async `close()`; a pydantic-ai model
+    """httpx2 clients have `aclose()`, most SDK clients an async `close()`; a pydantic-ai model
     holds an SDK client (`.client`) and may own an HTTP client through its provider."""
     for target in (thing, getattr(thing, "client", None)):
         for name in ("aclose", "close"):
@@ -75,6 +75,9 @@ async def _close(thing: Any) -> None:
             if method is not None and inspect.iscoroutinefunction(method):
                 await method()
                 break
+        else:  # Mistral's SDK client has no close(): leaving its context closes its HTTP client
+            if target is not thing and hasattr(target, "__aexit__"):
+                await target.__aexit__(None, None, None)
     provider = getattr(thing, "provider", None)
     if provider is not None and hasattr(provider, "__aexit__"):
         async with provider:  # leaving the provider's context closes a client it created itself

@@ -23,10 +23,16 @@ __all__ = [
 Face = Literal["cli", "magic"]
 
 PROVIDERS_DESCRIPTION = (
-    "See which LLM providers are reachable, test one, enable or disable providers and choose "
-    "the default. With no option, --status is shown."
+    "See which LLM providers are reachable, test one, enable or disable providers, choose "
+    "the default, add your own endpoints and aliases. With no option, --status is shown."
 )
-_ACTIONS = ("status", "list", "enable", "disable", "test", "health_check", "reinit", "use")
+_ACTIONS = ("status", "list", "enable", "disable", "test", "health_check", "reinit", "use", "add", "remove", "alias",
+            "unalias")
+_CHANGES = ("add", "remove", "alias", "unalias")
+"""Actions that change the endpoints file (nbllm.toml); every face saves them."""
+_ADD_OPTIONS = (("--base-url", "base_url"), ("--key-env", "key_env"), ("--kind", "kind"), ("--protocol", "protocol"),
+                ("--label", "label"))
+_ADD_EXAMPLE = "e.g. --add gpu --base-url http://gpu:8000/v1"
 
 
 def add_provider_arguments(parser: argparse.ArgumentParser, face: Face = "cli") -> None:
@@ -48,19 +54,47 @@ def add_provider_arguments(parser: argparse.ArgumentParser, face: Face = "cli") 
     actions.add_argument("--reinit", action="store_true",
                          help="re-read the environment, the .env file and the user config file")
     actions.add_argument("--use", metavar="NAME", help="make NAME (or auto) the default provider")
-    parser.add_argument("--model", "-m", metavar="MODEL", help="with --use: the default model")
+    actions.add_argument("--add", metavar="NAME",
+                         help="add your own provider NAME, an OpenAI- or Anthropic-compatible server at --base-url; "
+                              "saved to nbllm.toml (replaces an endpoint of that name); it reads NAME_API_KEY, "
+                              "NAME_MODEL, NAME_BASE_URL… like the built-in providers")
+    actions.add_argument("--remove", metavar="NAME",
+                         help="remove your own provider NAME from every nbllm.toml holding it (a built-in one "
+                              "is disabled instead)")
+    actions.add_argument("--alias", metavar="NAME=TARGET",
+                         help="let NAME stand for TARGET anywhere a provider is named: a provider, provider:model, "
+                              "auto, another alias or a chain like openai,embedded (one word: NAME=TARGET); "
+                              "saved to nbllm.toml")
+    actions.add_argument("--unalias", metavar="NAME", help="remove alias NAME (from every nbllm.toml holding it)")
+    parser.add_argument("--model", "-m", metavar="MODEL",
+                        help="with --use: the default model; with --add: the endpoint's model (else detected for "
+                             "a local server; a cloud endpoint needs one)")
+    parser.add_argument("--base-url", metavar="URL",
+                        help="with --add: the server's address, e.g. http://gpu:8000/v1 (a comma list is a fleet)")
+    parser.add_argument("--key-env", metavar="VAR",
+                        help="with --add: another variable holding its key (NAME_API_KEY is always read); "
+                             "keys never go in nbllm.toml")
+    parser.add_argument("--kind", metavar="{local,cloud}",
+                        help="with --add: local (default: probed, model detected) or cloud (needs a key and --model)")
+    parser.add_argument("--protocol", metavar="{openai,anthropic}",
+                        help="with --add: the API it speaks (default openai)")
+    parser.add_argument("--label", metavar="TEXT", help="with --add: the name tables show (default NAME)")
+    parser.add_argument("--on", metavar="{transient,any}",
+                        help="with --alias: which failures move down its chain: transient (default: connection "
+                             "failures, timeouts, 429, 5xx) or any")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="with --status, --health-check or --test: the probe timeout "
                              "(default NBLLM_HEALTH_TIMEOUT, else 2 s)")
     if face == "cli":
         parser.add_argument("--save", action="store_true",
                             help="accepted for symmetry with the magic: the command line always saves "
-                                 "--enable/--disable/--use to the user config file")
+                                 "--enable/--disable/--use to the user config file (and --add/--remove/--alias/"
+                                 "--unalias to nbllm.toml)")
         parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     else:
         parser.add_argument("--save", action="store_true",
                             help="also save --enable/--disable/--use to the user config file (environment "
-                                 "variables still win over it)")
+                                 "variables still win over it); --add/--remove/--alias/--unalias always save")
         parser.add_argument("--panel", action="store_true", help="show the interactive provider panel")
 
 
@@ -95,6 +129,8 @@ class Outcome:
     """The error is a usage mistake (options that make no sense together, an unknown or
     disabled NAME; the CLI exits 2, the magic raises UsageError), not a command that ran
     and failed (a --test that gets no answer; the CLI exits 1)."""
+    more: list[tuple[str, Any]] = field(default_factory=list)
+    """Further tables shown after `table`, each with its caption (the aliases under --status)."""
 
 
 def run_providers(args: argparse.Namespace, persist: bool = False) -> Outcome:
@@ -114,7 +150,11 @@ def run_providers(args: argparse.Namespace, persist: bool = False) -> Outcome:
     try:
         return _run(args, persist)
     except NbllmError as exc:  # the command ran and failed (e.g. a --test that got no answer)
-        return Outcome(error=str(exc))
+        from .errors import ConfigurationError
+
+        # A change refused for what it asked (a bad URL, an unknown alias target) is a usage mistake.
+        changing = any(getattr(args, name, None) for name in _CHANGES)
+        return Outcome(error=str(exc), mistake=changing and isinstance(exc, ConfigurationError))
 
 
 def _usage_mistake(args: argparse.Namespace) -> str | None:
@@ -122,12 +162,22 @@ def _usage_mistake(args: argparse.Namespace) -> str | None:
     from .catalog import AUTO
     from .registry import get_registry
 
-    if args.model and not args.use:
-        return "--model goes with --use NAME, e.g. --use ollama --model llama3.2."
+    if args.model and not (args.use or args.add):
+        return "--model goes with --use NAME or --add NAME, e.g. --use ollama --model llama3.2."
+    for option, attr in _ADD_OPTIONS:
+        if getattr(args, attr, None) is not None and not args.add:
+            return f"{option} goes with --add NAME, {_ADD_EXAMPLE}."
+    if args.add and not args.base_url:
+        return f"--add NAME needs --base-url URL, {_ADD_EXAMPLE}."
+    if args.on is not None and not args.alias:
+        return "--on goes with --alias NAME=TARGET, e.g. --alias robust=openai,embedded --on any."
+    if args.alias and not _split_alias(args.alias)[1]:
+        return "--alias takes NAME=TARGET in one word, e.g. --alias fast=groq:llama-3.1-8b-instant."
     probes = args.status or args.health_check or args.test or not has_action(args)
     if args.timeout is not None and not probes:
         return "--timeout goes with --status, --health-check or --test NAME (it bounds their probes)."
-    if getattr(args, "save", False) and not (args.enable or args.disable or args.use):
+    if getattr(args, "save", False) and not (args.enable or args.disable or args.use
+                                             or any(getattr(args, name) for name in _CHANGES)):
         return "--save goes with --enable, --disable or --use (nothing else is saved)."
     registry = get_registry()
     for name in (args.enable, args.disable):
@@ -141,7 +191,21 @@ def _usage_mistake(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _split_alias(text: str) -> tuple[str, str]:
+    """`fast=groq:llama-3.1-8b-instant` → name and target (the first `=` splits)."""
+    name, _, target = text.partition("=")
+    return name.strip(), target.strip()
+
+
 def _run(args: argparse.Namespace, persist: bool) -> Outcome:
+    if args.add:
+        return _add(args)
+    if args.remove:
+        return _remove(args.remove)
+    if args.alias:
+        return _alias(*_split_alias(args.alias), args.on or "transient")
+    if args.unalias:
+        return _unalias(args.unalias)
     if args.enable:
         return _set_enabled(args.enable, True, persist)
     if args.disable:
@@ -170,8 +234,26 @@ def _status(timeout: float | None) -> Outcome:
         "default": {"provider": selection.provider, "model": selection.model},
         "summary": asdict(summary),
         "providers": {name: h.as_dict() for name, h in health.items()},
+        "aliases": _alias_data(),
     }
-    return Outcome(message, tables.health_frame(health, tables.STATUS_COLUMNS), data)
+    return Outcome(message, tables.health_frame(health, tables.STATUS_COLUMNS), data, more=_alias_tables())
+
+
+def _alias_data() -> dict[str, dict[str, str]]:
+    from . import tables
+
+    return {row.pop("alias"): row for row in tables.alias_rows()}
+
+
+def _alias_tables(files: bool = False) -> list[tuple[str, Any]]:
+    """The aliases table under status (without their files) and --list (nothing when there are no aliases)."""
+    from . import tables
+    from .registry import get_registry
+
+    if not get_registry().aliases:
+        return []
+    columns = tables.ALIAS_COLUMNS if files else [c for c in tables.ALIAS_COLUMNS if c != "file"]
+    return [("aliases:", tables.aliases_frame(columns))]
 
 
 def _health(timeout: float | None) -> Outcome:
@@ -192,10 +274,14 @@ def _list() -> Outcome:
     registry = get_registry()
     df = tables.variables_frame()
     problems = [p for name in registry.names() for p in registry.settings(name).problems]
-    problems += list(registry.global_settings.problems)
-    message = "\n".join([f"user config file: {registry.config_path}", *problems])
-    data = {"config_file": str(registry.config_path), "variables": df.to_dict("records"), "problems": problems}
-    return Outcome(message, df, data)
+    problems += [*registry.global_settings.problems, *registry.endpoint_problems]
+    files = registry.endpoint_files()
+    shown = ", ".join(f"{path} ({'exists' if exists else 'not found'})" for path, exists in files)
+    message = "\n".join([f"user config file: {registry.config_path}", f"endpoints files: {shown}", *problems])
+    data = {"config_file": str(registry.config_path), "variables": df.to_dict("records"), "problems": problems,
+            "endpoints_files": [{"path": str(path), "exists": exists} for path, exists in files],
+            "aliases": _alias_data()}
+    return Outcome(message, df, data, more=_alias_tables(files=True))
 
 
 def _set_enabled(name: str, enabled: bool, persist: bool) -> Outcome:
@@ -258,7 +344,8 @@ def _reinit() -> Outcome:
 
     api.reinit()
     summary = api.status()
-    message = f"re-read the environment, .env and {get_registry().config_path}\n{summary}\ndefault: {session.current()}"
+    message = (f"re-read the environment, .env, {get_registry().config_path} and the endpoints files\n"
+               f"{summary}\ndefault: {session.current()}")
     return Outcome(message, data={"summary": asdict(summary)})
 
 
@@ -268,3 +355,65 @@ def _saved_note(persist: bool) -> str:
     from .registry import get_registry
 
     return f" (saved to {get_registry().config_path})"
+
+
+# ---- the user's endpoints and aliases (always saved: nbllm.toml) -------------------------
+
+def _add(args: argparse.Namespace) -> Outcome:
+    from . import api
+    from .errors import display_url
+    from .registry import get_registry
+
+    registry = get_registry()
+    name = args.add.strip()
+    existed = name in registry.names()
+    api.add_provider(name, args.base_url, key_env=args.key_env, kind=(args.kind or "local").strip().lower(),
+                     protocol=(args.protocol or "openai").strip().lower(), model=args.model, label=args.label)
+    spec = registry.spec(name)
+    path = spec.extra.get("file", "")
+    protocol = "Anthropic" if spec.builder == "anthropic" else "OpenAI"
+    prefix = spec.env_prefix
+    lines = [f"{spec.name} {'updated' if existed else 'added'}: {spec.kind}, {protocol}-compatible, at "
+             f"{display_url(spec.base_url)} (saved to {path})",
+             f"use it with -p {spec.name}; it reads {prefix}_API_KEY, {prefix}_MODEL, {prefix}_BASE_URL and the "
+             f"other {prefix}_* variables"]
+    for variable in (f"{prefix}_BASE_URL", f"{prefix}_MODEL"):
+        if registry.env_value(variable) is not None:
+            lines.append(f"note: {variable} in the environment wins over the file")
+    data = {"provider": spec.name, "added": not existed, "file": path, "kind": spec.kind,
+            "protocol": protocol.lower(), "base_url": display_url(spec.base_url)}
+    return Outcome("\n".join(lines), data=data)
+
+
+def _remove(name: str) -> Outcome:
+    from . import api, session
+
+    files = api.remove_provider(name)
+    key = name.strip().lower()
+    where = f"removed from {' and '.join(files)}" if files else "removed from this process (no file held it)"
+    return Outcome(f"{key} {where}\ndefault: {session.current()}", data={"provider": key, "files": files})
+
+
+def _alias(name: str, target: str, on: str) -> Outcome:
+    from . import api
+    from .registry import get_registry
+
+    api.alias(name, target, on=on)
+    registry = get_registry()
+    alias = registry.aliases[name]
+    falls = ", falling back on any error" if alias.on == "any" else ""
+    lines = [f"alias {alias.name} → {alias.target}{falls} (saved to {alias.source})"]
+    problem = registry.alias_problem(alias.name)
+    if problem:
+        lines.append(f"note: {alias.name} {problem}")
+    return Outcome("\n".join(lines), data={"alias": alias.name, "target": alias.target, "on": alias.on,
+                                            "file": alias.source, "note": problem or ""})
+
+
+def _unalias(name: str) -> Outcome:
+    from . import api
+
+    files = api.unalias(name)
+    key = name.strip().lower()
+    where = f"removed from {' and '.join(files)}" if files else "removed from this process (no file held it)"
+    return Outcome(f"alias {key} {where}", data={"alias": key, "files": files})

@@ -12,7 +12,8 @@ and it is kept in `.problems` for `--list`. Keys and URL passwords never show in
 Per provider (`{P}` is the catalog's prefix: OPENAI, LMSTUDIO, …):
     {P}_API_KEY       the key (also the usual names: GOOGLE_API_KEY, XAI_API_KEY)
     {P}_ENABLED       boolean: true/false, yes/no, on/off, 1/0 (also y/n, t/f)
-    {P}_MODEL         a model id                      {P}_BASE_URL   an http:// or https:// URL
+    {P}_MODEL         a model id                      {P}_BASE_URL   an http:// or https:// URL, or a comma
+                                                                     list of them: a fleet of servers
     {P}_WEIGHT        number 0..1                     {P}_MAX_TOKENS whole number 1..1,000,000
     {P}_TEMPERATURE   number 0..2                     {P}_TIMEOUT    seconds, 0.001..3,600
     {P}_MAX_RETRIES   whole number 0..20              OLLAMA_HOST    host, host:port or URL
@@ -50,8 +51,8 @@ from typing import Any, NamedTuple
 from .catalog import ProviderSpec, all_specs, key_env_names
 from .errors import scrub
 from .settings_values import (
-    FIELDS, GLOBALS, BadValue, Secret, decode, host_to_url, is_name, openai_base, os_reason, server_root, to_path,
-    validate_user_config,
+    FIELDS, GLOBALS, BadValue, Secret, decode, host_to_url, is_name, openai_base, os_reason, server_root,
+    split_urls, to_path, validate_user_config,
 )
 
 __all__ = [
@@ -95,6 +96,9 @@ class ProviderSettings:
     timeout: float = 30.0
     max_retries: int = 3
     base_url: str = ""
+    """The address requests go to: the first of `servers` (or, in a Target, the one picked)."""
+    servers: tuple[str, ...] = ()
+    """Every server of the provider (`{P}_BASE_URL=http://a/v1,http://b/v1`: a fleet); just `base_url` normally."""
     model_is_default: bool = True
     base_url_is_default: bool = True
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -102,6 +106,17 @@ class ProviderSettings:
     problems: tuple[str, ...] = ()
     masks: tuple[Secret, ...] = field(default=(), compare=False, repr=False)
     """Every key value of the environment it was read from: masked in repr (a key pasted as a model)."""
+
+    def __post_init__(self) -> None:
+        # One rule keeps `base_url` and `servers` in step, whoever builds or replaces them:
+        # `with_(base_url=X)` for an X outside the fleet means "this one server now";
+        # an X inside it (a Target for one server of the fleet) keeps the fleet.
+        if not self.servers:
+            object.__setattr__(self, "servers", (self.base_url,) if self.base_url else ())
+        elif not self.base_url:
+            object.__setattr__(self, "base_url", self.servers[0])
+        elif self.base_url not in self.servers:
+            object.__setattr__(self, "servers", (self.base_url,))
 
     @property
     def has_key(self) -> bool:
@@ -331,6 +346,12 @@ def load_provider_settings(
     sources: dict[str, str] = {}
     problems: list[str] = []
     masks = key_values(env)
+    servers, wrong = split_urls(spec.base_url)  # a catalog or endpoints-file entry may list a fleet too
+    if servers:
+        values["base_url"], values["servers"] = servers[0], servers
+        if wrong:
+            problems.append(_left_out(f"the base URL of provider {spec.name!r}", spec.base_url, wrong, servers, masks,
+                                      warn))
 
     disabled = user_config.get("disabled")  # persisted --disable; the environment wins below
     if isinstance(disabled, list) and spec.name in disabled:
@@ -349,6 +370,7 @@ def load_provider_settings(
         sources[spec.host_env] = origin.get(spec.host_env, "env")
         try:
             values["base_url"], url_default = host_to_url(env[spec.host_env], spec.default_port), False
+            values["servers"] = (values["base_url"],)  # OLLAMA_HOST names one server
         except BadValue as bad:
             problems.append(_bad(spec.host_env, env[spec.host_env], bad, f"the default {spec.base_url!r}", origin,
                                  masks, warn))
@@ -361,7 +383,10 @@ def load_provider_settings(
         previous = sources.get(f"{prefix}_ENABLED") if fld.attr == "enabled" else None
         sources[name] = origin.get(name, "env")
         try:
-            values[fld.attr] = fld.parse(raw)
+            if fld.kind == "urls":  # a fleet: keep the good servers, say which were left out
+                values["base_url"], values["servers"] = _servers(name, raw, origin, masks, warn, problems)
+            else:
+                values[fld.attr] = fld.parse(raw)
         except BadValue as bad:
             kept = values.get(fld.attr, getattr(ProviderSettings, fld.attr, None))
             if previous == "config":
@@ -379,6 +404,33 @@ def load_provider_settings(
         provider=spec.name, api_key=api_key, model_is_default=model_default, base_url_is_default=url_default,
         sources=sources, problems=tuple(problems), masks=tuple(Secret(m) for m in masks), **values,
     )
+
+
+def _servers(name: str, raw: str, origin: Mapping[str, str], masks: tuple[str, ...], warn: bool,
+             problems: list[str]) -> tuple[str, tuple[str, ...]]:
+    """`{P}_BASE_URL` as (first URL, every URL); bad entries are one warning and left out,
+    `BadValue` when none is left (then the default stays, as for any bad value)."""
+    good, wrong = split_urls(raw)
+    if not good:
+        if len(wrong) == 1:
+            raise wrong[0][1]
+        raise BadValue("none of its entries is an http:// or https:// URL such as http://localhost:1234/v1")
+    if wrong:
+        where = " (from .env)" if origin.get(name) == ".env" else ""
+        problems.append(_left_out(f"{name}={raw.strip()!r}{where}", raw, wrong, good, masks, warn, key=name))
+    return good[0], good
+
+
+def _left_out(what: str, raw: str, wrong: tuple[tuple[str, BadValue], ...], good: tuple[str, ...],
+              masks: tuple[str, ...], warn: bool, key: str = "") -> str:
+    """The one sentence about entries of a URL list that are not URLs (warned once)."""
+    entries = ", ".join(repr(entry) for entry, _ in wrong)
+    verb = "is" if len(wrong) == 1 else "are"
+    problem = scrub(f"nbllm: {what} lists {entries}, which {verb} not valid ({wrong[0][1]}); leaving "
+                    f"{'it' if len(wrong) == 1 else 'them'} out and using {', '.join(good)}.", masks)
+    if warn:
+        config_warning(problem, key=(key or what, raw))
+    return problem
 
 
 def load_global_settings(

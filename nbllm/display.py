@@ -81,8 +81,11 @@ def convert(text: str, fmt: str) -> Converted:
 
 
 def footer(meta: dict[str, Any]) -> str:
-    """`provider · model · tokens · latency` for the optional line under an answer."""
+    """`provider · model · tokens · latency` for the optional line under an answer; after a fallback
+    also who was passed over and why (`instead of openai: connection refused`)."""
     parts = [str(meta.get("provider") or "?"), str(meta.get("model") or "?")]
+    if meta.get("fallbacks"):
+        parts.append("instead of " + "; ".join(str(f) for f in meta["fallbacks"]))
     usage = meta.get("usage") or {}
     if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
         parts.append(f"{usage.get('input_tokens') or 0}→{usage.get('output_tokens') or 0} tokens")
@@ -94,7 +97,9 @@ def footer(meta: dict[str, Any]) -> str:
 
 
 def _with_footer(bundle: dict[str, Any], line: str) -> dict[str, Any]:
-    bundle = dict(bundle)
+    import html
+
+    bundle, line = dict(bundle), html.escape(line, quote=False)  # a failure's words may hold "<" or "&"
     if "text/markdown" in bundle:
         bundle["text/markdown"] = f"{bundle['text/markdown']}\n\n<sub>{line}</sub>"
     if "text/html" in bundle:
@@ -200,7 +205,8 @@ class AnswerView:
         """Show the final answer with its metadata (`converted` None: keep the text as it is)."""
         if converted is None:
             converted = Converted(self.text, _plain_bundle(self.text, "text" if self.fmt == "json" else "markdown"))
-        line = footer(metadata) if self.show_footer else None
+        # A fallback is always said: the user asked one provider and another answered.
+        line = footer(metadata) if self.show_footer or metadata.get("fallbacks") else None
         if self.rich:
             if not converted.bundle.get("text/plain") and self._handle is None:
                 return  # nothing arrived: the error line says why, an empty display would not

@@ -108,15 +108,19 @@ class ScrubLogs(logging.Filter):
         return True
 
 
-_LOGGERS = ("httpx2", "httpx", "httpcore2", "httpcore", "openai", "anthropic", "google_genai")
+_LOGGERS = ("httpx2", "httpx", "httpcore2", "httpcore", "openai", "anthropic", "google_genai", "groq", "mistralai")
 
 
 def scrub_library_logs() -> None:
-    """Put `ScrubLogs` on the loggers of the libraries nbllm drives (once; cheap to call again)."""
+    """Put `ScrubLogs` on the loggers of the libraries nbllm drives and on each of their module
+    loggers (`openai._base_client`): a logger's filter never sees records of its children, which
+    propagate straight to the handlers. Cheap to call again; call it after the SDKs are imported."""
+    existing = list(logging.Logger.manager.loggerDict)
     for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, ScrubLogs) for f in logger.filters):
-            logger.addFilter(ScrubLogs())
+        for child in [name, *(n for n in existing if n.startswith(name + "."))]:
+            logger = logging.getLogger(child)
+            if not any(isinstance(f, ScrubLogs) for f in logger.filters):
+                logger.addFilter(ScrubLogs())
 
 
 def detached(exc: BaseException) -> BaseException:
@@ -169,6 +173,13 @@ class ModelError(NbllmError, RuntimeError):
         if hint:
             text += f" — {hint}"
         super().__init__(text)
+
+    @property
+    def moves_on(self) -> bool:
+        """Whether another provider (a fallback chain) or another server (a fleet) may answer instead:
+        nothing answered, a timeout, a cut reply, 408, 429 or 5xx. A 400/401/403/404 means the request
+        itself is wrong for this provider: trying elsewhere would hide that."""
+        return self.status is None or self.status in (408, 429) or self.status >= 500
 
     def __reduce__(self) -> Any:  # picklable (multiprocessing, nbclient) with every fact kept
         return (_rebuild_model_error, (type(self), self.provider, self.reason, self.url, self.hint,

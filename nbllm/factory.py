@@ -6,10 +6,18 @@ cached per event loop and settings, so nbllm's own calls pay the ~45 ms of build
 a provider and its HTTP client once. Shared models are built with the SDK's retries
 off: nbllm retries by one policy of its own (retry.py), so attempts never multiply
 and the client is never copied per request.
+
+Every model is built the same way: nbllm makes the SDK client (key, base URL,
+timeout, retries from settings), hands it to the provider class (the catalog's
+`provider_class` when pydantic-ai has one for the service, so its model profiles
+apply; else the builder's generic class) and puts the model class on top. Only
+Gemini, whose provider takes no client, has its own path.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .catalog import ProviderSpec, key_names
@@ -41,45 +49,78 @@ def _key(spec: ProviderSpec, settings: ProviderSettings) -> str:
     return _LOCAL_PLACEHOLDER_KEY
 
 
-def _openai_client(spec: ProviderSpec, settings: ProviderSettings, retries: int) -> Any:
-    from openai import AsyncOpenAI
-
-    return AsyncOpenAI(
-        api_key=_key(spec, settings), base_url=_api_base(spec, settings), max_retries=retries, timeout=settings.timeout,
-    )
+def _load(path: str) -> Any:
+    """`"module:Name"` → the object (imported only when a provider is first built)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _build_openai(spec: ProviderSpec, settings: ProviderSettings, model_id: str, retries: int) -> "Model":
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
-
-    return OpenAIChatModel(model_id, provider=OpenAIProvider(openai_client=_openai_client(spec, settings, retries)))
+# ---- SDK clients: nbllm's settings, each SDK's spelling -------------------------------------
 
 
-def _build_openai_compatible(spec: ProviderSpec, settings: ProviderSettings, model_id: str, retries: int) -> "Model":
-    from pydantic_ai.models.openai import OpenAIChatModel
+def _stainless(sdk_class: str, openai_api: bool = False) -> Callable[[ProviderSpec, ProviderSettings, int], Any]:
+    """The OpenAI, Anthropic and Groq SDKs share one constructor (and `max_retries` counts retries);
+    only OpenAI's API lives under a local server's `/v1`."""
+    def make(spec: ProviderSpec, settings: ProviderSettings, retries: int) -> Any:
+        base_url = _api_base(spec, settings) if openai_api else settings.base_url
+        return _load(sdk_class)(api_key=_key(spec, settings), base_url=base_url, max_retries=retries,
+                                timeout=settings.timeout)
+    return make
+
+
+def _mistral_client(spec: ProviderSpec, settings: ProviderSettings, retries: int) -> Any:
+    """Mistral's SDK bounds retries by elapsed time, not count: `retries` backoffs' worth (0.5 s doubling, at most
+    8 s each); 0 turns them off (its default is none either)."""
+    from mistralai.client import Mistral
+    from mistralai.client.utils import BackoffStrategy, RetryConfig
+
+    retry = None
+    if retries > 0:
+        budget_ms = sum(min(500 * 2 ** i, 8000) for i in range(retries))
+        retry = RetryConfig("backoff", BackoffStrategy(500, 8000, 2.0, budget_ms), retry_connection_errors=True)
+    return Mistral(api_key=_key(spec, settings), server_url=settings.base_url, retry_config=retry,
+                   timeout_ms=round(settings.timeout * 1000))
+
+
+@dataclass(frozen=True)
+class _Sdk:
+    """How one builder turns settings into a model: its client, the provider argument taking it, its classes."""
+
+    client: Callable[[ProviderSpec, ProviderSettings, int], Any]
+    client_arg: str
+    provider: str
+    """The provider class used when the catalog names none ("module:Class")."""
+    model: str
+    openai_api: bool = False
+    """Speaks OpenAI's chat API: a server nbllm probes (local, self-hosted) gets the local profile tweaks."""
+    named: bool = False
+    """The generic provider takes the service's name first (`OpenAICompatibleProvider(name, …)`)."""
+
+
+_OPENAI_CLIENT = _stainless("openai:AsyncOpenAI", openai_api=True)
+_CHAT = "pydantic_ai.models.openai:OpenAIChatModel"
+_SDKS: dict[str, _Sdk] = {
+    "openai": _Sdk(_OPENAI_CLIENT, "openai_client", "pydantic_ai.providers.openai:OpenAIProvider", _CHAT,
+                   openai_api=True),
+    "openai_compatible": _Sdk(_OPENAI_CLIENT, "openai_client",
+                              "pydantic_ai.providers.openai_compatible:OpenAICompatibleProvider", _CHAT,
+                              openai_api=True, named=True),
+    "anthropic": _Sdk(_stainless("anthropic:AsyncAnthropic"), "anthropic_client",
+                      "pydantic_ai.providers.anthropic:AnthropicProvider", "pydantic_ai.models.anthropic:AnthropicModel"),
+    "groq": _Sdk(_stainless("groq:AsyncGroq"), "groq_client", "pydantic_ai.providers.groq:GroqProvider",
+                 "pydantic_ai.models.groq:GroqModel"),
+    "mistral": _Sdk(_mistral_client, "mistral_client", "pydantic_ai.providers.mistral:MistralProvider",
+                    "pydantic_ai.models.mistral:MistralModel"),
+}
+
+
+def _local_tweaks() -> Any:
+    """Local servers ignore `max_completion_tokens`: send the classic `max_tokens`. A stream
+    that ends without a finish reason was cut off: report it, don't hide it."""
     from pydantic_ai.profiles.openai import OpenAIModelProfile
-    from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
 
-    # Local servers ignore `max_completion_tokens`: send the classic `max_tokens`. A
-    # stream that ends without a finish reason was cut off: report it, don't hide it.
-    profile = OpenAIModelProfile(
-        openai_chat_supports_max_completion_tokens=False, openai_chat_streaming_requires_finish_reason=True
-    )
-    provider = OpenAICompatibleProvider(spec.name, openai_client=_openai_client(spec, settings, retries),
-                                        profile=profile)
-    return OpenAIChatModel(model_id, provider=provider)
-
-
-def _build_anthropic(spec: ProviderSpec, settings: ProviderSettings, model_id: str, retries: int) -> "Model":
-    from anthropic import AsyncAnthropic
-    from pydantic_ai.models.anthropic import AnthropicModel
-    from pydantic_ai.providers.anthropic import AnthropicProvider
-
-    client = AsyncAnthropic(
-        api_key=_key(spec, settings), base_url=settings.base_url, max_retries=retries, timeout=settings.timeout,
-    )
-    return AnthropicModel(model_id, provider=AnthropicProvider(anthropic_client=client))
+    return OpenAIModelProfile(openai_chat_supports_max_completion_tokens=False,
+                              openai_chat_streaming_requires_finish_reason=True)
 
 
 def _build_google(spec: ProviderSpec, settings: ProviderSettings, model_id: str, retries: int) -> "Model":
@@ -94,12 +135,26 @@ def _build_google(spec: ProviderSpec, settings: ProviderSettings, model_id: str,
     return GoogleModel(model_id, provider=provider)
 
 
-_BUILDERS: dict[str, Callable[[ProviderSpec, ProviderSettings, str, int], "Model"]] = {
-    "openai": _build_openai,
-    "openai_compatible": _build_openai_compatible,
-    "anthropic": _build_anthropic,
-    "google": _build_google,
-}
+def _build_sdk(spec: ProviderSpec, settings: ProviderSettings, model_id: str, retries: int, builder: str) -> "Model":
+    """Client → provider class → model class, for every builder that takes an SDK client."""
+    from pydantic_ai.exceptions import UserError
+
+    from .health import probed
+
+    sdk = _SDKS[builder]
+    client = sdk.client(spec, settings, retries)
+    generic = spec.provider_class is None and sdk.named  # an OpenAI-compatible service with no class of its own
+    provider_class = _load(spec.provider_class or sdk.provider)
+    provider = (provider_class(spec.name, **{sdk.client_arg: client}) if generic
+                else provider_class(**{sdk.client_arg: client}))
+    # The class's own profile for the model, with the local tweaks merged on top for a server nbllm
+    # probes and for a service without a class of its own (what the tweaks were made for).
+    tweaks = _local_tweaks() if sdk.openai_api and (generic or probed(spec, settings)) else None
+    try:
+        return _load(sdk.model)(model_id, provider=provider, profile=tweaks)
+    except UserError as exc:  # the class's profile rejects the name (OpenRouter wants vendor/model)
+        raise ConfigurationError(f"{spec.name}: model {model_id!r} is not valid here: {exc} "
+                                 f"(set {spec.env_prefix}_MODEL or pass model=).") from None
 
 
 def build_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | None = None,
@@ -107,15 +162,21 @@ def build_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | 
     """A new pydantic-ai model for `spec` (no network is touched); `retries`: the SDK's, default `{P}_MAX_RETRIES`.
 
     A cloud provider pointed at a self-hosted server (`OPENAI_BASE_URL=http://gpu:8000/v1`)
-    is built like any OpenAI-compatible local server.
+    is built like any OpenAI-compatible local server (a preset keeps its class).
     """
-    from .health import self_hosted
+    from .health import base_url_advice, base_url_missing, self_hosted
 
+    if base_url_missing(spec, settings):
+        raise ConfigurationError(f"{spec.name} is {base_url_advice(spec)} (the address of your {spec.label}, "
+                                 "in the environment or a .env file).")
     name = "openai_compatible" if self_hosted(spec, settings) else spec.builder
-    builder = _BUILDERS.get(name)
-    if builder is None:
+    model_id = model_id or settings.model
+    retries = settings.max_retries if retries is None else retries
+    if name == "google":
+        return _build_google(spec, settings, model_id, retries)
+    if name not in _SDKS:
         raise ConfigurationError(f"Provider {spec.name!r} names unknown builder {spec.builder!r}.")
-    return builder(spec, settings, model_id or settings.model, settings.max_retries if retries is None else retries)
+    return _build_sdk(spec, settings, model_id, retries, name)
 
 
 def shared_model(spec: ProviderSpec, settings: ProviderSettings, model_id: str | None = None) -> "Model":

@@ -22,6 +22,7 @@ nbllm raises never carries the SDK's exception (whose text may echo a header).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from .catalog import ProviderSpec
@@ -85,7 +86,12 @@ def _seconds(value: str | None) -> float | None:
 
 
 def _body_text(body: Any) -> str:
-    """A server's error body in one line: its `error.message` when it has one, else its text."""
+    """A server's error body in one line: its `error.message` (or `message`) when it has one, else its text."""
+    if isinstance(body, (str, bytes)) and body.lstrip()[:1] in ("{", b"{"):  # Mistral's SDK keeps the raw JSON
+        try:
+            body = json.loads(body)
+        except ValueError:
+            pass
     if isinstance(body, dict):
         error = body.get("error", body)
         message = error.get("message") if isinstance(error, dict) else error

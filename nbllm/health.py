@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 from .catalog import ProviderSpec, how_to_enable, key_names
 from .config import ProviderSettings
 from .errors import ConfigurationError, ServerCrashed, display_url, scrub
-from . import probes
+from . import fleet, probes
 
 NOT_STARTED = "starts on first use"
 """The note of a server nbllm runs itself (the embedded model) that is not running yet."""
+NOT_CONFIGURED = "not configured"
+"""The status (and how the error starts) of a provider missing a setting: a cloud key, a gateway's address."""
 
 
 class Prepare(Protocol):
@@ -31,8 +33,8 @@ class Prepare(Protocol):
 
     def __call__(self, name: str, start: bool = True) -> Awaitable[ProviderSettings | None]: ...
 
-__all__ = ["NOT_STARTED", "ProviderHealth", "check_provider", "check_providers", "known_without_probe", "probed",
-           "self_hosted", "unfinished"]
+__all__ = ["NOT_CONFIGURED", "NOT_STARTED", "ProviderHealth", "base_url_advice", "base_url_missing", "check_provider",
+           "check_providers", "known_without_probe", "probed", "self_hosted", "unfinished"]
 
 
 @dataclass
@@ -54,6 +56,11 @@ class ProviderHealth:
     """Something worth knowing that is not a fault (e.g. "starts on first use")."""
     crashed: bool = False
     """The server nbllm runs itself died from a signal; nbllm will not restart it (`error` says the fix)."""
+    http_status: int | None = None
+    """The HTTP status of a probe the server refused (401, 404, 503…); None if it answered or nothing did."""
+    servers: list["ProviderHealth"] = field(default_factory=list)
+    """A fleet (`{P}_BASE_URL` lists several servers): one entry per server, its own error and latency.
+    Empty for a provider with one server."""
 
     @property
     def available(self) -> bool:
@@ -61,12 +68,21 @@ class ProviderHealth:
         return self.enabled and self.configured and self.connected is not False
 
     @property
+    def down(self) -> bool:
+        """Nothing usable answered (refused, timed out, 408/429/5xx): a fallback chain may skip it. A 401 or
+        404 is not "down": the server is there and says what is wrong, which a call should report."""
+        status = self.http_status
+        return self.enabled and self.configured and self.connected is False and (
+            status is None or status in (408, 429) or status >= 500)
+
+    @property
     def status(self) -> str:
         """One word for tables and selectors."""
         if not self.enabled:
             return "disabled"
-        if not self.configured:
-            return "not installed" if self.kind == "local" else "not configured"
+        if not self.configured:  # a local server with nothing missing but its address is not "not installed"
+            missing_setting = self.kind == "cloud" or (self.error or "").startswith(NOT_CONFIGURED)
+            return NOT_CONFIGURED if missing_setting else "not installed"
         if self.crashed:
             return "crashed"
         if self.connected is False:
@@ -74,7 +90,7 @@ class ProviderHealth:
         return "available"
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status}
+        return {**asdict(self), "status": self.status, "servers": [s.as_dict() for s in self.servers]}
 
 
 def _blank(spec: ProviderSpec, settings: ProviderSettings) -> ProviderHealth:
@@ -98,18 +114,31 @@ def _host(url: str) -> str | None:
     return urlsplit(url).hostname
 
 
+def base_url_missing(spec: ProviderSpec, settings: ProviderSettings) -> bool:
+    """A provider with no default address (a LiteLLM proxy) whose `{P}_BASE_URL` is not set."""
+    return spec.needs_base_url and not settings.base_url.strip()
+
+
+def base_url_advice(spec: ProviderSpec) -> str:
+    """What health, status and a call say about a missing address (one sentence everywhere)."""
+    return f"{NOT_CONFIGURED}: set {spec.env_prefix}_BASE_URL"
+
+
 def probed(spec: ProviderSpec, settings: ProviderSettings) -> bool:
     """Whether health asks the server (local servers and self-hosted ones) rather than only checking a key."""
     return spec.kind == "local" or self_hosted(spec, settings)
 
 
 def known_without_probe(spec: ProviderSpec, settings: ProviderSettings) -> ProviderHealth | None:
-    """The health of a disabled or cloud provider (no request is made for those); None for
+    """The health of a disabled, cloud or unaddressed provider (no request is made for those); None for
     an enabled local or self-hosted server, which only a probe can tell about."""
     base = _blank(spec, settings)
     if not settings.enabled:
         base.connected = None if spec.kind == "cloud" else False
         base.error = f"disabled: {how_to_enable(spec.name)}"
+        return base
+    if base_url_missing(spec, settings):  # nowhere to send a probe
+        base.configured, base.base_url, base.error = False, None, base_url_advice(spec)
         return base
     if spec.kind == "cloud" and not self_hosted(spec, settings):
         base.configured = settings.has_key
@@ -150,6 +179,14 @@ async def check_provider(
             return base
         settings = prepared
         base.base_url = display_url(settings.base_url)
+    elif len(settings.servers) > 1:
+        return await _check_fleet(spec, settings, timeout)
+    return await _probe_one(spec, settings, timeout, base)
+
+
+async def _probe_one(spec: ProviderSpec, settings: ProviderSettings, timeout: float,
+                     base: ProviderHealth) -> ProviderHealth:
+    """Probe the server at `settings.base_url`, filling in `base`."""
     started = time.perf_counter()
     try:
         found = await asyncio.wait_for(probes.probe(spec, settings, timeout), timeout)
@@ -159,6 +196,7 @@ async def check_provider(
     except probes.ProbeError as exc:
         base.connected = False
         base.error = str(exc)
+        base.http_status = exc.status
     except Exception as exc:  # never raise for a provider that is down
         base.connected = False
         base.error = f"probe failed: {type(exc).__name__}: {exc}"
@@ -177,6 +215,40 @@ async def check_provider(
     base.latency_ms = round((time.perf_counter() - started) * 1000, 1)
     if base.error:  # a server or SDK may echo what it was sent
         base.error = scrub(base.error, settings.secrets())
+    return base
+
+
+async def _check_fleet(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> ProviderHealth:
+    """Probe every server of a fleet at once (same timeout): one row for the provider, one per server.
+
+    The provider is connected if any server answered; its models are the union, its model
+    the configured one or the first answering server's, its latency the fastest answer.
+    Each probe also tells the fleet scheduler: an answer puts that server back, a failure
+    takes it out (`fleet.OUT_SECONDS`).
+    """
+    each = [settings.with_(base_url=url, servers=(url,)) for url in settings.servers]
+    rows = await asyncio.gather(*(_probe_one(spec, one, timeout, _blank(spec, one)) for one in each))
+    for url, row in zip(settings.servers, rows):
+        if row.connected:
+            fleet.put_back(url)
+        else:
+            fleet.take_out(url, row.error or "did not answer its health check")
+            row.note = f"left out of the fleet for {fleet.OUT_SECONDS:g} s"
+    up = [row for row in rows if row.connected]
+    base = _blank(spec, settings)
+    base.servers = list(rows)
+    base.base_url = ", ".join(display_url(url) for url in settings.servers)
+    base.connected = bool(up)
+    base.models = list(dict.fromkeys(m for row in rows for m in row.models))
+    detected = next((row for row in up if row.model_detected), None)
+    base.model_detected = detected is not None
+    if settings.model_is_default and detected is not None:
+        base.model_id = detected.model_id
+    latencies = [row.latency_ms for row in (up or rows) if row.latency_ms is not None]
+    base.latency_ms = (min(latencies) if up else max(latencies)) if latencies else None
+    base.note = f"{len(up)}/{len(rows)} servers answering"
+    if not up:
+        base.error = "no server answered: " + "; ".join(row.error or "no answer" for row in rows)
     return base
 
 

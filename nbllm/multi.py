@@ -44,15 +44,15 @@ COMPARE_COLUMNS = ["provider", "model", "answer", "latency_ms", "input_tokens", 
 
 
 def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
-    """Validate named providers (unknown → ConfigurationError naming valid ones); keep order, drop repeats."""
+    """Validate the names (a provider, `provider:model` or an alias each; unknown → ConfigurationError naming
+    valid ones); keep order, drop repeats. In a string, commas and spaces separate the names to compare."""
     if providers is None:
         return None
     if isinstance(providers, str):
         providers = [p for p in re.split(r"[,\s]+", providers) if p]
-    registry = get_registry()
     names: list[str] = []
     for name in providers:
-        canonical = registry.spec(name).name
+        canonical = routing.resolve(name, check_enabled=False).name  # disabled: that row says so
         if canonical not in names:
             names.append(canonical)
     if not names:

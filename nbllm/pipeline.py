@@ -14,6 +14,20 @@ Every caller — `ask`, streams, `map`, `compare`/`consensus`, the magics — bu
 `Call` with `describe` and reads it; the replay cache keys on it and the call log
 writes it, so "asked, else the default" is decided in exactly one place.
 
+A name may be a fallback chain (`openai,ollama,embedded`, or an alias naming one): the
+links are tried in order. A link known to be down (a probe or a call found nothing
+listening in the last `routing.DOWN_TTL` s) is skipped without a request. A failure that
+another provider may not share (`ModelError.moves_on`: nothing answered, a timeout, 429,
+5xx) moves on at once — a 429 does not wait out its backoff while another link could
+answer; only the last link retries under the policy. A 400/401/403/404 stops the chain
+with that error (an alias with `on="any"` moves on after any failure). A stream moves on
+only before its first chunk. `Answer.provider` says who answered, `Answer.fallbacks` who
+was passed over and why.
+
+A provider whose `{P}_BASE_URL` lists several servers is a fleet: each attempt goes to the
+least-busy server that is in (`fleet.pick`); one that fails that way is taken out for a
+while and the request goes at once to another, without counting as a retry.
+
 Timeouts (`{P}_TIMEOUT` or `timeout=`, seconds): a non-streamed attempt is bounded as
 a whole — the complete reply must arrive within it (pydantic-ai's `request_timeout`).
 A stream must deliver its first chunk within it (`first_event_timeout`), and after that
@@ -24,6 +38,7 @@ retried only before its first chunk; once text has arrived a failure keeps that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -31,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import calllog, replay, routing
-from .catalog import AUTO, ProviderSpec
+from .catalog import AUTO, Link, ProviderSpec
 from .config import FIELDS, ProviderSettings, openai_base
 from .errors import ConfigurationError, ModelError, NbllmError, detached, display_url
 from .failures import describe_failure
@@ -44,13 +59,25 @@ if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
 __all__ = [
-    "Answer", "Request", "Call", "Target", "Notice", "describe", "for_provider", "route", "answer", "events", "OPTIONS",
+    "Answer", "Fallback", "Request", "Call", "Target", "Notice", "describe", "for_provider", "route", "answer", "events",
+    "OPTIONS",
 ]
 
 OPTIONS = ("model", "system", "temperature", "max_tokens", "timeout", "chat", "cache")
 """The per-call options every asking function takes (besides `provider`)."""
 
 _NUMBERS = {fld.attr: fld for fld in FIELDS if fld.attr in ("temperature", "max_tokens", "timeout", "max_retries")}
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A link of a chain that did not answer, and why (skipped without a request, or its failure)."""
+
+    provider: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.reason}"
 
 
 @dataclass
@@ -71,6 +98,8 @@ class Answer:
     messages: list[Any] = field(default_factory=list, repr=False)
     failure: NbllmError | None = field(default=None, repr=False, compare=False)
     attempts: int = 1
+    fallbacks: list[Fallback] = field(default_factory=list)
+    """The links of a fallback chain passed over before `provider` answered (or before it failed)."""
 
     @property
     def ok(self) -> bool:
@@ -85,6 +114,7 @@ class Answer:
             "provider": self.provider, "model": self.model, "latency_ms": round(self.latency_ms, 1),
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
             "cost_usd": self.cost_usd, "error": self.error,
+            **({"fallbacks": [str(f) for f in self.fallbacks]} if self.fallbacks else {}),
         }
 
 
@@ -125,6 +155,8 @@ class Call:
     model: str | None
     cache_mode: str
     kind: str = "ask"
+    route: routing.Route | None = field(default=None, compare=False)
+    """The links to try when the name is a chain (or an alias of one, or had links skipped); else None."""
 
     @property
     def prompt(self) -> str:
@@ -157,6 +189,10 @@ class Target:
         """The API base the request goes to, without credentials (for messages)."""
         base = openai_base(self.settings.base_url) if self.spec.kind == "local" else self.settings.base_url
         return display_url(base.rstrip("/"))
+
+    def on_server(self, url: str) -> "Target":
+        """The same target, sent to one server of its fleet."""
+        return replace(self, settings=self.settings.with_(base_url=url))
 
     @property
     def priced(self) -> bool:
@@ -215,17 +251,32 @@ def describe(prompt: str, where: str = "ask", provider: str | None = None, retry
         retry = replace(retry or RetryPolicy(), retries=max_retries)
     request = Request(prompt=prompt, provider=provider, retry=retry or RetryPolicy(), **options)
     selection = current()
-    name = (provider or selection.provider or AUTO).strip().lower()
+    name = provider or selection.provider or AUTO
     model = request.model or (selection.model if provider is None else None)
-    if name != AUTO:
-        name = get_registry().require(name)[0].name
-    return Call(request, name, model, replay.mode_for(request.cache), kind)
+    return _named(Call(request, AUTO, None, replay.mode_for(request.cache), kind), name, model)
+
+
+def _named(call: Call, name: str, model: str | None, check_enabled: bool = True) -> Call:
+    """`call` asked of `name` (a provider, provider:model, an alias or a chain), resolved offline."""
+    route = routing.resolve(name, model, check_enabled)
+    if len(route.links) == 1 and not route.skipped:
+        link = route.links[0]
+        return replace(call, provider=link.provider, model=link.model, route=None)
+    return replace(call, provider=route.name, model=None, route=route)
 
 
 def for_provider(call: Call, provider: str, model: str | None = None) -> Call:
-    """The same call asked of another provider (`compare`: described once, sent to each)."""
-    name = get_registry().spec(provider).name  # unknown: an error now; disabled: that call's own failure
-    return replace(call, request=replace(call.request, provider=name, model=model), provider=name, model=model)
+    """The same call asked of another name (`compare`: described once, sent to each)."""
+    named = _named(call, provider, model, check_enabled=False)  # disabled: that call's own failure
+    return replace(named, request=replace(call.request, provider=provider, model=named.model))
+
+
+def _link(call: Call, link: Link, last: bool) -> Call:
+    """One link of a chain as a call of its own; links before the last are not retried (the next one is)."""
+    request = replace(call.request, provider=link.provider, model=link.model)
+    if not last:
+        request = replace(request, retry=replace(request.retry, retries=0))
+    return replace(call, request=request, provider=link.provider, model=link.model, route=None)
 
 
 # ---- routing -----------------------------------------------------------------------------
@@ -345,19 +396,41 @@ async def _attempt(call: Call, target: Target) -> Answer:
     return _finish(answer, response, call, messages, target)
 
 
+def _servers(target: Target) -> tuple[str, ...]:
+    return getattr(target.settings, "servers", None) or (target.settings.base_url,)
+
+
 async def _retrying(call: Call, target: Target) -> Answer:
-    """`_attempt` under the retry policy; the last error carries how many attempts were made."""
-    attempt = 0
+    """`_attempt` under the retry policy (each attempt on the least-busy server of a fleet);
+    the last error carries how many attempts were made."""
+    servers = _servers(target)
+    attempt, tried = 0, set()
+    if len(servers) > 1:
+        from . import fleet
     while True:
+        url = fleet.pick(servers, exclude=tried) if len(servers) > 1 else None
         try:
-            answer = await _attempt(call, target)
+            if url is None:
+                answer = await _attempt(call, target)
+            else:
+                with fleet.lease(url):
+                    answer = await _attempt(call, target.on_server(url))
             answer.attempts = attempt + 1
+            routing.mark_down(target.provider, None)
             return answer
         except ModelError as exc:
             error = exc
+        if url is not None and error.moves_on:  # that server is out for a while; another one takes it now
+            fleet.take_out(url, error.reason, error.retry_after)
+            tried.add(url)
+            if len(tried) < len(servers):
+                continue
+            tried.clear()
         delay = _retry_wait(call, target, error, attempt)
         if delay is None:
             error.attempts = attempt + 1  # type: ignore[attr-defined]
+            if error.status is None and not error.retryable:  # nothing answered: a chain skips it for a while
+                routing.mark_down(target.provider, error.reason)
             raise detached(error)
         attempt += 1
         await asyncio.sleep(delay)
@@ -390,31 +463,93 @@ def _replayed(hit: replay.Recording, call: Call, started: float) -> Answer:
 
 
 async def answer(call: Call, target: Target | None = None) -> Answer:
-    """Answer one call: replay cache, then the provider (`target`: already routed, as `map` does once)."""
+    """Answer one call: replay cache, then the provider — or the links of a chain in turn —
+    (`target`: already routed, as `map` does once for a single provider)."""
     started = time.perf_counter()
     recorder = replay.recorder(call)  # None when the replay cache is off
     if recorder is not None and (hit := await recorder.lookup()) is not None:
         result = _replayed(hit, call, started)
         calllog.record(call, result)
         return result
-    target = target or await route(call)
+    if call.route is not None and target is None:
+        result = await _chain(call)
+    else:
+        result = await _answer_one(call, target or await route(call), call)
+    assert isinstance(result, Answer)
+    if recorder is not None:
+        await recorder.save(result)
+    return result
+
+
+async def _answer_one(call: Call, target: Target, logged: Call, fallbacks: list[Fallback] | None = None,
+                      moves_on: bool = False) -> "Answer | Fallback":
+    """One provider's answer, logged under `logged` (the whole call, when this is a link of a chain).
+    `moves_on`: a link before the last, whose failure the next link may not share, returns that
+    failure as a `Fallback` instead of raising it (nothing logged: the chain's row lists it)."""
     started = time.perf_counter()
     error: ModelError | None = None
     try:
         result = await _retrying(call, target)
     except asyncio.CancelledError:  # Ctrl-C or a cancelled task: the call still gets its row
-        _log_interrupted(call, Answer("", target.provider, target.model), started)
+        _log_interrupted(logged, Answer("", target.provider, target.model, fallbacks=list(fallbacks or ())), started)
         raise
     except ModelError as exc:
         error = exc
     if error is not None:
-        failed = Answer("", target.provider, target.model, (time.perf_counter() - started) * 1000, error=str(error))
-        calllog.record(call, failed, _logged_options(call, target))
+        if moves_on and (error.moves_on or logged.route is not None and logged.route.on == "any"):
+            return Fallback(target.provider, _reason(error))
+        failed = Answer("", target.provider, target.model, (time.perf_counter() - started) * 1000, error=str(error),
+                        fallbacks=list(fallbacks or ()))
+        calllog.record(logged, failed, _logged_options(call, target))
         raise detached(error)
-    if recorder is not None:
-        await recorder.save(result)
-    calllog.record(call, result, _logged_options(call, target))
+    result.fallbacks = list(fallbacks or ())
+    calllog.record(logged, result, _logged_options(call, target))
     return result
+
+
+def _passed_over(link: Link, fallbacks: list[Fallback], remaining: int) -> bool:
+    """Skip a link known to be down, while a later link may answer (the last one is always tried)."""
+    down = routing.known_down(link.provider) if link.provider != AUTO and remaining else None
+    if down:
+        fallbacks.append(Fallback(str(link), f"skipped, known to be down ({down})"))
+    return bool(down)
+
+
+async def _chain(call: Call) -> Answer:
+    """The links of `call.route` in turn until one answers; the last link's failure is raised."""
+    assert call.route is not None
+    links = call.route.links
+    fallbacks = [Fallback(name, why) for name, why in call.route.skipped]
+    for index, link in enumerate(links):
+        last = index == len(links) - 1
+        if _passed_over(link, fallbacks, len(links) - 1 - index):
+            continue
+        one = _link(call, link, last)
+        problem: NbllmError | None = None
+        try:
+            target = await route(one)
+        except NbllmError as exc:  # not installed, no key, crashed: the next link may answer
+            problem = exc
+        if problem is not None:
+            if last:
+                failed = Answer("", link.provider, link.model or "", error=str(problem), fallbacks=fallbacks)
+                calllog.record(call, failed)
+                raise detached(problem)
+            fallbacks.append(Fallback(str(link), _reason(problem)))
+            continue
+        if not last and (down := routing.known_down(target.provider)):  # routing's probe just found it down
+            fallbacks.append(Fallback(str(link), f"skipped, found down ({down})"))
+            continue
+        result = await _answer_one(one, target, call, fallbacks, moves_on=not last)
+        if isinstance(result, Answer):
+            return result
+        fallbacks.append(Fallback(str(link), result.reason))
+    raise AssertionError("unreachable: the last link answers or raises")
+
+
+def _reason(error: NbllmError) -> str:
+    """A failure in a few words for `Answer.fallbacks` (the provider is named beside it)."""
+    return getattr(error, "reason", None) or str(error)
 
 
 def _logged_options(call: Call, target: Target) -> dict[str, Any]:
@@ -446,24 +581,17 @@ async def events(call: Call) -> AsyncIterator[str | Notice | Answer]:
     """Yield notices and text deltas, then one final Answer (`error` set if the stream broke).
 
     Never raises for a failure of the call: it becomes the final Answer's `failure`, with
-    the text that had arrived kept in `text`.
+    the text that had arrived kept in `text`. A chain moves on only before the first chunk.
     """
     started = time.perf_counter()
-    target: Target | None = None
     problem: NbllmError | None = None
-    hit = None
+    hit, recorder = None, None
     try:
         recorder = replay.recorder(call)
         hit = await recorder.lookup() if recorder is not None else None
-        if hit is None:
-            async for item in _routed(call):
-                if isinstance(item, Notice):
-                    yield item
-                else:
-                    target = item
     except NbllmError as exc:
         problem = exc
-    if problem is not None or target is None and hit is None:
+    if problem is not None:
         yield Answer("", call.provider, call.model or "", error=str(problem), failure=problem)
         return
     if hit is not None:  # a cached answer arrives as one chunk
@@ -473,40 +601,102 @@ async def events(call: Call) -> AsyncIterator[str | Notice | Answer]:
             yield result.text
         yield result
         return
-    assert target is not None
-    async for item in _stream_target(call, target, recorder):
+    if call.route is None:
+        async for item in _stream_one(call, call, recorder, [], moves_on=False):
+            if not isinstance(item, Fallback):
+                yield item
+        return
+    links = call.route.links
+    fallbacks = [Fallback(name, why) for name, why in call.route.skipped]
+    for index, link in enumerate(links):
+        last = index == len(links) - 1
+        if _passed_over(link, fallbacks, len(links) - 1 - index):
+            continue
+        moved: Fallback | None = None
+        async for item in _stream_one(_link(call, link, last), call, recorder, fallbacks, moves_on=not last):
+            if isinstance(item, Fallback):
+                moved = item
+            else:
+                yield item
+        if moved is None:
+            return
+        fallbacks.append(Fallback(str(link), moved.reason))
+
+
+async def _stream_one(call: Call, logged: Call, recorder: replay.Recorder | None, fallbacks: list[Fallback],
+                      moves_on: bool) -> AsyncIterator[str | Notice | Answer | Fallback]:
+    """One provider's stream (routed here, with notices), logged under `logged`; with `moves_on`, a
+    failure before the first chunk that the next link may not share ends it with a `Fallback`."""
+    target: Target | None = None
+    problem: NbllmError | None = None
+    try:
+        async for item in _routed(call):
+            if isinstance(item, Notice):
+                yield item
+            else:
+                target = item
+    except NbllmError as exc:
+        problem = exc
+    if problem is not None or target is None:
+        if moves_on:
+            yield Fallback(call.provider, _reason(problem) if problem else "could not be reached")
+            return
+        failed = Answer("", call.provider, call.model or "", error=str(problem), failure=problem,
+                        fallbacks=list(fallbacks))
+        if fallbacks:  # a chain's last link: its row says who was passed over
+            calllog.record(logged, failed)
+        yield failed
+        return
+    if moves_on and (down := routing.known_down(target.provider)):  # routing's probe just found it down
+        yield Fallback(call.provider, f"skipped, found down ({down})")
+        return
+    async for item in _stream_target(call, target, recorder, logged, fallbacks, moves_on):
         yield item
 
 
-async def _stream_target(call: Call, target: Target, recorder: replay.Recorder | None
-                         ) -> AsyncIterator[str | Answer]:
+async def _stream_target(call: Call, target: Target, recorder: replay.Recorder | None, logged: Call,
+                         fallbacks: list[Fallback], moves_on: bool) -> AsyncIterator[str | Answer | Fallback]:
     from pydantic_ai.direct import model_request_stream
 
-    model, options = _model_and_options(call, target, streamed=True)
+    servers = _servers(target)
+    if len(servers) > 1:
+        from . import fleet
     messages = _request_messages(call)
     chunks: list[str] = []
-    result = Answer("", target.provider, target.model, reason=target.reason)
+    result = Answer("", target.provider, target.model, reason=target.reason, fallbacks=list(fallbacks))
     started = time.perf_counter()
-    logged = False
-    attempt = 0
+    logged_row = False
+    attempt, tried = 0, set()
     try:
         while True:
+            url = fleet.pick(servers, exclude=tried) if len(servers) > 1 else None
+            sent = target if url is None else target.on_server(url)
+            model, options = _model_and_options(call, sent, streamed=True)
             response = None
             error: ModelError | None = None
+            lease = fleet.lease(url) if url is not None else contextlib.nullcontext()
             try:
-                async with model_request_stream(model, messages, model_settings=options) as streamed:
-                    async for event in streamed:
-                        delta = _delta(event)
-                        if delta:
-                            chunks.append(delta)
-                            yield delta
-                    response = streamed.get()
+                with lease:
+                    async with model_request_stream(model, messages, model_settings=options) as streamed:
+                        async for event in streamed:
+                            delta = _delta(event)
+                            if delta:
+                                chunks.append(delta)
+                                yield delta
+                        response = streamed.get()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                error = _failed(exc, target, options["timeout"])
+                error = _failed(exc, sent, options["timeout"])
             if error is None:
+                routing.mark_down(target.provider, None)
                 break
+            if url is not None and not chunks and error.moves_on:  # another server of the fleet takes it now
+                fleet.take_out(url, error.reason, error.retry_after)
+                tried.add(url)
+                if len(tried) < len(servers):
+                    continue
+                tried.clear()
             delay = None if chunks else _retry_wait(call, target, error, attempt)
             if delay is None:  # out of retries, or text has arrived: keep it and say what failed
                 result.failure = await _crash_report(target, error)
@@ -514,6 +704,11 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
                 break
             attempt += 1
             await asyncio.sleep(delay)
+        if result.failure is not None and not chunks and moves_on and (
+                result.failure.moves_on or logged.route is not None and logged.route.on == "any"):
+            logged_row = True  # nothing arrived: the next link answers instead, the chain's row lists this one
+            yield Fallback(target.provider, _reason(result.failure))
+            return
         result.text = "".join(chunks)
         result.attempts = attempt + 1
         result.latency_ms = (time.perf_counter() - started) * 1000
@@ -521,9 +716,9 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
             _finish(result, response, call, messages, target)
             if recorder is not None and result.ok:
                 await recorder.save(result)
-        calllog.record(call, result, _logged_options(call, target))
-        logged = True
+        calllog.record(logged, result, _logged_options(call, target))
+        logged_row = True
         yield result
     finally:
-        if not logged:  # Ctrl-C, a cancelled task or a consumer that stopped early: keep what arrived
-            _log_interrupted(call, result, started, "".join(chunks), _logged_options(call, target))
+        if not logged_row:  # Ctrl-C, a cancelled task or a consumer that stopped early: keep what arrived
+            _log_interrupted(logged, result, started, "".join(chunks), _logged_options(call, target))

@@ -1,28 +1,32 @@
 """The live set of providers: settings from the environment, enable/disable, status.
 
 One `ProviderRegistry` per process (`get_registry()`); `reinit()` re-reads the
-environment and `.env`. Choices made with `save=True` go to the user config file,
-which environment variables override. It holds settings and does not choose:
-what a name means (`auto`, detected models) is `routing`'s job, which watches
-`generation` to forget what it learnt under older settings.
+environment, `.env` and the endpoints files (`nbllm.endpoints`: the user's own
+providers, registered in the catalog with origin "file", and aliases). Choices made
+with `save=True` go to the user config file, which environment variables override;
+endpoints and aliases added with `save=True` go to an endpoints file. It holds
+settings and does not choose: what a name means (`auto`, detected models, aliases)
+is `routing`'s job, which watches `generation` to forget what it learnt under
+older settings.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import catalog
+from . import catalog, endpoints
 from .catalog import ProviderSpec
 from .config import (
     FIELDS, GlobalSettings, ProviderSettings, key_values, load_provider_settings, read_settings, read_user_config,
     user_config_path, write_user_config,
 )
+from .endpoints import Alias
 from .errors import ConfigurationError, remember_secrets, scrub
-from .health import ProviderHealth, check_providers
+from .health import ProviderHealth, base_url_missing, check_providers, known_without_probe
 
 __all__ = ["ProviderRegistry", "get_registry", "StatusSummary", "has_registry", "reset_registry"]
 
@@ -47,13 +51,26 @@ class ProviderRegistry:
         self._lock = threading.RLock()
         self._settings: dict[str, ProviderSettings] = {}
         self.global_settings = GlobalSettings()
+        self.aliases: dict[str, Alias] = {}
+        """Alias name → `Alias` (from the endpoints files, or set for this process); routing resolves them."""
+        self.endpoints_paths: tuple[Path, ...] = ()
+        """The endpoints files read: the user's (beside the config file), then the working directory's."""
+        self.endpoint_problems: tuple[str, ...] = ()
         self.reinit()
 
     # ---- loading ------------------------------------------------------------
     def reinit(self) -> None:
-        """Re-read the environment, `.env` and the user config file (bad values are warned again)."""
+        """Re-read the environment, `.env`, the user config file and the endpoints files
+        (bad values and entries are warned again)."""
         env, origin, user_config, global_settings = read_settings(self._dotenv_path)
         with self._lock:
+            _forget_file_specs()
+            found = endpoints.read_endpoints(env, origin)
+            for spec in found.specs:
+                catalog.register_provider(spec, replace=True)
+            self.aliases = dict(found.aliases)
+            self.endpoints_paths = found.paths
+            self.endpoint_problems = found.problems
             self._origin = origin
             self._env = env
             self._user_config = user_config
@@ -98,9 +115,9 @@ class ProviderRegistry:
         return spec, settings
 
     def is_configured(self, name: str) -> bool:
-        """Cloud: a key is present. Local: always (whether it answers is for health)."""
-        spec = self.spec(name)
-        return not spec.needs_key or self.settings(name).has_key
+        """Cloud: a key is present. Local: its address is known (whether it answers is for health)."""
+        spec, settings = self.spec(name), self.settings(name)
+        return not base_url_missing(spec, settings) and (not spec.needs_key or settings.has_key)
 
     def update(self, name: str, **changes: Any) -> ProviderSettings:
         """Change settings of one provider for this process (e.g. `model=`).
@@ -147,6 +164,156 @@ class ProviderRegistry:
     def config_path(self) -> Path:
         """The user config file, as the last read of the environment and `.env` names it (no file is read)."""
         return user_config_path(self._env, self._origin)
+
+    # ---- the user's endpoints and aliases ------------------------------------------
+    def _changed(self) -> None:
+        """After an endpoint or alias changed: routing and the cached clients forget what they knew."""
+        self._generation += 1
+        from .clients import clear
+
+        clear()
+
+    def _file_for(self, section: str, name: str) -> Path:
+        """Where a change to `name` is saved: the file that already holds it (the working
+        directory's first, as it wins), else the user file."""
+        for path in reversed(self.endpoints_paths):
+            if endpoints.holds(path, section, name):
+                return path
+        return self.endpoints_paths[0]
+
+    def add_endpoint(self, name: str, base_url: str, key_env: str | None = None, kind: str = "local",
+                     protocol: str = "openai", model: str | None = None, label: str | None = None,
+                     save: bool = True) -> ProviderSpec:
+        """Add (or replace) one of the user's own providers; `save` writes it to an endpoints file."""
+        name = (name or "").strip()
+        entry: dict[str, Any] = {"base_url": base_url, "kind": kind, "protocol": protocol, "key_env": key_env,
+                                 "model": model, "label": label}
+        entry = {k: v for k, v in entry.items() if v is not None}
+        spec, problems = endpoints.check_endpoint(name, entry)
+        if spec is not None and name in self.aliases:
+            spec, problems = None, [f"{name!r} is an alias: remove it first with nbllm.unalias({name!r})"]
+        if spec is None:
+            raise ConfigurationError(f"Cannot add endpoint {name!r}: {'; '.join(problems)}.")
+        with self._lock:
+            if save:
+                path = self._file_for("providers", name)
+                urls = spec.base_url.split(",")
+                written = {"base_url": urls[0] if len(urls) == 1 else urls, "kind": spec.kind,
+                           "protocol": "anthropic" if spec.builder == "anthropic" else "openai",
+                           "key_env": key_env.strip() if key_env else None, "model": model, "label": label}
+                endpoints.write_endpoint(path, name, written)
+                spec = replace(spec, extra={"file": str(path)})
+            catalog.register_provider(spec, replace=True)
+            self._settings[name] = load_provider_settings(spec, self._env, self._origin, self._user_config)
+            self._remember_secrets()
+            self._changed()
+        return spec
+
+    def remove_endpoint(self, name: str, save: bool = True) -> list[Path]:
+        """Forget one of the user's own providers; `save` also removes it from every endpoints file holding it
+        (returned). Built-in and plug-in providers cannot be removed: disable them."""
+        key = (name or "").strip().lower()
+        current = {spec.name: spec for spec in catalog.all_specs()}
+        if key in current and current[key].origin != "file":
+            where = "built in" if current[key].origin == "builtin" else "from a plug-in"
+            raise ConfigurationError(f"{key!r} is {where} and cannot be removed: disable it instead with "
+                                     f"nbllm.disable({key!r}), %llm_providers --disable {key} or "
+                                     f"nbllm providers --disable {key}.")
+        with self._lock:
+            files = [p for p in self.endpoints_paths if endpoints.holds(p, "providers", key)] if save else []
+            if key not in current and not files:
+                mine = [s.name for s in current.values() if s.origin == "file"]
+                valid = ", ".join(mine) if mine else "none yet (add one with nbllm.add_provider)"
+                raise ConfigurationError(f"No endpoint named {name!r} to remove. Your endpoints: {valid}.")
+            removed = [p for p in files if endpoints.delete_endpoint(p, key)]
+            catalog.unregister_provider(key)
+            self._settings.pop(key, None)
+            self._changed()
+        return removed
+
+    def set_alias(self, name: str, target: str, on: str = "transient", save: bool = True) -> Alias:
+        """Make `name` mean `target` (a provider, `provider:model`, `auto`, another alias or a chain)."""
+        name = (name or "").strip()
+        on_word = (on or "").strip().lower()
+        if on_word not in endpoints.ON_CHOICES:
+            raise ConfigurationError(f"on={on!r} is not one of {', '.join(endpoints.ON_CHOICES)}: "
+                                     "'transient' falls back on connection failures, timeouts, 429 and 5xx, "
+                                     "'any' on every error.")
+        problem = endpoints.check_alias_name(name, self.names())
+        if problem:
+            raise ConfigurationError(f"Cannot make alias {name!r}: {problem}.")
+        links = catalog.parse_chain(target)
+        known = set(self.names()) | {catalog.AUTO} | set(self.aliases) | {name}  # itself: a loop, said below
+        unknown = [link.provider for link in links if link.provider not in known]
+        if unknown:
+            others = sorted(set(self.aliases) - {name})
+            valid = ", ".join([*self.names(), catalog.AUTO]) + (f"; aliases: {', '.join(others)}" if others else "")
+            raise ConfigurationError(f"Alias {name!r} cannot point at {unknown[0]!r}: it is not a provider or an "
+                                     f"alias. Valid names: {valid}.")
+        alias = Alias(name, ",".join(str(link) for link in links), on_word)
+        loop = endpoints.alias_cycle(name, {**self.aliases, name: alias})
+        if loop:
+            raise ConfigurationError(f"Alias {name!r} would make a loop ({' → '.join(loop)}): "
+                                     "point it at a provider.")
+        with self._lock:
+            if save:
+                path = self._file_for("aliases", name)
+                endpoints.write_alias(path, name, alias.target, alias.on)
+                alias = Alias(alias.name, alias.target, alias.on, str(path))
+            self.aliases[name] = alias
+            self._changed()
+        return alias
+
+    def remove_alias(self, name: str, save: bool = True) -> list[Path]:
+        """Forget alias `name`; `save` also removes it from every endpoints file holding it (returned)."""
+        key = (name or "").strip().lower()
+        with self._lock:
+            files = [p for p in self.endpoints_paths if endpoints.holds(p, "aliases", key)] if save else []
+            if key not in self.aliases and not files:
+                valid = ", ".join(sorted(self.aliases)) or "none yet (make one with nbllm.alias)"
+                raise ConfigurationError(f"No alias named {name!r} to remove. Aliases: {valid}.")
+            removed = [p for p in files if endpoints.delete_alias(p, key)]
+            self.aliases.pop(key, None)
+            self._changed()
+        return removed
+
+    def alias_problem(self, name: str) -> str | None:
+        """Why alias `name` cannot answer, known offline (every link unknown, disabled or without a key), or None."""
+        reasons: list[str] = []
+        usable = False
+
+        def walk(target: str, seen: tuple[str, ...]) -> None:
+            nonlocal usable
+            for link in catalog.parse_chain(target):
+                provider = link.provider
+                if provider in self.aliases and provider not in seen:
+                    walk(self.aliases[provider].target, (*seen, provider))
+                elif provider == catalog.AUTO:
+                    usable = True
+                elif provider not in self.names():
+                    reasons.append(f"{provider} is not a provider")
+                else:
+                    settings = self.settings(provider)
+                    known = known_without_probe(self.spec(provider), settings)
+                    if not settings.enabled:
+                        reasons.append(f"{provider} is disabled")
+                    elif known is not None and not known.configured:
+                        reasons.append(f"{provider}: {known.error or 'not configured'}")
+                    else:
+                        usable = True
+
+        alias = self.aliases.get(name)
+        if alias is None:
+            return None
+        try:
+            walk(alias.target, (name,))
+        except ConfigurationError as exc:
+            return str(exc)
+        return None if usable else "points at nothing usable: " + "; ".join(dict.fromkeys(reasons))
+
+    def endpoint_files(self) -> list[tuple[Path, bool]]:
+        """The endpoints files and whether each exists (for `--list`)."""
+        return [(path, path.is_file()) for path in self.endpoints_paths]
 
     # ---- variables (for --list) ------------------------------------------------
     def variables(self, name: str) -> list[dict[str, Any]]:
@@ -243,7 +410,15 @@ def has_registry() -> bool:
 
 
 def reset_registry() -> None:
-    """Drop the registry so the next use re-reads everything (tests, `--reinit`)."""
+    """Drop the registry so the next use re-reads everything (tests, `--reinit`), endpoints files included."""
     global _registry
     with _registry_lock:
         _registry = None
+        _forget_file_specs()
+
+
+def _forget_file_specs() -> None:
+    """Take the providers read from endpoints files out of the catalog (they are read again)."""
+    for spec in catalog.all_specs():
+        if spec.origin == "file":
+            catalog.unregister_provider(spec.name)

@@ -1,4 +1,9 @@
-"""What a provider name means right now: a named provider, or `auto`, resolved to a `Choice`.
+"""What a provider name means right now: a name resolved to a `Route`, each link to a `Choice`.
+
+A name is a provider (`groq`), a provider and model (`ollama:qwen3:8b`: the first colon
+splits), an alias (`fast`), `auto`, or a fallback chain of any of these (`openai,embedded`).
+`resolve` expands it offline into the links a call tries in order (`Route`); `choose`
+turns one link into a provider and model, probing local servers for `auto`.
 
 `auto` is OpenAI when its key is set, else the first local server that answers
 (LM Studio, Ollama, llama.cpp, vLLM… probed concurrently, chosen by priority), then
@@ -17,21 +22,135 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from . import catalog
-from .catalog import AUTO, ProviderSpec
+from .catalog import AUTO, Link, ProviderSpec
 from .errors import ConfigurationError
 from .health import ProviderHealth, probed
 from .registry import ProviderRegistry, get_registry
 
-__all__ = ["Choice", "choose", "choose_offline", "detected_model", "invalidate", "check", "DETECT_TTL"]
+__all__ = [
+    "Choice", "Route", "resolve", "choose", "choose_offline", "detected_model", "invalidate", "check", "mark_down",
+    "known_down", "DETECT_TTL", "DOWN_TTL",
+]
 
 log = logging.getLogger("nbllm")
 
 DETECT_TTL = 60.0
 """Seconds a local server's detected model (and `auto`'s pick) is trusted before it is probed again."""
+
+DOWN_TTL = 30.0
+"""Seconds a provider found down (a probe, or a call nothing answered) is skipped by a fallback chain."""
+
+_MAX_ALIAS_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Route:
+    """A name resolved without the network: the links a call tries, in order (aliases expanded,
+    duplicates dropped), and the ones left out before trying (disabled, no key) with why."""
+
+    name: str
+    links: tuple[Link, ...]
+    on: str = "transient"
+    """"any": every failure moves on to the next link (an alias said so); "transient": only failures
+    another provider may not share (nothing answered, timeouts, 429, 5xx — see `ModelError.moves_on`)."""
+    skipped: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def chain(self) -> bool:
+        """Whether another link may answer when one fails."""
+        return len(self.links) > 1
+
+
+def _aliases(registry: ProviderRegistry) -> dict:
+    return getattr(registry, "aliases", None) or {}
+
+
+def _unknown(registry: ProviderRegistry, name: str, where: str = "") -> NoReturn:
+    aliases = sorted(_aliases(registry))
+    valid = ", ".join([*registry.names(), AUTO])
+    extra = f"; aliases: {', '.join(aliases)}" if aliases else ""
+    raise ConfigurationError(f"Invalid LLM provider {name!r}{where}. Valid providers: {valid}{extra}.")
+
+
+def _expand(registry: ProviderRegistry, links: tuple[Link, ...], seen: tuple[str, ...], on: list[str]) -> list[Link]:
+    """Aliases replaced by what they name (recursively); unknown names are one error listing valid ones."""
+    out: list[Link] = []
+    for link in links:
+        alias = _aliases(registry).get(link.provider)
+        if alias is None:
+            if link.provider != AUTO and link.provider not in registry.names():
+                _unknown(registry, link.provider, f" (in alias {seen[-1]!r})" if seen else "")
+            out.append(link)
+            continue
+        if link.provider in seen or len(seen) >= _MAX_ALIAS_DEPTH:
+            raise ConfigurationError(f"Alias {link.provider!r} refers to itself ({' → '.join([*seen, link.provider])}): "
+                                     f"change it with nbllm.alias({link.provider!r}, ...).")
+        if getattr(alias, "on", "transient") == "any":
+            on.append("any")
+        inner = _expand(registry, catalog.parse_chain(alias.target), (*seen, link.provider), on)
+        if link.model:  # `fast:other-model`: the alias's provider with another model
+            if len(inner) > 1:
+                raise ConfigurationError(f"{link}: alias {link.provider!r} is a chain ({alias.target}); "
+                                         "a model can only follow a single provider.")
+            inner = [Link(inner[0].provider, link.model)]
+        out.extend(inner)
+    return out
+
+
+def _unusable(registry: ProviderRegistry, link: Link) -> str | None:
+    """Why a link cannot answer, when that is known offline (disabled, no key, no base URL); else None."""
+    if link.provider == AUTO:
+        return None
+    spec, settings = registry.spec(link.provider), registry.settings(link.provider)
+    if not settings.enabled:
+        return "disabled"
+    from .health import known_without_probe
+
+    known = known_without_probe(spec, settings)
+    if known is not None and not known.configured:
+        return known.error or "not configured"
+    return None
+
+
+def resolve(name: str | None, model: str | None = None, check_enabled: bool = True) -> Route:
+    """What `name` (None: `auto`) asks for, as the links to try; nothing is sent.
+
+    One provider (or an alias naming one) that is disabled is an error, as it always was;
+    in a chain, links that cannot answer are skipped (`Route.skipped`) and only a chain
+    with nothing usable left is an error. `model` applies to the first link.
+    `check_enabled=False` leaves a disabled single provider for the call itself to report
+    (`compare`: a row saying so, not an error before any provider is asked).
+    """
+    registry = _registry()
+    text = (name or AUTO).strip() or AUTO
+    on: list[str] = []
+    links: list[Link] = []
+    for link in _expand(registry, catalog.parse_chain(text), (), on):
+        if link not in links:
+            links.append(link)
+    if model:
+        links[0] = Link(links[0].provider, model)
+    spelled = ",".join(str(link) for link in catalog.parse_chain(text))
+    if len(links) == 1:
+        if links[0].provider != AUTO and check_enabled:
+            registry.require(links[0].provider)  # disabled: the error it has always been
+        return Route(spelled, tuple(links), "any" if on else "transient")
+    usable, skipped = [], []
+    for link in links:
+        why = _unusable(registry, link)
+        if why is None:
+            usable.append(link)
+        else:
+            skipped.append((str(link), why))
+    if not usable:
+        reasons = "; ".join(f"{link}: {why}" for link, why in skipped)
+        what = f"alias {text!r}" if text.lower() in _aliases(registry) else f"{text!r}"
+        raise ConfigurationError(f"{what} points at nothing usable ({reasons}). {catalog.NOTHING_USABLE_ADVICE}")
+    return Route(spelled, tuple(usable), "any" if on else "transient", tuple(skipped))
 
 
 @dataclass(frozen=True)
@@ -50,6 +169,8 @@ class _Memory:
         self.lock = threading.RLock()
         self.detected: dict[str, tuple[str | None, float]] = {}
         self.auto: tuple[Choice, float] | None = None
+        self.down: dict[str, tuple[str, float]] = {}
+        """Provider → (why, when) it was last found down; a chain skips it for `DOWN_TTL` seconds."""
         self.registry: ProviderRegistry | None = None
         self.generation = -1
         self.version = 0
@@ -61,6 +182,7 @@ class _Memory:
             if registry is not self.registry or registry.generation != self.generation:
                 self.registry, self.generation = registry, registry.generation
                 self.detected.clear()
+                self.down.clear()
                 self.auto = None
                 self.version += 1
 
@@ -86,6 +208,25 @@ def invalidate(name: str | None = None) -> None:
         _memory.version += 1
 
 
+def mark_down(name: str, reason: str | None) -> None:
+    """Remember that `name` did not answer (None: it answered, forget that)."""
+    with _memory.lock:
+        if reason is None:
+            _memory.down.pop(name, None)
+        else:
+            _memory.down[name] = (reason, time.monotonic())
+
+
+def known_down(name: str) -> str | None:
+    """Why `name` is known to be down, if it was found so in the last `DOWN_TTL` seconds."""
+    _registry()
+    with _memory.lock:
+        found = _memory.down.get(name)
+    if found and time.monotonic() - found[1] < DOWN_TTL:
+        return found[0]
+    return None
+
+
 async def check(names: list[str] | None = None, timeout: float | None = None) -> dict[str, ProviderHealth]:
     """Probe providers (see `ProviderRegistry.check`) and remember what local servers serve."""
     registry = _registry()
@@ -95,6 +236,9 @@ async def check(names: list[str] | None = None, timeout: float | None = None) ->
         for h in results.values():  # what a probe detected saves the next call a probe
             if h.connected:
                 _memory.detected[h.provider] = (h.model_id if h.model_detected else None, now)
+                _memory.down.pop(h.provider, None)
+            elif h.down:
+                _memory.down[h.provider] = (h.error or "down", now)
     return results
 
 
@@ -186,7 +330,8 @@ async def _choose_auto(registry: ProviderRegistry, model: str | None, detect_mod
 
 
 def _local_candidates(registry: ProviderRegistry) -> list[ProviderSpec]:
-    specs = [s for s in catalog.all_specs() if s.kind == "local" and registry.settings(s.name).enabled]
+    specs = [s for s in catalog.all_specs()
+             if s.kind == "local" and registry.settings(s.name).enabled and registry.is_configured(s.name)]
     return sorted(specs, key=lambda s: s.auto_priority)
 
 

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .catalog import AUTO
+from .catalog import AUTO, parse_chain
 from .config import config_warning
 from .errors import ConfigurationError, scrub
 from .registry import ProviderRegistry, get_registry
@@ -24,7 +24,8 @@ log = logging.getLogger("nbllm")
 
 @dataclass(frozen=True)
 class Selection:
-    """The kernel-wide default: a provider name (or 'auto') and an optional model."""
+    """The kernel-wide default: a name (a provider, an alias, a chain like `openai,embedded`, or
+    'auto') and an optional model (of a single provider)."""
 
     provider: str
     model: str | None = None
@@ -51,38 +52,55 @@ def current() -> Selection:
         if _current is None:
             registry = get_registry()
             g = registry.global_settings
-            _current = Selection(_valid_provider(registry, g.provider or AUTO, g.provider_source), g.model)
+            _current = _initial(registry, g.provider or AUTO, g.model, g.provider_source)
         return _current
 
 
-def _valid_provider(registry: ProviderRegistry, name: str, source: str) -> str:
-    """`name` if it is `auto` or an enabled provider; else a warning and `auto`."""
-    if name == AUTO:
-        return name
+def selection_for(name: str, model: str | None = None) -> Selection:
+    """What `use(name, model)` would make the default; unknown, disabled or unusable → ConfigurationError.
+
+    `ollama:qwen3:8b` is provider ollama with model qwen3:8b; an alias or a chain is kept as
+    written, so the panel and `--status` show what the user chose.
+    """
+    from .routing import resolve
+
+    text = (name or AUTO).strip() or AUTO
+    route = resolve(text, model)
+    links = parse_chain(text)
+    aliases = getattr(get_registry(), "aliases", None) or {}
+    if len(links) == 1 and links[0].provider not in aliases:
+        link = route.links[0]
+        return Selection(link.provider, link.model)
+    return Selection(route.name, None)
+
+
+def _initial(registry: ProviderRegistry, name: str, model: str | None, source: str) -> Selection:
+    """The first default: `name` if it can be used; else a warning and `auto`."""
     try:
-        return registry.require(name)[0].name
-    except ConfigurationError:
-        pass
-    enabled = [n for n in registry.names() if registry.settings(n).enabled]
-    known = name in registry.names()
+        selection = selection_for(name)
+    except ConfigurationError as exc:
+        problem = str(exc)
+    else:
+        return Selection(selection.provider, model or selection.model)
     what = f"{source}={name!r}" if source == "NBLLM_PROVIDER" else f"{source or 'the default provider'} {name!r}"
-    reason = "names a disabled provider" if known else "is not a known provider"
+    enabled = [n for n in registry.names() if registry.settings(n).enabled]
+    known = name.strip().lower() in registry.names()
+    reason = "names a disabled provider" if known and not registry.settings(name.strip().lower()).enabled else \
+        ("is not a known provider" if ":" not in name and "," not in name else f"cannot be used ({problem})")
     message = f"nbllm: {what} {reason}; using {AUTO!r}. Enabled choices: {', '.join([AUTO, *enabled])}."
     config_warning(scrub(message))
-    return AUTO
+    return Selection(AUTO, None)
 
 
 def use(provider: str, model: str | None = None, save: bool = False) -> Selection:
     """Make `provider` (and `model`) the kernel-wide default; observers are told.
 
+    `provider` may be `provider:model`, an alias or a fallback chain (`"openai,embedded"`).
     Unknown or disabled names raise `ConfigurationError` and leave the default as it was.
     """
     global _current
     registry = get_registry()
-    name = (provider or AUTO).strip().lower()
-    if name != AUTO:
-        name = registry.require(name)[0].name
-    selection = Selection(name, model or None)
+    selection = selection_for(provider, model or None)
     with _lock:
         changed = selection != _current
         _current = selection

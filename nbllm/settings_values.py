@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from .errors import BadValue, scrub
 
 __all__ = [
-    "BadValue", "TRUE_WORDS", "FALSE_WORDS", "BOOL_FORM", "to_bool", "to_text", "to_url", "to_choice", "to_path",
+    "BadValue", "TRUE_WORDS", "FALSE_WORDS", "BOOL_FORM", "to_bool", "to_text", "to_url", "to_urls", "split_urls",
+    "to_choice", "to_path",
     "to_args", "to_number", "number_form", "show_number", "check_number", "Secret", "Field", "FIELDS",
     "Variable", "GLOBALS", "validate_user_config", "is_name", "server_root", "openai_base", "host_to_url", "decode",
     "os_reason",
@@ -65,6 +66,39 @@ def to_url(text: str) -> str:
     if not ok:
         raise BadValue("expected an http:// or https:// URL such as http://localhost:1234/v1")
     return text
+
+
+def split_urls(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, BadValue], ...]]:
+    """A comma list of URLs (a fleet of servers) → the good ones in order, duplicates and
+    empty entries dropped, and each bad entry with why it is bad.
+
+    Lenient on purpose: settings keep the servers that are fine and warn about the others,
+    so one typo does not take a whole fleet down.
+    """
+    good: list[str] = []
+    bad: list[tuple[str, BadValue]] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            url = to_url(part)
+        except BadValue as exc:
+            bad.append((part.strip(), exc))
+            continue
+        if url not in good:
+            good.append(url)
+    return tuple(good), tuple(bad)
+
+
+def to_urls(text: str) -> tuple[str, ...]:
+    """A comma list of URLs, strictly (a face's `--base-url`): every entry must be one."""
+    good, bad = split_urls(text)
+    if bad:
+        entry, why = bad[0]
+        raise BadValue(f"{entry!r} is not a URL: {why}" if len(good) + len(bad) > 1 else str(why))
+    if not good:
+        raise BadValue("expected an http:// or https:// URL such as http://localhost:1234/v1")
+    return good
 
 
 def to_choice(text: str, choices: Sequence[str]) -> str:
@@ -217,7 +251,8 @@ class Secret:
 
 @dataclass(frozen=True)
 class Field:
-    """One `{PROVIDER}_{SUFFIX}` variable: its kind ("bool", "text", "number", "whole", "url") and limits."""
+    """One `{PROVIDER}_{SUFFIX}` variable: its kind ("bool", "text", "number", "whole", "url", "urls": a comma
+    list of URLs, parsed to a tuple) and limits."""
 
     suffix: str
     attr: str
@@ -230,7 +265,7 @@ class Field:
         """The typed value of `text`; `BadValue` ("expected …") otherwise."""
         if self.kind in ("number", "whole"):
             return to_number(text, self.low, self.high, whole=self.kind == "whole")
-        return {"bool": to_bool, "url": to_url}.get(self.kind, to_text)(text)
+        return {"bool": to_bool, "url": to_url, "urls": to_urls}.get(self.kind, to_text)(text)
 
     def check(self, value: Any) -> Any:
         """The value if it is allowed (a per-call option gets the same rules as the variable)."""
@@ -247,7 +282,7 @@ FIELDS: tuple[Field, ...] = (
     Field("TEMPERATURE", "temperature", "number", 0.0, 2.0, doc="sampling temperature"),
     Field("TIMEOUT", "timeout", "number", 0.001, 3600.0, doc="seconds per request"),
     Field("MAX_RETRIES", "max_retries", "whole", 0, 20, doc="retries on 429/5xx"),
-    Field("BASE_URL", "base_url", "url", doc="server address"),
+    Field("BASE_URL", "base_url", "urls", doc="server address; a comma list is a fleet of servers"),
 )
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEALTH_COLUMNS", "HEALTH_TABLE_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS",
-    "health_rows", "health_frame",
+    "health_rows", "health_frame", "server_label",
     "variables_frame", "frame", "to_text", "to_html", "styled", "display_bundle",
 ]
 
@@ -29,6 +29,8 @@ HEALTH_TABLE_COLUMNS = [*HEALTH_COLUMNS[:5], "models", *HEALTH_COLUMNS[5:]]
 STATUS_COLUMNS = ["provider", "kind", "status", "model", "base_url", "error", "note"]
 """The compact table of `--status`."""
 VARIABLE_COLUMNS = ["provider", "variable", "set", "source", "value"]
+ALIAS_COLUMNS = ["alias", "target", "on", "note", "file"]
+"""The aliases under `--status` and `--list`: what each stands for and whether it can answer."""
 
 _STATUS_COLOURS = {
     "available": "#1a7f37",
@@ -40,24 +42,39 @@ _STATUS_COLOURS = {
 }
 
 
+def server_label(provider: str, number: int) -> str:
+    """The row name of server `number` (1-based) of a fleet: `└ vllm 2`, shown under the provider's row."""
+    return f"└ {provider} {number}"
+
+
 def health_rows(health: dict[str, ProviderHealth]) -> list[dict[str, Any]]:
-    """One plain dict per provider, in catalog order, with every column a table may show."""
+    """One plain dict per provider, in catalog order, with every column a table may show.
+
+    A fleet (several servers behind one name) is its provider's row (the note says how
+    many servers answer) followed by one row per server (`server_label`), each with its
+    own status, latency and error.
+    """
     rows = []
     for h in health.values():
-        rows.append({
-            "provider": h.provider,
-            "kind": h.kind,
-            "status": h.status,
-            "enabled": h.enabled,
-            "connected": {True: "yes", False: "no", None: "—"}[h.connected],
-            "model": h.model_id or "",
-            "models": ", ".join(h.models),
-            "latency_ms": h.latency_ms,
-            "base_url": h.base_url or "",
-            "error": h.error or "",
-            "note": h.note or "",  # not a fault: e.g. the embedded server "starts on first use"
-        })
+        rows.append(_row(h, h.provider))
+        rows += [_row(server, server_label(h.provider, i)) for i, server in enumerate(h.servers, 1)]
     return rows
+
+
+def _row(h: ProviderHealth, label: str) -> dict[str, Any]:
+    return {
+        "provider": label,
+        "kind": h.kind,
+        "status": h.status,
+        "enabled": h.enabled,
+        "connected": {True: "yes", False: "no", None: "—"}[h.connected],
+        "model": h.model_id or "",
+        "models": ", ".join(h.models),
+        "latency_ms": h.latency_ms,
+        "base_url": h.base_url or "",
+        "error": h.error or "",
+        "note": h.note or "",  # not a fault: e.g. the embedded server "starts on first use"
+    }
 
 
 def frame(rows: list[dict[str, Any]], columns: list[str] | None = None) -> "pd.DataFrame":
@@ -82,6 +99,20 @@ def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
     if names is None:  # then the NBLLM_* variables, which are nobody's provider
         rows += global_variable_rows(registry.global_settings, registry.environment)
     return frame(rows, VARIABLE_COLUMNS)
+
+
+def alias_rows() -> list[dict[str, Any]]:
+    """One row per alias, by name: its target, when it falls back, why it cannot answer (if so), its file."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    return [{"alias": name, "target": a.target, "on": a.on, "note": registry.alias_problem(name) or "",
+             "file": a.source or "(this process only)"} for name, a in sorted(registry.aliases.items())]
+
+
+def aliases_frame(columns: list[str] | None = None) -> "pd.DataFrame":
+    """The aliases as a DataFrame indexed by alias (empty when there are none)."""
+    return frame(alias_rows(), columns or ALIAS_COLUMNS).set_index("alias")
 
 
 TEXT_CELL_WIDTH = 60

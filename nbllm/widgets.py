@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from . import bridge, session
-from .catalog import AUTO, all_specs
+from .catalog import AUTO, all_specs, parse_chain
 from .errors import NbllmError, display_url, scrub
-from .health import ProviderHealth, known_without_probe, unfinished
+from .health import ProviderHealth, known_without_probe, probed, unfinished
 from .registry import get_registry
 from .session import Selection
 from .tables import _STATUS_COLOURS, health_rows
@@ -46,6 +46,7 @@ __all__ = ["ProviderPanel", "panel"]
 log = logging.getLogger("nbllm")
 
 CHECKING = "checking…"
+LISTING = "listing models…"
 DEFAULT_MODEL = ""
 """Model selector value meaning "the provider's own default" (configured, or detected at call time)."""
 
@@ -66,6 +67,11 @@ def panel() -> "ProviderPanel":
 class ProviderPanel(widgets.VBox):
     """Provider and model selectors, Refresh, the health table and the current default.
 
+    The provider selector offers every catalog entry (built-ins, presets, plug-ins, the
+    user's own endpoints) and the aliases. The model selector lists what a local server's
+    health check found; a cloud provider's models come from "list models" (one request
+    with its key, made only on that click — never by a check).
+
     Every panel in a kernel shows the same default: a change made anywhere goes
     through `nbllm.use()` and comes back to each panel through its observer.
     """
@@ -78,10 +84,18 @@ class ProviderPanel(widgets.VBox):
         self._future: concurrent.futures.Future | None = None
         self._checked = threading.Event()
         self._note = ""  # why the last choice was refused, shown in the status line
+        self._listed: dict[str, list[str]] = {}  # cloud provider → the models its list endpoint named
+        self._list_future: concurrent.futures.Future | None = None
+        self._models_listed = threading.Event()
+        self._models_listed.set()
 
         self.provider_select = widgets.Dropdown(description="Provider", options=[(AUTO, AUTO)], value=AUTO)
         self.model_select = widgets.Dropdown(description="Model", options=[("provider default", DEFAULT_MODEL)])
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh", tooltip="Check every provider again")
+        self.list_button = widgets.Button(
+            description="list models", icon="list", disabled=True,
+            tooltip="Ask the chosen cloud provider which models it offers (one request with its key)")
+        self.models_note = widgets.HTML()
         self.check_label = widgets.HTML()
         self.default_line = widgets.HTML()
         self.table = widgets.HTML()
@@ -89,8 +103,10 @@ class ProviderPanel(widgets.VBox):
             w.style.description_width = "70px"
             w.layout.width = "360px"
         self.refresh_button.layout.width = "110px"
-        controls = widgets.HBox([self.provider_select, self.model_select, self.refresh_button, self.check_label])
-        super().__init__(children=[controls, self.default_line, self.table], **kwargs)
+        self.list_button.layout.width = "130px"
+        controls = widgets.HBox([self.provider_select, self.model_select, self.list_button, self.refresh_button,
+                                 self.check_label])
+        super().__init__(children=[controls, self.models_note, self.default_line, self.table], **kwargs)
         for widget in _walk(self):
             _handle_on_main_shell(widget)
         self.add_class("nbllm-panel")
@@ -103,6 +119,7 @@ class ProviderPanel(widgets.VBox):
         self.provider_select.observe(self._on_provider_chosen, names="value")
         self.model_select.observe(self._on_model_chosen, names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
+        self.list_button.on_click(lambda _button: self.list_models())
         self._unsubscribe: Callable[[], None] | None = _subscribe(self)
         self.refresh()
 
@@ -133,6 +150,30 @@ class ProviderPanel(widgets.VBox):
         """Block until the latest check has been applied to the widgets (for scripts and tests)."""
         return self._checked.wait(timeout)
 
+    def list_models(self) -> concurrent.futures.Future | None:
+        """Ask the chosen cloud provider for its models on nbllm's loop (the "list models" button).
+
+        Local servers need no such request (their health check already listed them): None.
+        The model selector fills when the answer comes; a failure is one line under the selectors.
+        """
+        from . import listing
+
+        with self._lock:
+            provider = self.provider_select.value
+            if not self._listable(provider) or (self._list_future is not None and not self._list_future.done()):
+                return None
+            self._models_listed.clear()
+            self.list_button.disabled = True
+            self.models_note.value = _small(LISTING)
+            future = asyncio.run_coroutine_threadsafe(listing.list_models(provider), bridge.get_loop())
+            self._list_future = future
+        future.add_done_callback(lambda f: self._on_listed(f, provider))
+        return future
+
+    def wait_models(self, timeout: float | None = None) -> bool:
+        """Block until the latest "list models" answer has been applied (for scripts and tests)."""
+        return self._models_listed.wait(timeout)
+
     @property
     def health(self) -> dict[str, ProviderHealth]:
         """The latest check's results (empty until the first completes)."""
@@ -144,9 +185,9 @@ class ProviderPanel(widgets.VBox):
         if unsubscribe is not None:
             unsubscribe()
             self._unsubscribe = None
-        future = getattr(self, "_future", None)
-        if future is not None and not future.done():
-            future.cancel()
+        for future in (getattr(self, "_future", None), getattr(self, "_list_future", None)):
+            if future is not None and not future.done():
+                future.cancel()
         for child in list(_walk(self)):
             if child is not self:
                 child.close()
@@ -157,6 +198,8 @@ class ProviderPanel(widgets.VBox):
         with self._lock:
             if self._syncing or change["new"] is None:
                 return
+            if self._list_future is None or self._list_future.done():
+                self.models_note.value = ""  # a listing's outcome belongs to the provider it was for
             with self._syncing_widgets():
                 self._fill_models(change["new"], None)
             self._choose(change["new"], None)
@@ -187,6 +230,8 @@ class ProviderPanel(widgets.VBox):
     def _show_selection(self, selection: Selection) -> None:
         if selection.provider not in self._provider_values():
             self._fill_providers()
+        if selection.provider not in self._provider_values():  # e.g. a chain or `provider:model` named elsewhere
+            _set_options(self.provider_select, [*self.provider_select.options, (selection.provider, selection.provider)])
         self.provider_select.value = selection.provider
         self._fill_models(selection.provider, selection.model)
         self._render_default(selection)
@@ -197,20 +242,72 @@ class ProviderPanel(widgets.VBox):
     def _fill_providers(self, checking: bool = False) -> None:
         registry = get_registry()
         options = [("auto — first that answers", AUTO)]
-        for spec in all_specs():
+        for spec in all_specs():  # built-ins, presets, plug-ins and the user's own endpoints alike
             status = _status(registry, spec.name, self._health.get(spec.name), checking)
             options.append((f"{spec.label} — {status}", spec.name))
+        names = set(registry.names())
+        for name, alias in sorted(_aliases(registry).items()):
+            if name not in names:
+                options.append((self._alias_label(registry, name, alias, checking), name))
+        current = session.current().provider
+        if current not in [value for _label, value in options]:
+            options.append((current, current))
         _set_options(self.provider_select, options)
 
+    def _alias_label(self, registry: "ProviderRegistry", name: str, alias: Any, checking: bool) -> str:
+        """`fast → groq:llama-3.1-8b-instant — available`: what it names and how its first provider is."""
+        target = str(getattr(alias, "target", alias))
+        try:
+            first = parse_chain(target)[0].provider
+        except NbllmError:
+            return f"{name} → {target} — not usable"
+        if first not in registry.names():
+            return f"{name} → {target}"
+        return f"{name} → {target} — {_status(registry, first, self._health.get(first), checking)}"
+
     def _fill_models(self, provider: str, model: str | None) -> None:
-        """Models the chosen provider offers: the ones a local server reports, else the configured one."""
+        """Models the chosen provider offers: what a local server's health check found, what a
+        cloud provider's list answered ("list models"), else the configured one."""
         health = self._health.get(provider)
         options = [(_default_model_label(provider, health), DEFAULT_MODEL)]
-        for name in (health.models if health and provider != AUTO else []):
+        found = self._listed.get(provider) or (health.models if health and provider != AUTO else [])
+        for name in found:
             options.append((name, name))
         if model and model not in [value for _label, value in options]:
             options.append((model, model))
         _set_options(self.model_select, options, model or DEFAULT_MODEL)
+        listing = self._list_future is not None and not self._list_future.done()
+        self.list_button.disabled = listing or not self._listable(provider)
+
+    def _listable(self, provider: str) -> bool:
+        """Whether "list models" applies: a cloud provider (a local server's health check already listed)."""
+        registry = get_registry()
+        if provider not in registry.names():
+            return False
+        spec, settings = registry.spec(provider), registry.settings(provider)
+        return settings.enabled and not probed(spec, settings)
+
+    def _on_listed(self, future: concurrent.futures.Future, provider: str) -> None:
+        """Done-callback on nbllm's loop thread: fill the model selector, or say in one line what failed."""
+        with self._lock:
+            try:
+                if future.cancelled():
+                    self.models_note.value = ""
+                    return
+                error = future.exception()
+                if error is None:
+                    names = future.result().names
+                    self._listed[provider] = names
+                    self.models_note.value = _small(_escape(f"{provider}: {len(names)} models listed"))
+                else:
+                    self.models_note.value = _small("⚠ " + _escape(_one_line(error)))
+                if self.provider_select.value == provider:
+                    with self._syncing_widgets():
+                        self._fill_models(provider, session.current().model
+                                          if session.current().provider == provider else None)
+            finally:
+                self.list_button.disabled = not self._listable(self.provider_select.value)
+                self._models_listed.set()
 
     # ---- the background check -------------------------------------------------
     def _on_checked(self, future: concurrent.futures.Future, generation: int, timeout: float) -> None:
@@ -356,13 +453,27 @@ def _status(registry: "ProviderRegistry", name: str, health: ProviderHealth | No
     return health.status + (f" ({CHECKING})" if checking else "")
 
 
+def _aliases(registry: "ProviderRegistry") -> dict[str, Any]:
+    return getattr(registry, "aliases", None) or {}
+
+
+def _one_line(error: BaseException) -> str:
+    """A failure as one scrubbed line: nbllm's own message, else the exception's type and text."""
+    text = str(error) if isinstance(error, NbllmError) else f"listing models failed: {type(error).__name__}: {error}"
+    return scrub(" ".join(text.split()))
+
+
 def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
     if provider == AUTO:
         return "the chosen provider's default"
-    settings = get_registry().settings(provider)
+    registry = get_registry()
+    if provider not in registry.names():  # an alias (or a chain named elsewhere): what it names decides
+        alias = _aliases(registry).get(provider)
+        return f"as {getattr(alias, 'target', alias)} says" if alias is not None else "as named"
+    settings = registry.settings(provider)
     if health is not None and health.model_detected and settings.model_is_default:
         return f"{health.model_id} (loaded)"
-    if get_registry().spec(provider).kind == "local" and settings.model_is_default:
+    if registry.spec(provider).kind == "local" and settings.model_is_default:
         return "detect at call time"
     return f"{settings.model} (configured)"
 

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakeserver import FakeLLMServer  # noqa: E402
 
 _PROVIDER_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "XAI_", "LMSTUDIO_", "OLLAMA_",
-                      "LLAMACPP_", "NBLLM_", "EMBEDDED_")
+                      "LLAMACPP_", "NBLLM_", "EMBEDDED_", "OPENROUTER_", "GROQ_", "MISTRAL_", "DEEPSEEK_",
+                      "TOGETHER_", "FIREWORKS_", "CEREBRAS_", "VLLM_", "LITELLM_")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     # The embedded provider then uses that address too instead of starting its
     # server (tests/test_embedded.py unsets it to get the real model).
     closed = _closed_port_url()
-    for prefix in ("LMSTUDIO", "OLLAMA", "LLAMACPP", "EMBEDDED"):
+    for prefix in ("LMSTUDIO", "OLLAMA", "LLAMACPP", "VLLM", "EMBEDDED"):
         monkeypatch.setenv(f"{prefix}_BASE_URL", closed)
     reset_nbllm()
     yield
@@ -48,10 +49,11 @@ def reset_nbllm() -> None:
 
     registry.reset_registry()
     session.reset_default()
-    from nbllm import calllog, clients, replay
+    from nbllm import calllog, clients, fleet, replay
 
     calllog.history.reset()
     replay.cache.reset()
+    fleet.reset()
 
     clients.clear()
 

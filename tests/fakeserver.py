@@ -5,6 +5,9 @@ SSE streaming), Ollama's native endpoints (`/`, `/api/tags`, `/api/ps`,
 `/api/version`), llama.cpp's (`/health`, `/props`) and LM Studio's
 (`/api/v0/models`), and can misbehave on purpose: fail with 500 or 429
 (Retry-After), accept and never answer, send malformed JSON, or cut a stream.
+`slots=N` processes at most N chat requests at once and queues the rest (like
+llama.cpp's `--parallel N` or a GPU's batch); `die()` (or `die_after=N`) makes it stop
+like a machine that went away: connections in use are dropped, new ones refused.
 
 Use as a context manager in tests, or run `python tests/fakeserver.py --port N`.
 """
@@ -42,6 +45,10 @@ class Behaviour:
     `fail_rate` / `hang_rate`: each chat request fails (500 or 429, alternating at
     random; 429 carries `retry_after`) or hangs with that probability, drawn from
     a RNG seeded with `seed`, so fault tests are repeatable.
+    `slots`: at most this many chat requests are processed at once (their `latency`
+    included), the rest wait their turn; 0 means no limit.
+    `die_after`: the server dies (see `FakeLLMServer.die`) when its Nth chat request
+    arrives, which is dropped unanswered; 0 means never.
     """
 
     mode: str = "ok"
@@ -62,6 +69,8 @@ class Behaviour:
     fail_rate: float = 0.0
     hang_rate: float = 0.0
     seed: int = 0
+    slots: int = 0
+    die_after: int = 0
 
 
 class _Server(ThreadingHTTPServer):
@@ -78,6 +87,12 @@ class FakeLLMServer:
         self._chat_count = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.dead = threading.Event()
+        """Set by `die()`: the server has gone away."""
+        self._slots = _slots(self.behaviour.slots)
+        self._busy = 0
+        self.peak_busy = 0
+        """The most chat requests it processed at the same time (to check `slots`)."""
         handler = _make_handler(self)
         self.httpd = _Server(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
@@ -95,6 +110,8 @@ class FakeLLMServer:
                 self._chat_count = 0
             if "seed" in changes:
                 self._rng = random.Random(self.behaviour.seed)
+            if "slots" in changes:
+                self._slots = _slots(self.behaviour.slots)
         return self
 
     def reset(self) -> None:
@@ -103,6 +120,8 @@ class FakeLLMServer:
             self._rng = random.Random(self.behaviour.seed)
             self.requests.clear()
             self._chat_count = 0
+            self._slots = None
+            self.peak_busy = 0
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].endswith("/chat/completions")]
@@ -117,6 +136,22 @@ class FakeLLMServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def die(self) -> None:
+        """Go away mid-test, like a machine that crashed: the listening socket closes (new
+        connections are refused), every request in progress or arriving on a kept-alive
+        connection is dropped without an answer. Safe to call from a handler thread."""
+        self.dead.set()
+        self._stop.set()  # requests hanging on purpose give up too
+        threading.Thread(target=self._close, daemon=True).start()
+
+    def _close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def chat_slot(self) -> "_Slot":
+        """`with server.chat_slot():` one chat request being processed (waits for a free slot)."""
+        return _Slot(self)
+
     def __enter__(self) -> "FakeLLMServer":
         return self.start()
 
@@ -127,6 +162,8 @@ class FakeLLMServer:
     def next_chat_failure(self) -> bool:
         with self._lock:
             self._chat_count += 1
+            if self.behaviour.die_after and self._chat_count >= self.behaviour.die_after:
+                self.die()
             return self._chat_count <= self.behaviour.fail_first
 
     def random_fault(self) -> int | str | None:
@@ -153,6 +190,31 @@ class FakeLLMServer:
         return f"Echo: {content}"
 
 
+def _slots(count: int) -> threading.Semaphore | None:
+    return threading.Semaphore(count) if count > 0 else None
+
+
+class _Slot:
+    """One chat request holding one of the server's `slots` (none to hold when unlimited)."""
+
+    def __init__(self, server: FakeLLMServer):
+        self.server = server
+        self.semaphore = server._slots
+
+    def __enter__(self) -> None:
+        if self.semaphore is not None:
+            self.semaphore.acquire()
+        with self.server._lock:
+            self.server._busy += 1
+            self.server.peak_busy = max(self.server.peak_busy, self.server._busy)
+
+    def __exit__(self, *exc: Any) -> None:
+        with self.server._lock:
+            self.server._busy -= 1
+        if self.semaphore is not None:
+            self.semaphore.release()
+
+
 def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -175,6 +237,17 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         def _hang(self) -> None:
             server._stop.wait(120)
             self.close_connection = True
+
+        def _drop_if_dead(self) -> bool:
+            """A dead server answers nothing: the connection is cut."""
+            if not server.dead.is_set():
+                return False
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
 
         def _record(self, body: Any) -> None:
             with server._lock:
@@ -199,6 +272,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
 
         # -- GET ---------------------------------------------------------------
         def do_GET(self) -> None:
+            if self._drop_if_dead():
+                return
             self._record(None)
             b = server.behaviour
             with server._lock:  # only the first GET waits (a probe may send several)
@@ -238,16 +313,25 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if self._drop_if_dead():
+                return
             try:
                 body = json.loads(raw or b"{}")
             except json.JSONDecodeError:
                 body = {"_raw": raw.decode(errors="replace")}
             self._record(body)
-            b = server.behaviour
             path = self.path.split("?")[0]
             if not path.endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": f"no route {path}"}})
-            if server.next_chat_failure():
+            with server.chat_slot():
+                self._chat(body)
+
+        def _chat(self, body: dict[str, Any]) -> None:
+            b = server.behaviour
+            failing = server.next_chat_failure()
+            if self._drop_if_dead():  # its death came with this request (`die_after`)
+                return
+            if failing:
                 headers = {"Retry-After": f"{b.retry_after:g}"} if b.retry_after is not None else None
                 return self._send(b.status, {"error": {"message": f"fake failure {b.status}"}}, headers)
             fault = server.random_fault()
@@ -256,7 +340,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None:
                 headers = {"Retry-After": f"{b.retry_after:g}"} if fault == 429 and b.retry_after is not None else None
                 return self._send(fault, {"error": {"message": f"fake failure {fault}"}}, headers)
-            if self._common_failure():
+            if self._common_failure() or self._drop_if_dead():  # it may have died during `latency`
                 return
             if b.mode == "echo_auth":
                 auth = self.headers.get("Authorization", "")
@@ -350,9 +434,10 @@ def main() -> None:
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--probe-latency", type=float, default=None, help="GET latency (default: --latency)")
+    parser.add_argument("--slots", type=int, default=0, help="chat requests processed at once (default: no limit)")
     args = parser.parse_args()
     server = FakeLLMServer(args.port, reply=args.reply, models=[args.model], loaded=args.model, latency=args.latency,
-                           probe_latency=args.probe_latency)
+                           probe_latency=args.probe_latency, slots=args.slots)
     print(server.url, flush=True)
     try:
         server.httpd.serve_forever(poll_interval=0.1)

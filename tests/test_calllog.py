@@ -122,8 +122,25 @@ def test_the_file_is_sqlite_in_wal_mode(local_provider, tmp_path):
     nbllm.history.flush()
     with sqlite3.connect(tmp_path / "history.sqlite") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("SELECT prompt FROM calls").fetchall() == [("x",)]
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_rows(local_provider, tmp_path):
+    old = tmp_path / "history.sqlite"
+    with sqlite3.connect(old) as conn:  # the 0.1 schema, with one row
+        conn.executescript("""CREATE TABLE calls (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
+            kind TEXT NOT NULL, provider TEXT, model TEXT, prompt TEXT, system TEXT, settings TEXT, answer TEXT,
+            input_tokens INTEGER, output_tokens INTEGER, latency_ms REAL, cost_usd REAL, outcome TEXT NOT NULL,
+            error TEXT); PRAGMA user_version = 1;""")
+        conn.execute("INSERT INTO calls (time, kind, provider, model, prompt, outcome) VALUES "
+                     "('2026-01-01T00:00:00.000+00:00', 'ask', 'openai', 'gpt', 'old question', 'ok')")
+    nbllm.ask("new question")
+    frame = nbllm.history()
+    assert list(frame["prompt"]) == ["old question", "new question"]
+    assert frame["asked"].isna().iloc[0] and frame["asked"].iloc[1] == "lmstudio"
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_default_path_is_the_user_data_dir(monkeypatch):

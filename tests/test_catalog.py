@@ -72,13 +72,13 @@ def test_register_rejects_duplicates_unless_replacing(restore_catalog):
 
 
 def test_plug_in_provider_joins_health_and_factory(restore_catalog, monkeypatch):
-    register_provider(ProviderSpec(name="vllm", label="vLLM", kind="local", default_model="served",
+    register_provider(ProviderSpec(name="sglang", label="SGLang", kind="local", default_model="served",
                                    base_url="http://127.0.0.1:9/v1", probe="openai"))
-    monkeypatch.setenv("VLLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("SGLANG_BASE_URL", "http://127.0.0.1:9/v1")
     nbllm.reinit()
     health = nbllm.health_check(timeout=0.5)
-    assert list(health)[-1] == "vllm" and health["vllm"].connected is False
-    model = nbllm.get_model("vllm")
+    assert list(health)[-1] == "sglang" and health["sglang"].connected is False
+    model = nbllm.get_model("sglang")
     assert model.model_name == "served" and str(model.client.base_url).startswith("http://127.0.0.1:9/v1")
 
 

@@ -270,7 +270,7 @@ def test_console_script_runs_in_a_new_process(tmp_path):
     result = subprocess.run([script, "providers", "--model", "x"], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == "nbllm: --model goes with --use NAME, e.g. --use ollama --model llama3.2.\n"
+    assert result.stderr == "nbllm: --model goes with --use NAME or --add NAME, e.g. --use ollama --model llama3.2.\n"
 
 
 def test_neither_face_imports_the_other():

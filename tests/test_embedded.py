@@ -369,3 +369,15 @@ def test_server_stops_with_the_kernel(real_embedded, how):
     provider, pid = "".join(output).split()
     assert provider == "embedded"
     assert _wait_gone(int(pid)), f"embedded server {pid} outlived its kernel ({how})"
+
+
+def test_offline_a_chain_ending_in_embedded_still_answers(real_embedded, monkeypatch):
+    """No network: OpenAI's address does not resolve (`.invalid` never does); the chain's last link answers."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-offline-0123456789abcdef")
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.invalid/v1")
+    monkeypatch.setenv("OPENAI_TIMEOUT", "5")
+    reset_nbllm()
+    answer = nbllm.ask("Say hello.", provider="openai,embedded", **SHORT)
+    assert answer.provider == "embedded" and answer.text.strip()
+    assert [f.provider for f in answer.fallbacks] == ["openai"]
+    assert "sk-test-offline" not in str(answer.fallbacks)

@@ -9,6 +9,7 @@ import pytest
 
 import nbllm
 from nbllm import ProviderHealth
+from nbllm.catalog import get_spec
 
 ORDER = ["openai", "anthropic", "gemini", "grok", "lmstudio", "ollama", "llamacpp"]
 """The issue's seven, first and in this order; providers registered later (embedded, plug-ins) follow."""
@@ -95,7 +96,11 @@ def test_summary_counts(fake_server, monkeypatch, fast):
     monkeypatch.setenv("GEMINI_ENABLED", "false")
     point(monkeypatch, ollama=fake_server.url)
     summary = nbllm.status(nbllm.health_check())
-    more = len(nbllm.providers()) - 7  # local providers registered beyond the seven (down here)
-    assert (summary.total, summary.enabled, summary.configured, summary.available) == (7 + more, 6 + more, 4 + more, 2)
-    assert str(summary) == f"{7 + more} providers: {6 + more} enabled, {4 + more} configured, 2 available"
+    more = len(nbllm.providers()) - 7  # providers registered beyond the seven (down or without a key here)
+    # configured beyond the seven: the local servers with an address (presets without a key, and
+    # litellm without LITELLM_BASE_URL, are not)
+    local = sum(1 for n in nbllm.providers()[7:] if get_spec(n).kind == "local" and not get_spec(n).needs_base_url)
+    assert (summary.total, summary.enabled, summary.configured, summary.available) == (
+        7 + more, 6 + more, 4 + local, 2)
+    assert str(summary) == f"{7 + more} providers: {6 + more} enabled, {4 + local} configured, 2 available"
     assert nbllm.status().available is None

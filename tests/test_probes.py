@@ -10,8 +10,6 @@ import httpx2
 import pytest
 
 import nbllm
-from nbllm.catalog import ProviderSpec, register_provider
-from nbllm import catalog
 
 LMS = "http://lms.test:1234"
 OLLAMA = "http://ollama.test:11434"
@@ -193,14 +191,12 @@ def test_llamacpp_configured_url_probes_only_that_address(httpx2_mock, monkeypat
     assert h.connected and h.base_url == "http://localhost:9931" and h.models == [] and not h.model_detected
 
 
-# ---- the generic OpenAI-compatible dialect (plug-ins such as vLLM) ----------------------------
+# ---- the generic OpenAI-compatible dialect (the vLLM preset, plug-ins) -------------------------
 
 
 @pytest.fixture
 def vllm(monkeypatch):
-    monkeypatch.setattr(catalog, "_REGISTRY", dict(catalog._REGISTRY))
-    register_provider(ProviderSpec(name="vllm", label="vLLM", kind="local", default_model="served",
-                                   base_url="http://vllm.test:8000/v1", probe="openai"))
+    monkeypatch.setenv("VLLM_BASE_URL", "http://vllm.test:8000/v1")
     return "http://vllm.test:8000"
 
 

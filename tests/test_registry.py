@@ -128,10 +128,16 @@ def test_summary_counts_enabled_and_configured(monkeypatch):
     nbllm.disable("ollama")
     total = len(nbllm.providers())
     summary = nbllm.status()
-    # enabled: all but two; configured: enabled clouds with keys (2) + enabled locals
+    # enabled: all but two; configured: enabled clouds with keys (2) + enabled locals with an address
+    # (litellm has none until LITELLM_BASE_URL is set)
     local_enabled = sum(1 for n in nbllm.providers() if get_registry().spec(n).kind == "local") - 1
     assert (summary.total, summary.enabled, summary.configured, summary.available) == (
-        total, total - 2, 2 + local_enabled, None)
+        total, total - 2, 2 + local_enabled - 1, None)
+    monkeypatch.setenv("LITELLM_BASE_URL", "http://gateway.test:4000")
+    nbllm.reinit()
+    nbllm.disable("anthropic")
+    nbllm.disable("ollama")
+    assert nbllm.status().configured == 2 + local_enabled
 
 
 def test_update_changes_one_setting():

@@ -296,3 +296,16 @@ def test_no_secret_in_a_notebook_run_by_a_real_kernel(tmp_path):
     for written in tmp_path.rglob("*"):
         if written.is_file():
             assert_clean_bytes(written)
+
+
+def test_the_sdks_module_loggers_are_scrubbed_too(local_provider, caplog):
+    """A logger's filter never sees its children's records: `openai._base_client`, `groq._base_client`
+    must carry the filter themselves (a library that logs a header would otherwise leak it)."""
+    import groq._base_client  # noqa: F401  (the SDKs' module loggers exist once they are imported)
+
+    nbllm.ask("hi")  # building a client puts the filters on
+    with caplog.at_level(logging.DEBUG):
+        for name in ("openai._base_client", "groq._base_client"):
+            logging.getLogger(name).debug("sending Authorization: Bearer sk-leak-0123456789abcdefghij")
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith("_base_client")]
+    assert len(messages) == 2 and all("sk-leak" not in m for m in messages), messages

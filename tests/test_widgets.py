@@ -333,3 +333,105 @@ def test_panel_is_displayable_as_a_widget(panels):
     bundle = p._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "nbllm-panel" in p._dom_classes
+
+
+# ---- aliases, custom endpoints and the model list (issue 10) -------------------------------------
+
+
+def test_aliases_are_offered_with_what_they_name(lmstudio, panels, monkeypatch):
+    from nbllm.endpoints import Alias
+
+    nbllm.get_registry().aliases["fast"] = Alias("fast", "lmstudio:alpha-7b")  # as set_alias(..., save=False) does
+    p = panels()
+    got = labels(p)
+    assert got["fast"] == "fast → lmstudio:alpha-7b — available"
+    assert list(got).index("fast") > list(got).index("lmstudio")  # after the providers
+    calls = []
+    real_use = session.use
+
+    def recording_use(provider, model=None, save=False):
+        calls.append((provider, model))
+        return real_use(provider, model, save)
+
+    monkeypatch.setattr(session, "use", recording_use)
+    p.provider_select.value = "fast"
+    assert calls == [("fast", None)]  # the panel decides nothing: use() says what an alias means
+    assert p.list_button.disabled  # an alias is not a provider to list
+
+
+def test_a_custom_endpoint_is_offered_and_its_models_come_from_health(make_server, panels):
+    server = make_server(models=["lab-model-1", "lab-model-2"], loaded="lab-model-2")
+    nbllm.get_registry().add_endpoint("mylab", base_url=server.url + "/v1", kind="local", save=False)
+    p = panels()
+    assert labels(p)["mylab"].endswith("— available")
+    asked = len(server.requests)
+    p.provider_select.value = "mylab"
+    assert model_values(p) == [DEFAULT_MODEL, "lab-model-1", "lab-model-2"]
+    assert len(server.requests) == asked  # the dropdown uses what the health check found: no request
+    assert p.list_button.disabled  # a local server was listed by its health check already
+    p.model_select.value = "lab-model-1"
+    assert nbllm.current() == Selection("mylab", "lab-model-1")
+
+
+@pytest.fixture
+def cloud_models(httpx2_mock, monkeypatch):
+    """OpenAI's model list mocked; local probes reach the real (closed or fake) local ports."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    httpx2_mock.route(host="127.0.0.1").pass_through()
+    return httpx2_mock.get("https://api.openai.com/v1/models")
+
+
+def test_list_models_makes_one_request_only_when_asked_and_fills_the_dropdown(cloud_models, panels):
+    cloud_models.respond(200, json={"data": [{"id": "gpt-4.1"}, {"id": "gpt-5-mini"}]})
+    p = panels()
+    p.provider_select.value = "openai"
+    p.refresh()
+    assert p.wait(WAIT)
+    assert cloud_models.call_count == 0  # status, health and choosing never list a cloud provider
+    assert model_values(p) == [DEFAULT_MODEL]
+    assert not p.list_button.disabled
+    p.list_button.click()
+    assert p.wait_models(WAIT)
+    assert cloud_models.call_count == 1
+    assert cloud_models.calls.last.request.headers["Authorization"] == f"Bearer {SECRET}"
+    assert model_values(p) == [DEFAULT_MODEL, "gpt-4.1", "gpt-5-mini"]
+    assert "2 models listed" in p.models_note.value
+    p.model_select.value = "gpt-4.1"
+    assert nbllm.current() == Selection("openai", "gpt-4.1")
+    p.refresh()  # a later check keeps the list and does not ask again
+    assert p.wait(WAIT)
+    assert cloud_models.call_count == 1
+    assert model_values(p) == [DEFAULT_MODEL, "gpt-4.1", "gpt-5-mini"] and p.model_select.value == "gpt-4.1"
+
+
+def test_a_listing_failure_is_one_line_without_the_key(cloud_models, panels):
+    cloud_models.respond(401, json={"error": {"message": f"Incorrect API key provided: {SECRET}"}})
+    p = panels()
+    p.provider_select.value = "openai"
+    p.list_models()
+    assert p.wait_models(WAIT)
+    note = p.models_note.value
+    assert "HTTP 401" in note and "OPENAI_API_KEY" in note
+    assert "PANEL-SECRET" not in note and "Traceback" not in note and "<br>" not in note and "\n" not in note
+    assert model_values(p) == [DEFAULT_MODEL]
+    assert not p.list_button.disabled  # the user may try again
+
+
+def test_listing_without_a_key_says_which_variable(panels, httpx2_mock):
+    httpx2_mock.route(host="127.0.0.1").pass_through()
+    p = panels()
+    p.provider_select.value = "anthropic"
+    p.list_models()
+    assert p.wait_models(WAIT)
+    assert "set ANTHROPIC_API_KEY" in p.models_note.value
+    assert not [c for c in httpx2_mock.calls if c.request.url.host != "127.0.0.1"]
+
+
+def test_list_models_does_not_apply_to_local_servers_or_auto(lmstudio, panels):
+    p = panels()
+    for name in ("auto", "lmstudio"):
+        p.provider_select.value = name
+        assert p.list_button.disabled
+        assert p.list_models() is None
+    asked = len(lmstudio.requests)
+    assert p.list_models() is None and len(lmstudio.requests) == asked

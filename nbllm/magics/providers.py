@@ -3,7 +3,8 @@
 The options are the command line's (`nbllm.commands.add_provider_arguments`), so
 `nbllm providers --status` and `%llm_providers --status` mean the same thing; this
 file only parses, calls `nbllm.commands.run_providers` and displays. Changes apply to
-this kernel; `--save` keeps them in the user config file.
+this kernel; `--save` keeps them in the user config file. Endpoints and aliases
+(`--add`, `--remove`, `--alias`, `--unalias`) are always saved, to `nbllm.toml`.
 
 The line is never expanded by IPython (`@no_var_expand`): `{expr}` and `$name` would
 otherwise be evaluated before the magic sees them, and a provider NAME is no place
@@ -47,6 +48,9 @@ class ProviderMagics(Magics):
 
         Changes apply to this kernel; add --save to keep them for new kernels and the
         `nbllm` command line (environment variables still win over saved choices).
+        Your own endpoints and aliases (--add NAME --base-url URL, --remove NAME,
+        --alias NAME=TARGET, --unalias NAME) apply to this kernel and are always saved
+        to nbllm.toml (see `nbllm.endpoints` for its format).
         Tables are HTML in a notebook and plain text in a terminal; keys are never shown.
         The line is taken as written: `{...}` and `$name` are not expanded.
         """
@@ -95,5 +99,7 @@ def _show(outcome: Outcome) -> None:
     if outcome.table is not None:
         bundle = {mime: scrub(text) for mime, text in display_bundle(outcome.table).items()}
         display(bundle, raw=True)
+    for caption, table in outcome.more:
+        display({mime: scrub(text) for mime, text in display_bundle(table, caption).items()}, raw=True)
     if outcome.error:
         print(f"nbllm: {scrub(outcome.error)}", file=sys.stderr)

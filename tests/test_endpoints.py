@@ -1,0 +1,386 @@
+"""The user's own endpoints: added by API, magic, command line or by editing nbllm.toml, then used."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import nbllm_shell, reset_nbllm, run_cell
+
+import nbllm
+from nbllm import catalog
+from nbllm.cli import main
+from nbllm.config import NbllmConfigWarning
+from nbllm.errors import ConfigurationError
+from nbllm.registry import get_registry
+
+
+@pytest.fixture(autouse=True)
+def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The user file and the working directory's file live apart (conftest puts both in tmp_path)."""
+    user_dir, work = tmp_path / "config", tmp_path / "work"
+    user_dir.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("NBLLM_CONFIG", str(user_dir / "config.json"))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    for name in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL", "GPU_ENABLED", "LAB_TOKEN", "BOX_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    reset_nbllm()
+    return user_dir / "nbllm.toml", work / "nbllm.toml"
+
+
+def reread() -> list[str]:
+    """`nbllm.reinit()`, returning the nbllm warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.reinit()
+    return [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+
+
+def auth(request: dict) -> str | None:
+    return {k.lower(): v for k, v in request["headers"].items()}.get("authorization")
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["providers", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---- adding, four ways, then answering ----------------------------------------------------
+
+def test_added_by_api_answers_ask_and_persists(files, fake_server):
+    user_file, _ = files
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
+    assert 'base_url = "' + fake_server.url + '/v1"' in user_file.read_text()
+    answer = nbllm.ask("hello", provider="gpu")
+    assert answer.text == "Echo: hello" and answer.provider == "gpu"
+    assert answer.model == "fake-model"  # no model given: a local endpoint's is detected
+    reset_nbllm()  # a new process reads it from the file
+    assert "gpu" in nbllm.providers()
+    assert nbllm.ask("again", provider="gpu").text == "Echo: again"
+
+
+def test_added_by_magic_answers_llm_cell(files, fake_server):
+    user_file, _ = files
+    with nbllm_shell() as shell:
+        _, _, out = run_cell(shell, f"%llm_providers --add gpu --base-url {fake_server.url}/v1 --model fake-model")
+        assert "gpu added" in out and str(user_file) in out
+        result, outputs, _ = run_cell(shell, "%%llm -p gpu --no-stream -f text\nhi from a cell")
+        assert result.success and outputs[-1]["data"]["text/plain"] == "Echo: hi from a cell"
+        assert outputs[-1]["metadata"]["nbllm"]["provider"] == "gpu"
+    assert 'model = "fake-model"' in user_file.read_text()
+    assert fake_server.chat_requests()[-1]["body"]["model"] == "fake-model"
+
+
+def test_added_by_cli_is_seen_by_a_later_process(files, fake_server, capsys):
+    user_file, _ = files
+    code, out, err = cli(capsys, "--add", "gpu", "--base-url", fake_server.url + "/v1", "--label", "Lab GPU")
+    assert code == 0 and err == "" and "gpu added" in out
+    reset_nbllm()
+    code, out, _ = cli(capsys, "--status", "--json")
+    assert code == 0 and json.loads(out)["providers"]["gpu"]["status"] == "available"
+    assert get_registry().spec("gpu").label == "Lab GPU"
+
+
+def test_added_by_editing_the_file_then_reinit(files, fake_server):
+    user_file, _ = files
+    assert "gpu" not in nbllm.providers()
+    user_file.write_text(f'# my lab\n[providers.gpu]\nbase_url = "{fake_server.url}/v1"\n')
+    assert reread() == []
+    assert "gpu" in nbllm.providers()
+    assert nbllm.ask("edited", provider="gpu").text == "Echo: edited"
+    health = nbllm.health_check(["gpu"])["gpu"]
+    assert health.available and health.model_id == "fake-model"
+
+
+def test_an_endpoint_reads_its_variables_and_they_win_over_the_file(files, fake_server, make_server, monkeypatch):
+    other = make_server(reply="from the env's server")
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1", model="file-model")
+    monkeypatch.setenv("GPU_BASE_URL", other.url + "/v1")
+    monkeypatch.setenv("GPU_MODEL", "env-model")
+    monkeypatch.setenv("GPU_API_KEY", "sk-gpu-secret-123456")
+    reread()
+    answer = nbllm.ask("x", provider="gpu")
+    assert answer.text == "from the env's server" and answer.model == "env-model"
+    assert auth(other.chat_requests()[-1]) == "Bearer sk-gpu-secret-123456"
+    assert not fake_server.chat_requests()
+    rows = {row["variable"]: row for row in get_registry().variables("gpu")}
+    assert rows["GPU_MODEL"]["value"] == "env-model" and rows["GPU_API_KEY"]["value"] == "********"
+
+
+def test_key_env_names_another_variable(files, fake_server, monkeypatch):
+    monkeypatch.setenv("LAB_TOKEN", "lab-token-abcdef")
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1", key_env="LAB_TOKEN")
+    nbllm.ask("x", provider="gpu")
+    assert auth(fake_server.chat_requests()[-1]) == "Bearer lab-token-abcdef"
+
+
+def test_a_cloud_endpoint_needs_a_key_and_a_model(files):
+    with pytest.raises(ConfigurationError, match="needs a model"):
+        nbllm.add_provider("box", base_url="https://box.example/v1", kind="cloud")
+    nbllm.add_provider("box", base_url="https://box.example/v1", kind="cloud", model="m")
+    health = nbllm.health_check(["box"])["box"]
+    assert health.status == "not configured" and "BOX_API_KEY" in health.error
+
+
+def test_anthropic_protocol_builds_an_anthropic_model(files):
+    nbllm.add_provider("claudeish", base_url="http://127.0.0.1:9", protocol="anthropic", model="m")
+    assert type(nbllm.get_model("claudeish")).__name__ == "AnthropicModel"
+    assert type(nbllm.get_model("lmstudio")).__name__ != "AnthropicModel"
+
+
+def test_a_fleet_is_stored_comma_joined(files):
+    user_file, _ = files
+    nbllm.add_provider("fleet", base_url="http://a:8000/v1, http://b:8000/v1")
+    assert get_registry().spec("fleet").base_url == "http://a:8000/v1,http://b:8000/v1"
+    assert 'base_url = ["http://a:8000/v1", "http://b:8000/v1"]' in user_file.read_text()
+    reset_nbllm()
+    assert get_registry().spec("fleet").base_url == "http://a:8000/v1,http://b:8000/v1"
+
+
+def test_the_working_directorys_file_wins(files, fake_server, make_server):
+    user_file, work_file = files
+    other = make_server(reply="from the project")
+    user_file.write_text(f'[providers.gpu]\nbase_url = "{fake_server.url}/v1"\n'
+                         f'[providers.only_user]\nbase_url = "{fake_server.url}/v1"\n')
+    work_file.write_text(f'[providers.gpu]\nbase_url = "{other.url}/v1"\n')
+    assert reread() == []
+    assert nbllm.ask("x", provider="gpu").text == "from the project"
+    assert "only_user" in nbllm.providers()
+    # A change to gpu goes where it is read from: the working directory's file.
+    nbllm.add_provider("gpu", base_url=other.url + "/v1", model="m2")
+    assert 'model = "m2"' in work_file.read_text() and "m2" not in user_file.read_text()
+    assert sorted(nbllm.remove_provider("gpu")) == sorted([str(user_file), str(work_file)])
+    assert "gpu" not in user_file.read_text() and "gpu" not in work_file.read_text()
+    reset_nbllm()
+    assert "gpu" not in nbllm.providers() and "only_user" in nbllm.providers()
+
+
+def test_save_false_lasts_for_this_process(files):
+    user_file, _ = files
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1", save=False)
+    assert "gpu" in nbllm.providers() and not user_file.exists()
+    reread()
+    assert "gpu" not in nbllm.providers()
+
+
+# ---- the file keeps its comments ----------------------------------------------------------
+
+def test_comments_survive_add_and_remove(files, capsys):
+    user_file, _ = files
+    user_file.write_text(
+        "# nbllm endpoints, by hand\n\n"
+        "[providers.old]  # the old box\n"
+        'base_url = "http://old:8000/v1"  # do not touch\n\n'
+        "# the lab server\n"
+        "[providers.lab]\n"
+        'base_url = "http://lab:8000/v1"\n\n'
+        "# shortcuts\n"
+        "[aliases]\n"
+        'quick = "lab"  # fast enough\n'
+    )
+    reread()
+    code, _, err = cli(capsys, "--add", "new", "--base-url", "http://new:8000/v1")
+    assert code == 0, err
+    code, _, err = cli(capsys, "--add", "lab", "--base-url", "http://lab2:8000/v1", "--model", "m")
+    assert code == 0, err
+    text = user_file.read_text()
+    for kept in ("# nbllm endpoints, by hand", "# the old box", "# do not touch", "# the lab server",
+                 "# shortcuts", "# fast enough"):
+        assert kept in text
+    assert 'base_url = "http://lab2:8000/v1"' in text and 'model = "m"' in text
+    code, _, err = cli(capsys, "--remove", "lab")
+    assert code == 0, err
+    text = user_file.read_text()
+    assert "[providers.lab]" not in text and "# the lab server" not in text  # its own comment goes with it
+    for kept in ("# nbllm endpoints, by hand", "# the old box", "# do not touch", "# shortcuts", "# fast enough"):
+        assert kept in text
+    assert text.index("# shortcuts") < text.index("[aliases]")
+    reset_nbllm()
+    assert {"old", "new"} <= set(nbllm.providers()) and "lab" not in nbllm.providers()
+
+
+# ---- bad entries: one warning each, naming file and entry --------------------------------
+
+@pytest.mark.parametrize("entry, words", [
+    ('kind = "local"', "base_url is missing"),
+    ('base_url = "ftp://gpu"', "base_url"),
+    ('base_url = "http://gpu:8000/v1"\nkind = "remote"', "kind = 'remote' is not one of local, cloud"),
+    ('base_url = "http://gpu:8000/v1"\nprotocol = "grpc"', "protocol"),
+    ('base_url = "http://gpu:8000/v1"\nkind = "cloud"', "needs a model"),
+    ('base_url = "http://gpu:8000/v1"\nkey_env = "not a name"', "key_env"),
+    ('base_url = 8000', "base_url must be a URL"),
+])
+def test_each_bad_entry_is_one_warning_and_ignored(files, entry, words):
+    user_file, _ = files
+    user_file.write_text(f"[providers.gpu]\n{entry}\n[providers.fine]\nbase_url = \"http://fine:1/v1\"\n")
+    said = reread()
+    assert len(said) == 1, said
+    assert str(user_file) in said[0] and "[providers.gpu]" in said[0] and words in said[0]
+    assert "ignored" in said[0]
+    assert "gpu" not in nbllm.providers() and "fine" in nbllm.providers()
+    assert said[0] in get_registry().endpoint_problems
+
+
+def test_an_unknown_key_is_one_warning_and_the_rest_is_used(files):
+    user_file, _ = files
+    user_file.write_text('[providers.gpu]\nbase_url = "http://gpu:1/v1"\nbase_ur = "typo"\nmodle = "x"\n')
+    said = reread()
+    assert len(said) == 1 and "'base_ur'" in said[0] and "'modle'" in said[0] and "rest of the entry" in said[0]
+    assert "gpu" in nbllm.providers()
+
+
+def test_an_api_key_in_the_file_is_refused_and_never_shown(files):
+    user_file, _ = files
+    user_file.write_text('[providers.gpu]\nbase_url = "http://gpu:1/v1"\napi_key = "sk-file-secret-9876543"\n')
+    said = reread()
+    assert len(said) == 1 and "GPU_API_KEY" in said[0] and "environment or .env" in said[0]
+    assert "sk-file-secret" not in said[0]
+    assert not get_registry().settings("gpu").has_key
+
+
+@pytest.mark.parametrize("name", ["openai", "auto", "Gpu", "my-gpu", "2gpu"])
+def test_an_entry_may_not_take_a_providers_name_or_a_bad_one(files, name):
+    user_file, _ = files
+    user_file.write_text(f'[providers."{name}"]\nbase_url = "http://gpu:1/v1"\n')
+    said = reread()
+    assert len(said) == 1 and f"[providers.{name}]" in said[0]
+    assert catalog.get_spec("openai").origin == "builtin"
+    assert get_registry().spec("openai").base_url == "https://api.openai.com/v1"
+
+
+def test_invalid_toml_is_one_warning_with_line_and_column(files):
+    user_file, _ = files
+    user_file.write_text('[providers.gpu]\nbase_url = "http://gpu:1/v1"\nkind = \n')
+    said = reread()
+    assert len(said) == 1 and str(user_file) in said[0] and "not valid TOML" in said[0]
+    assert "line 3" in said[0] and "column" in said[0]
+    assert "gpu" not in nbllm.providers()
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        nbllm.add_provider("other", base_url="http://o:1/v1")
+    assert "kind = \n" in user_file.read_text()  # nothing was changed
+
+
+def test_a_file_that_is_not_utf8_is_one_warning(files):
+    user_file, _ = files
+    user_file.write_bytes(b'[providers.gpu]\nbase_url = "http://gp\xff"\n')
+    said = reread()
+    assert len(said) == 1 and "not UTF-8" in said[0]
+
+
+def test_url_passwords_never_show(files, capsys):
+    user_file, _ = files
+    code, out, err = cli(capsys, "--add", "gpu", "--base-url", "http://me:hunter2pass@127.0.0.1:9/v1")
+    assert code == 0 and "hunter2pass" not in out + err and "http://127.0.0.1:9/v1" in out
+    assert "hunter2pass" in user_file.read_text()  # the request needs it
+    for argv in (("--status",), ("--list",), ("--health-check",), ("--status", "--json"), ("--list", "--json")):
+        _, out, err = cli(capsys, *argv)
+        assert "gpu" in out and "hunter2pass" not in out + err, argv
+    user_file.write_text('[providers.gpu]\nbase_url = "ftp://me:hunter2pass@gpu"\n')
+    said = reread()
+    assert len(said) == 1 and "hunter2pass" not in said[0]
+
+
+# ---- removing ----------------------------------------------------------------------------
+
+def test_a_builtin_cannot_be_removed(files, capsys):
+    with pytest.raises(ConfigurationError, match=r"built in .*nbllm\.disable\('openai'\)"):
+        nbllm.remove_provider("openai")
+    assert "openai" in nbllm.providers()
+    code, _, err = cli(capsys, "--remove", "ollama")
+    assert code == 2 and "disable it instead" in err and len(err.strip().splitlines()) == 1
+
+
+def test_removing_an_unknown_endpoint_lists_yours(files):
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigurationError, match="Your endpoints: gpu"):
+        nbllm.remove_provider("nope")
+
+
+def test_removing_the_default_falls_back_to_auto(files, fake_server):
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
+    nbllm.use("gpu")
+    nbllm.remove_provider("gpu")
+    assert nbllm.current().provider == "auto"
+
+
+def test_a_broken_entry_can_still_be_removed(files):
+    user_file, _ = files
+    user_file.write_text('[providers.gpu]\nkind = "local"\n[providers.ok]\nbase_url = "http://ok:1/v1"\n')
+    reread()
+    assert nbllm.remove_provider("gpu") == [str(user_file)]
+    assert "gpu" not in user_file.read_text() and "[providers.ok]" in user_file.read_text()
+
+
+# ---- faces --------------------------------------------------------------------------------
+
+def test_face_mistakes_are_one_line(files, capsys):
+    for argv, words in [
+        (("--add", "gpu"), "needs --base-url"),
+        (("--base-url", "http://x/v1"), "--base-url goes with --add"),
+        (("--kind", "cloud"), "--kind goes with --add"),
+        (("--add", "gpu", "--base-url", "nope"), "expected an http"),
+        (("--add", "gpu", "--base-url", "http://x/v1", "--kind", "remote"), "not one of local, cloud"),
+    ]:
+        code, out, err = cli(capsys, *argv)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert "gpu" not in nbllm.providers()
+
+
+def test_magic_mistakes_are_usage_errors_and_the_kernel_goes_on(files):
+    with nbllm_shell() as shell:
+        _, _, out = run_cell(shell, "%llm_providers --add gpu --base-url ftp://x")
+        assert "UsageError" in out and "expected an http" in out and "Traceback" not in out
+        _, _, out = run_cell(shell, "%llm_providers --remove openai")
+        assert "UsageError" in out and "disable it instead" in out
+        result, _, _ = run_cell(shell, "1 + 1")
+        assert result.result == 2
+
+
+def test_list_shows_the_endpoints_files_and_the_endpoints_variables(files, capsys):
+    user_file, work_file = files
+    code, out, _ = cli(capsys, "--list")
+    assert f"{user_file} (not found)" in out and f"{work_file} (not found)" in out
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    code, out, _ = cli(capsys, "--list")
+    assert code == 0 and f"{user_file} (exists)" in out
+    for variable in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL", "GPU_ENABLED"):
+        assert variable in out
+    code, out, _ = cli(capsys, "--list", "--json")
+    data = json.loads(out)
+    assert {"path": str(user_file), "exists": True} in data["endpoints_files"]
+
+
+def test_an_endpoint_can_be_disabled_like_a_builtin(files, capsys):
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    code, _, _ = cli(capsys, "--disable", "gpu")
+    assert code == 0
+    reset_nbllm()
+    assert not get_registry().settings("gpu").enabled
+    assert nbllm.health_check(["gpu"])["gpu"].status == "disabled"
+
+
+def test_the_documented_example_file_reads_without_a_warning(files):
+    """The format in nbllm.endpoints' docstring (the README's source) is itself valid."""
+    from nbllm import endpoints
+
+    doc = endpoints.__doc__
+    example = doc[doc.index("    # ~/.config"):doc.index("An endpoint is")]
+    user_file, _ = files
+    user_file.write_text("\n".join(line[4:] for line in example.splitlines()) + "\n")
+    assert reread() == []
+    spec = get_registry().spec("gpu")
+    assert (spec.kind, spec.builder, spec.key_env, spec.default_model, spec.label) == (
+        "local", "openai_compatible", ("LAB_TOKEN",), "qwen3-8b", "Lab GPU")
+    assert nbllm.aliases() == {"fast": "groq:llama-3.1-8b-instant", "local": "ollama,llamacpp,embedded",
+                               "robust": "openai,embedded"}
+
+
+def test_auto_probes_a_local_endpoint(files, fake_server):
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
+    answer = nbllm.ask("who answers?")  # the default is auto; nothing else local answers in tests
+    assert answer.provider == "gpu" and answer.text == "Echo: who answers?"
