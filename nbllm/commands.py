@@ -403,7 +403,9 @@ def _alias(name: str, target: str, on: str) -> Outcome:
     alias = registry.aliases[name]
     falls = ", falling back on any error" if alias.on == "any" else ""
     lines = [f"alias {alias.name} → {alias.target}{falls} (saved to {alias.source})"]
-    problem = registry.alias_problem(alias.name)
+    from .routing import alias_problem
+
+    problem = alias_problem(alias.name)
     if problem:
         lines.append(f"note: {alias.name} {problem}")
     return Outcome("\n".join(lines), data={"alias": alias.name, "target": alias.target, "on": alias.on,

@@ -26,7 +26,7 @@ from .config import (
 )
 from .endpoints import Alias
 from .errors import ConfigurationError, remember_secrets, scrub
-from .health import ProviderHealth, base_url_missing, check_providers, known_without_probe
+from .health import ProviderHealth, base_url_missing, check_providers
 
 __all__ = ["ProviderRegistry", "get_registry", "StatusSummary", "has_registry", "reset_registry"]
 
@@ -276,40 +276,6 @@ class ProviderRegistry:
             self.aliases.pop(key, None)
             self._changed()
         return removed
-
-    def alias_problem(self, name: str) -> str | None:
-        """Why alias `name` cannot answer, known offline (every link unknown, disabled or without a key), or None."""
-        reasons: list[str] = []
-        usable = False
-
-        def walk(target: str, seen: tuple[str, ...]) -> None:
-            nonlocal usable
-            for link in catalog.parse_chain(target):
-                provider = link.provider
-                if provider in self.aliases and provider not in seen:
-                    walk(self.aliases[provider].target, (*seen, provider))
-                elif provider == catalog.AUTO:
-                    usable = True
-                elif provider not in self.names():
-                    reasons.append(f"{provider} is not a provider")
-                else:
-                    settings = self.settings(provider)
-                    known = known_without_probe(self.spec(provider), settings)
-                    if not settings.enabled:
-                        reasons.append(f"{provider} is disabled")
-                    elif known is not None and not known.configured:
-                        reasons.append(f"{provider}: {known.error or 'not configured'}")
-                    else:
-                        usable = True
-
-        alias = self.aliases.get(name)
-        if alias is None:
-            return None
-        try:
-            walk(alias.target, (name,))
-        except ConfigurationError as exc:
-            return str(exc)
-        return None if usable else "points at nothing usable: " + "; ".join(dict.fromkeys(reasons))
 
     def endpoint_files(self) -> list[tuple[Path, bool]]:
         """The endpoints files and whether each exists (for `--list`)."""

@@ -33,7 +33,7 @@ from .registry import ProviderRegistry, get_registry
 
 __all__ = [
     "Choice", "Route", "resolve", "choose", "choose_offline", "detected_model", "invalidate", "check", "mark_down",
-    "known_down", "DETECT_TTL", "DOWN_TTL",
+    "known_down", "alias_problem", "DETECT_TTL", "DOWN_TTL",
 ]
 
 log = logging.getLogger("nbllm")
@@ -119,26 +119,29 @@ def _unusable(registry: ProviderRegistry, link: Link) -> str | None:
 def resolve(name: str | None, model: str | None = None, check_enabled: bool = True) -> Route:
     """What `name` (None: `auto`) asks for, as the links to try; nothing is sent.
 
-    One provider (or an alias naming one) that is disabled is an error, as it always was;
-    in a chain, links that cannot answer are skipped (`Route.skipped`) and only a chain
-    with nothing usable left is an error. `model` applies to the first link.
-    `check_enabled=False` leaves a disabled single provider for the call itself to report
-    (`compare`: a row saying so, not an error before any provider is asked).
+    One provider named directly that is disabled is an error, as it always was. In a
+    chain, or behind an alias, links that cannot answer (disabled, no key, no base URL)
+    are skipped (`Route.skipped`), and only nothing usable left is an error — one line,
+    naming the alias. `model` applies to the first link. `check_enabled=False` leaves a
+    disabled single provider for the call itself to report (`compare`: a row saying so).
     """
     registry = _registry()
     text = (name or AUTO).strip() or AUTO
     on: list[str] = []
+    spelled_links = catalog.parse_chain(text)
     links: list[Link] = []
-    for link in _expand(registry, catalog.parse_chain(text), (), on):
+    for link in _expand(registry, spelled_links, (), on):
         if link not in links:
             links.append(link)
     if model:
         links[0] = Link(links[0].provider, model)
-    spelled = ",".join(str(link) for link in catalog.parse_chain(text))
-    if len(links) == 1:
+    spelled = ",".join(str(link) for link in spelled_links)
+    via_alias = any(link.provider in _aliases(registry) for link in spelled_links)
+    mode = "any" if on else "transient"
+    if len(links) == 1 and not via_alias:
         if links[0].provider != AUTO and check_enabled:
             registry.require(links[0].provider)  # disabled: the error it has always been
-        return Route(spelled, tuple(links), "any" if on else "transient")
+        return Route(spelled, tuple(links), mode)
     usable, skipped = [], []
     for link in links:
         why = _unusable(registry, link)
@@ -148,9 +151,22 @@ def resolve(name: str | None, model: str | None = None, check_enabled: bool = Tr
             skipped.append((str(link), why))
     if not usable:
         reasons = "; ".join(f"{link}: {why}" for link, why in skipped)
-        what = f"alias {text!r}" if text.lower() in _aliases(registry) else f"{text!r}"
-        raise ConfigurationError(f"{what} points at nothing usable ({reasons}). {catalog.NOTHING_USABLE_ADVICE}")
-    return Route(spelled, tuple(usable), "any" if on else "transient", tuple(skipped))
+        if via_alias and len(spelled_links) == 1:
+            raise ConfigurationError(f"alias {text.lower()!r} points at nothing usable ({reasons}).")
+        raise ConfigurationError(f"{text!r} points at nothing usable ({reasons}). {catalog.NOTHING_USABLE_ADVICE}")
+    return Route(spelled, tuple(usable), mode, tuple(skipped))
+
+
+def alias_problem(name: str) -> str | None:
+    """Why alias `name` cannot answer, as far as is known offline (what it names is unknown,
+    disabled or has no key), or None; for status and `--alias`."""
+    if name not in _aliases(_registry()):
+        return None
+    try:
+        resolve(name)
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)

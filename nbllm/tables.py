@@ -104,9 +104,10 @@ def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
 def alias_rows() -> list[dict[str, Any]]:
     """One row per alias, by name: its target, when it falls back, why it cannot answer (if so), its file."""
     from .registry import get_registry
+    from .routing import alias_problem
 
     registry = get_registry()
-    return [{"alias": name, "target": a.target, "on": a.on, "note": registry.alias_problem(name) or "",
+    return [{"alias": name, "target": a.target, "on": a.on, "note": alias_problem(name) or "",
              "file": a.source or "(this process only)"} for name, a in sorted(registry.aliases.items())]
 
 

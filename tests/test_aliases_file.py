@@ -13,6 +13,7 @@ import nbllm
 from nbllm.cli import main
 from nbllm.config import NbllmConfigWarning
 from nbllm.errors import ConfigurationError
+from nbllm.routing import alias_problem
 from nbllm.registry import get_registry
 
 
@@ -250,13 +251,13 @@ def test_status_lists_aliases_and_says_which_point_at_nothing_usable(files, caps
     assert after[0].split() == ["alias", "target", "on", "note"]
     lines = {line.split()[0]: line for line in after[1:] if line.strip()}
     assert set(lines) == {"box", "cloudy", "fine"}
-    assert "points at nothing usable: gpu is disabled" in lines["box"]
-    assert "points at nothing usable: openai" in lines["cloudy"]
+    assert "points at nothing usable (gpu: disabled)" in lines["box"]
+    assert "points at nothing usable (openai: no API key" in lines["cloudy"]
     assert "nothing usable" not in lines["fine"]
     code, out, _ = cli(capsys, "--status", "--json")
     data = json.loads(out)["aliases"]
     assert data["fine"]["target"] == "openai,embedded" and data["fine"]["note"] == ""
-    assert data["box"]["note"].startswith("points at nothing usable")
+    assert data["box"]["note"] == "alias 'box' points at nothing usable (gpu: disabled)."
     assert "OPENAI_API_KEY" in data["cloudy"]["note"]
 
 
@@ -286,4 +287,5 @@ def test_an_alias_to_a_removed_endpoint_says_so(files, capsys):
     code, out, _ = cli(capsys, "--alias", "box=gpu")
     assert code == 0 and "note" not in out
     nbllm.remove_provider("gpu")
-    assert "gpu is not a provider" in get_registry().alias_problem("box")
+    note = alias_problem("box")
+    assert "'gpu'" in note and "alias 'box'" in note and "\n" not in note
