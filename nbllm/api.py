@@ -86,10 +86,12 @@ async def resolve(
 
     async def _resolve() -> Choice:
         wanted = provider or selection.provider
-        named = wanted.strip().lower() != AUTO
+        asked_model = model or (None if provider else selection.model)
+        first = routing.resolve(wanted, asked_model).links[0]  # an alias, provider:model or a chain: its first link
+        named = first.provider != AUTO
         if test_connection and named:  # probe first: the model detection then reuses this probe
-            await _test(registry.require(wanted)[0].name)
-        choice = await routing.choose(wanted, model or (None if provider else selection.model), auto_detect_model)
+            await _test(registry.require(first.provider)[0].name)
+        choice = await routing.choose(wanted, asked_model, auto_detect_model)
         if test_connection and not named:
             await _test(choice.provider)
         return choice
@@ -226,10 +228,11 @@ def add_provider(name: str, base_url: str, key_env: str | None = None, kind: str
 
 def remove_provider(name: str, save: bool = True) -> list[str]:
     """Remove one of your own providers (from every endpoints file holding it, when `save`);
-    returns those files. A built-in provider cannot be removed: `disable` it."""
+    returns those files. A built-in provider cannot be removed: `disable` it. A default naming
+    it becomes `auto`; with `save`, a saved default naming it is cleared too."""
     registry = get_registry()
     removed = registry.remove_endpoint(name, save=save)
-    _default_left(name)
+    _default_left(name, save)
     return [str(path) for path in removed]
 
 
@@ -242,9 +245,10 @@ def alias(name: str, target: str, on: str = "transient", save: bool = True) -> N
 
 
 def unalias(name: str, save: bool = True) -> list[str]:
-    """Forget alias `name` (and remove it from the endpoints files, when `save`); returns those files."""
+    """Forget alias `name` (and remove it from the endpoints files, when `save`); returns those files.
+    A default naming it becomes `auto`; with `save`, a saved default naming it is cleared too."""
     removed = get_registry().remove_alias(name, save=save)
-    _default_left(name)
+    _default_left(name, save)
     return [str(path) for path in removed]
 
 
@@ -253,11 +257,14 @@ def aliases() -> dict[str, str]:
     return {name: a.target for name, a in sorted(get_registry().aliases.items())}
 
 
-def _default_left(name: str) -> None:
-    """The kernel-wide default named what was just removed: it becomes `auto`, as after `disable`."""
+def _default_left(name: str, save: bool) -> None:
+    """The kernel-wide default named what was just removed: it becomes `auto`, as after `disable`.
+    A removal that is saved clears a saved default naming it too (else every later process warns)."""
     from .catalog import parse_chain
 
     key = (name or "").strip().lower()
+    if save:
+        get_registry().forget_saved_default(key)
     try:
         links = parse_chain(session.current().provider)
     except ConfigurationError:

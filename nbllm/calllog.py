@@ -280,7 +280,7 @@ def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcom
             answer.provider, answer.model, clean(request.prompt), clean(request.system),
             _settings_json(call, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
             round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), clean(answer.error),
-            call.provider + (f":{call.model}" if call.model else ""),
+            getattr(call, "asked", "") or call.provider + (f":{call.model}" if call.model else ""),
             clean("\n".join(str(f) for f in getattr(answer, "fallbacks", ()))) or None,
         )
         _writer.put(history_path(), row)

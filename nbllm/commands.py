@@ -183,9 +183,14 @@ def _usage_mistake(args: argparse.Namespace) -> str | None:
     for name in (args.enable, args.disable):
         if name:
             registry.spec(name)
-    for name in (args.use, args.test):
-        if name and name.strip().lower() != AUTO:
-            registry.require(name)
+    if args.use:
+        from .session import selection_for
+
+        selection_for(args.use, args.model)  # a provider, provider:model, an alias, a chain or auto
+    if args.test and args.test.strip().lower() != AUTO:
+        from .routing import resolve
+
+        resolve(args.test)
     if args.test and args.test.strip().lower() == AUTO:
         return "--test takes a provider NAME, not auto; --health-check probes them all."
     return None
@@ -315,7 +320,34 @@ def _use(name: str, model: str | None, persist: bool) -> Outcome:
 
 
 def _test(name: str, timeout: float | None) -> Outcome:
-    """Cloud: a key is set (no paid call). Local: one probe, which must answer."""
+    """Each provider `name` stands for (an alias or a chain may name several): cloud, a key is set
+    (no paid call); local, one probe, which must answer. Fails when none of them can answer."""
+    from .errors import NbllmError
+    from .routing import resolve
+
+    route = resolve(name)
+    if len(route.links) == 1 and not route.skipped:
+        return _test_one(route.links[0].provider, route.links[0].model, timeout)
+    lines, data, failures = [], [], []
+    for link, why in route.skipped:
+        lines.append(f"{link}: cannot answer ({why})")
+    for link in route.links:
+        try:
+            outcome = _test_one(link.provider, link.model, timeout)
+        except NbllmError as exc:
+            failures.append(str(exc))
+            lines.append(f"{link}: {exc}")
+            continue
+        lines.append(outcome.message)
+        data.append(outcome.data)
+    if not data:
+        from .errors import ModelError
+
+        raise ModelError(name, "nothing it names answers: " + "; ".join(failures))
+    return Outcome("\n".join(lines), data={"name": route.name, "ok": True, "answering": data})
+
+
+def _test_one(name: str, model: str | None, timeout: float | None) -> Outcome:
     from . import api, bridge, tables
     from .errors import ModelError
     from .registry import get_registry
@@ -323,7 +355,7 @@ def _test(name: str, timeout: float | None) -> Outcome:
     registry = get_registry()
     spec = registry.spec(name)
     if spec.kind == "cloud":
-        choice = bridge.run(api.resolve(spec.name, test_connection=True))
+        choice = bridge.run(api.resolve(spec.name, model, test_connection=True))
         message = f"{spec.name}: configured (key set; no request made, cloud calls cost money); model {choice.model}"
         return Outcome(message, data={"provider": spec.name, "ok": True, "model": choice.model})
     registry.require(spec.name)
@@ -333,8 +365,9 @@ def _test(name: str, timeout: float | None) -> Outcome:
     h = health[spec.name]
     if not h.connected:
         raise ModelError(spec.name, h.error or "not answering", url=h.base_url, hint=spec.install_hint)
-    message = f"{spec.name}: answering at {h.base_url} in {h.latency_ms:.0f} ms; model {h.model_id}"
-    data = {"provider": spec.name, "ok": True, "model": h.model_id, "health": h.as_dict()}
+    shown = model or h.model_id
+    message = f"{spec.name}: answering at {h.base_url} in {h.latency_ms:.0f} ms; model {shown}"
+    data = {"provider": spec.name, "ok": True, "model": shown, "health": h.as_dict()}
     return Outcome(message, tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data)
 
 
@@ -407,7 +440,7 @@ def _alias(name: str, target: str, on: str) -> Outcome:
 
     problem = alias_problem(alias.name)
     if problem:
-        lines.append(f"note: {alias.name} {problem}")
+        lines.append(f"note: {problem}")
     return Outcome("\n".join(lines), data={"alias": alias.name, "target": alias.target, "on": alias.on,
                                             "file": alias.source, "note": problem or ""})
 

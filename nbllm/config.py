@@ -365,7 +365,8 @@ def load_provider_settings(
             sources[name] = origin.get(name, "env")
             break
 
-    model_default, url_default = True, True
+    # A model written in an endpoints file is a choice like {P}_MODEL (see nbllm.endpoints.endpoint_spec).
+    model_default, url_default = spec.extra.get("model_chosen") != "true", True
     if spec.host_env and env.get(spec.host_env, "").strip():
         sources[spec.host_env] = origin.get(spec.host_env, "env")
         try:
@@ -455,7 +456,7 @@ def load_global_settings(
     source = "NBLLM_PROVIDER" if "provider" in values else ""
     saved = (user_config or {}).get("default")
     if not source and isinstance(saved, dict) and is_name(saved.get("provider")):
-        values["provider"], source = saved["provider"].strip().lower(), "the saved default"
+        values["provider"], source = saved["provider"].strip(), "the saved default"
         sources["NBLLM_PROVIDER"] = "config"
         if "model" not in values and is_name(saved.get("model")):
             values["model"] = saved["model"].strip()

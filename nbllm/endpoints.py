@@ -26,10 +26,13 @@ server). Why TOML: people edit it by hand, and nbllm's own changes (`--add`, `--
 
 An endpoint is a provider like the built-in ones: it reads its `{NAME}_*` variables
 (`GPU_API_KEY`, `GPU_MODEL`, `GPU_BASE_URL`, …; the environment and `.env` win over the
-file) and shows in status, health, `--list` and the panel. Keys never go in this file:
-an `api_key` entry is ignored with a warning. A bad entry is one warning naming the file,
-the entry and what is wrong, and that entry is ignored; a file that is not valid TOML is
-one warning with its line and column, and the whole file is ignored.
+file) and shows in status, health, `--list` and the panel. A `model` written here is a
+choice like `GPU_MODEL`: it wins over the model a local server reports. Keys and passwords
+never go in this file: an `api_key` entry, or a `user:password@` in base_url, is ignored
+with a warning (the URL is used without it), and nbllm refuses to write one. A bad entry
+is one warning naming the file, the entry and what is wrong, and that entry is ignored; a
+file that is not valid TOML is one warning with its line and column, and the whole file
+is ignored.
 
 This module is the config layer: it reads and writes files and checks entries; the
 registry registers the specs and keeps the aliases, routing resolves them.
@@ -37,18 +40,19 @@ registry registers the specs and keeps the aliases, routing resolves them.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .catalog import AUTO, ProviderSpec, all_specs, parse_chain
 from .config import config_warning, user_config_path
-from .errors import ConfigurationError, scrub
+from .errors import ConfigurationError, display_url, scrub
 from .settings_values import BadValue, decode, os_reason, to_urls
 
 if sys.version_info >= (3, 11):
@@ -58,7 +62,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "FILE_NAME", "KINDS", "PROTOCOLS", "ON_CHOICES", "Alias", "Endpoints", "endpoints_paths", "read_endpoints",
-    "endpoint_spec", "check_endpoint", "check_alias_name", "alias_cycle", "holds", "write_endpoint",
+    "endpoint_spec", "check_endpoint", "has_credentials", "check_alias_name", "alias_cycle", "holds", "write_endpoint",
     "delete_endpoint", "write_alias", "delete_alias",
 ]
 
@@ -93,7 +97,8 @@ class Endpoints:
     aliases: dict[str, Alias] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
     paths: tuple[Path, ...] = ()
-    """The files read, user file first (whether or not they exist)."""
+    """The files read, user file first (whether or not they exist); one when the working directory is the
+    user config directory."""
 
 
 # ---- where ---------------------------------------------------------------------------
@@ -129,22 +134,32 @@ def _name_problem(name: str, what: str) -> str | None:
 def endpoint_spec(name: str, base_url: str, kind: str = "local", protocol: str = "openai",
                   key_env: tuple[str, ...] = (), model: str | None = None, label: str | None = None,
                   source: str = "") -> ProviderSpec:
-    """The catalog entry of a checked endpoint (probed like an OpenAI-compatible server when local)."""
+    """The catalog entry of a checked endpoint (probed like an OpenAI-compatible server when local).
+
+    A `model` the user wrote is a choice, like `{NAME}_MODEL`: `extra["model_chosen"]` tells the
+    settings reader, so a local server's detected model does not win over it.
+    """
+    extra = {"file": source} if source else {}
+    if model:
+        extra["model_chosen"] = "true"
     return ProviderSpec(
         name=name, label=label or name, kind=kind,  # type: ignore[arg-type]
         default_model=model or "default", base_url=base_url,
         builder="anthropic" if protocol == "anthropic" else "openai_compatible",
         probe="openai" if kind == "local" else "key", key_env=key_env, auto_priority=50, origin="file",
-        extra={"file": source} if source else {},
+        extra=extra,
     )
 
 
 def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
-                   reserved: Iterable[str] | None = None) -> tuple[ProviderSpec | None, list[str]]:
+                   reserved: Iterable[str] | None = None,
+                   credentials: bool = False) -> tuple[ProviderSpec | None, list[str]]:
     """An entry's spec (None when it cannot be used) and what is wrong with it, one phrase each.
 
-    Phrases say what to do; the caller puts the file and entry in front. An unknown key or
-    an `api_key` is a problem that leaves the rest usable; anything else makes it unusable.
+    Phrases say what to do; the caller puts the file and entry in front. An unknown key, an
+    `api_key` or a `user:password@` in base_url is a problem that leaves the rest usable (the
+    URL without them); anything else makes it unusable. `credentials=True` keeps a URL's
+    `user:password@` (an endpoint set for this process only, never written to a file).
     """
     reserved = _reserved() if reserved is None else set(reserved)
     problems: list[str] = []
@@ -181,6 +196,11 @@ def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
         return value.lower() if choices else value
 
     base_url = _base_url(entry.get("base_url"), problems)
+    if base_url is not None and not credentials and has_credentials(base_url):
+        problems.append(f"base_url has a user:password@, which is not read from this file (anyone who sees it "
+                        f"sees the password): give the URL without it and set {name.upper()}_API_KEY, or put the "
+                        f"whole URL in {name.upper()}_BASE_URL in the environment or .env")
+        base_url = ",".join(dict.fromkeys(display_url(url) for url in base_url.split(",")))
     fatal = fatal or base_url is None
     kind = text("kind", KINDS) or "local"
     protocol = text("protocol", PROTOCOLS) or "openai"
@@ -194,6 +214,11 @@ def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
     if fatal or base_url is None or key_env is None:
         return None, problems
     return endpoint_spec(name, base_url, kind, protocol, key_env, model, label, source), problems
+
+
+def has_credentials(url: str) -> bool:
+    """Whether a URL (or a comma list of them) carries a `user:password@`, which never goes in a file."""
+    return display_url(url) != url
 
 
 def _base_url(value: Any, problems: list[str]) -> str | None:
@@ -302,8 +327,8 @@ def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 def read_endpoints(env: Mapping[str, str], origin: Mapping[str, str] | None = None,
                    cwd: str | os.PathLike[str] | None = None) -> Endpoints:
     """Both endpoints files, checked; never raises. Each bad entry is one warning (and in `.problems`)."""
-    paths = endpoints_paths(env, origin, cwd)
-    files = [paths[0]] + ([paths[1]] if not _same(*paths) else [])
+    user, here = endpoints_paths(env, origin, cwd)
+    files = [user] + ([here] if not _same(user, here) else [])  # the working directory may be the config dir
     reserved = _reserved()
     problems: list[str] = []
 
@@ -360,7 +385,7 @@ def read_endpoints(env: Mapping[str, str], origin: Mapping[str, str] | None = No
                 found.pop(member, None)
             warn(f"nbllm: {_loop_files(loop, raw_aliases)} [aliases]: {' → '.join(loop)} is a loop; "
                  f"these aliases are ignored until one of them names a provider.")
-    return Endpoints(tuple(specs.values()), found, tuple(problems), tuple(paths))
+    return Endpoints(tuple(specs.values()), found, tuple(problems), tuple(files))
 
 
 def _loop_files(loop: list[str], raw: list[tuple[Path, str, Any]]) -> str:
@@ -376,34 +401,42 @@ def holds(path: Path, section: str, name: str) -> bool:
 
 
 # ---- writing (tomlkit keeps comments and order) ----------------------------------------
+#
+# A section may be in several places: `[providers.a]`, `[aliases]`, `[providers.b]` is what a
+# user gets by appending an entry by hand. tomlkit shows such a section as a proxy over its
+# tables; every change here is made to the one real table that holds the entry (or, for a
+# new one, the last table of its section). tomlkit keeps the comment lines above a
+# `[header]` at the end of the table before it, and indexes a table's body by position:
+# lines are only replaced in place (by `Null`, which renders as nothing) or appended.
+# Every change is read back before it is saved: a layout this code does not foresee
+# gets one line saying so, and the file is left as it was.
 
-def _document(path: Path) -> Any:
+def _document(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The file as a tomlkit document and as plain data ({} for a file not there yet)."""
     import tomlkit
 
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        return tomlkit.document()
+        return tomlkit.document(), {}
     except (OSError, UnicodeDecodeError) as exc:
         reason = os_reason(exc) if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ConfigurationError(f"Cannot change {path}: {reason}; nothing was changed.") from None
     try:
-        return tomlkit.parse(text)
-    except Exception as exc:  # tomlkit's ParseError says line and column
+        return tomlkit.parse(text), tomllib.loads(text)
+    except Exception as exc:  # tomlkit's ParseError and tomllib's say line and column
         raise ConfigurationError(f"Cannot change {path}: it is not valid TOML ({exc}); fix it first, "
                                  "nothing was changed.") from None
 
 
-def _save(path: Path, doc: Any) -> None:
+def _save(path: Path, text: str) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of either."""
-    import tomlkit
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".nbllm-", suffix=".toml", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(tomlkit.dumps(doc))
+                out.write(text)
             if path.exists():
                 os.chmod(tmp, path.stat().st_mode & 0o7777)
             os.replace(tmp, path)
@@ -414,12 +447,182 @@ def _save(path: Path, doc: Any) -> None:
         raise ConfigurationError(f"Cannot save {path}: {os_reason(exc)}; nothing was changed.") from None
 
 
-def _section(doc: Any, name: str, super_table: bool) -> Any:
+def _pruned(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without empty sections (a section whose last entry went renders as nothing)."""
+    return {k: v for k, v in data.items() if not (k in ("providers", "aliases") and v == {})}
+
+
+def _edit(path: Path, what: str, change: Callable[[Any], None], expect: Callable[[dict[str, Any]], None]) -> None:
+    """Make `change` to the file's document and save it, only if it then reads as `expect` makes of the
+    old data: anything else (a layout tomlkit or this code mishandles) is one line, and no change."""
     import tomlkit
 
-    if name not in doc:
-        doc[name] = tomlkit.table(is_super_table=super_table)
-    return doc[name]
+    doc, before = _document(path)
+    wanted = copy.deepcopy(before)
+    expect(wanted)
+    try:
+        change(doc)
+        text = tomlkit.dumps(doc).rstrip("\n")
+        text = text + "\n" if text.strip() else ""
+        ok = _pruned(tomllib.loads(text)) == _pruned(wanted)
+    except Exception:
+        ok = False
+    if not ok:
+        raise ConfigurationError(f"Cannot {what} {path}: nbllm cannot edit the way this file is laid out "
+                                 "without risk to the rest, so nothing was changed; make the change by hand.")
+    _save(path, text)
+
+
+def _tables(doc: Any, section: str) -> list[Any]:
+    """The real tables of `section` in file order (several when the section is split)."""
+    from tomlkit.items import Table
+
+    return [v for k, v in doc.body if k is not None and k.key == section and isinstance(v, Table)]
+
+
+def _holder(doc: Any, section: str, name: str) -> Any:
+    """The real table of `section` that holds entry `name`, or None."""
+    return next((table for table in _tables(doc, section) if name in table), None)
+
+
+def _index(body: list[Any], item: Any) -> int:
+    return next(i for i, (_, v) in enumerate(body) if v is item)
+
+
+def _last_key(body: list[Any], before: int) -> int | None:
+    return next((i for i in range(before - 1, -1, -1) if body[i][0] is not None), None)
+
+
+def _end_of(table: Any) -> tuple[list[Any], int]:
+    """Where the lines after a table's last line are kept: the end of its last sub-table's body, if it ends with one."""
+    from tomlkit.items import Null, Table
+
+    body = table.value.body
+    last = _last_key(body, len(body))
+    if last is not None and isinstance(body[last][1], Table) and all(isinstance(v, Null) for _, v in body[last + 1:]):
+        return _end_of(body[last][1])
+    return body, len(body)
+
+
+def _lines_above(doc: Any, holder: Any, at: int) -> tuple[list[Any], int]:
+    """The body holding the lines right above entry `at` of `holder`, and the position they end at."""
+    from tomlkit.items import Null, Table
+
+    body = holder.value.body
+    if not isinstance(body[at][1], Table):  # a key: its comments are just above it, in its table
+        return body, at
+    prev = _last_key(body, at)
+    between = [v for _, v in body[(0 if prev is None else prev + 1):at] if not isinstance(v, Null)]
+    if between or (prev is None and not holder.is_super_table()):
+        return body, at
+    if prev is not None:
+        return _end_of(body[prev][1]) if isinstance(body[prev][1], Table) else (body, at)
+    # The first [section.name] of its group: the lines above are the document's, or the end of the table before.
+    index = _index(doc.body, holder)
+    dprev = _last_key(doc.body, index)
+    dbetween = [v for _, v in doc.body[(0 if dprev is None else dprev + 1):index] if not isinstance(v, Null)]
+    if dbetween or dprev is None or not isinstance(doc.body[dprev][1], Table):
+        return doc.body, index
+    return _end_of(doc.body[dprev][1])
+
+
+def _last_line(body: list[Any], end: int) -> Any:
+    """The last item before `end` that renders (None if there is none)."""
+    from tomlkit.items import Null
+
+    return next((v for _, v in reversed(body[:end]) if not isinstance(v, Null)), None)
+
+
+def _blank_before(doc: Any, holder: Any, body: list[Any], end: int) -> bool:
+    """Whether the text before position `end` of `body` (a leaf of `holder`) is nothing or ends with a blank line."""
+    from tomlkit.items import Table, Whitespace
+
+    last = _last_line(body, end)
+    if last is not None:
+        return isinstance(last, Whitespace)
+    if body is not holder.value.body or not holder.is_super_table():  # a [header] line is just above
+        return False
+    index = _index(doc.body, holder)
+    last = _last_line(doc.body, index)
+    if isinstance(last, Table):
+        last = _last_line(*_end_of(last))
+    return last is None or isinstance(last, Whitespace)
+
+
+def _delete(doc: Any, section: str, name: str) -> None:
+    """Remove an entry with the comment lines right above it (they are about it), and keep
+    the comments after its last line (in the file they introduce the next entry)."""
+    from tomlkit.items import Comment, Null, Table, Trivia, Whitespace
+
+    holder = _holder(doc, section, name)
+    body = holder.value.body
+    at = next(i for i, (k, _) in enumerate(body) if k is not None and k.key == name)
+    item = body[at][1]
+    trailing = ""
+    if isinstance(item, Table):
+        for k, v in reversed(item.value.body):
+            if k is not None:
+                break
+            trailing = v.as_string() + trailing
+    above, end = _lines_above(doc, holder, at)
+    start = end
+    while start > 0 and above[start - 1][0] is None and isinstance(above[start - 1][1], (Comment, Null)):
+        start -= 1
+    if above is doc.body and start == 0:  # the file's own opening comment is about the file
+        start = end
+    for i in range(start, end):
+        above[i] = (None, Null())
+    del holder[name]
+    if "#" not in trailing:
+        return
+    before = _last_line(above, start)
+    if before is None or isinstance(before, Whitespace):  # one blank line is enough
+        trailing = trailing.lstrip("\n")
+    kept = (None, Comment(Trivia(comment_ws="", comment=trailing[:-1] if trailing.endswith("\n") else trailing,
+                                 trail="\n")))
+    if above is body:
+        body[at] = kept  # the entry's own place, a Null since the `del`
+    elif above is doc.body:  # a line in a [section] of only [section.x] tables would print [section]: put it above
+        doc.body.insert(end, kept)  # shifts positions tomlkit indexes; the document is only written after this
+    else:
+        above.append(kept)
+
+
+def _add_table(doc: Any, holder: Any, name: str, table: Any) -> None:
+    """Append `[section.name]` to `holder` with one blank line before it, and one after it when more
+    follows; the comment lines right above what follows (they are about it) move below the new table."""
+    from tomlkit.items import Comment, Null, Whitespace
+
+    body, end = _end_of(holder)
+    index = _index(doc.body, holder)
+    follows = _last_line(doc.body[index + 1:], len(doc.body) - index - 1) is not None
+    start = end
+    while follows and start > 0 and body[start - 1][0] is None and isinstance(body[start - 1][1], (Comment, Null)):
+        start -= 1
+    moved = [v for _, v in body[start:end] if not isinstance(v, Null)]
+    for i in range(start, end):
+        body[i] = (None, Null())
+    blank = _blank_before(doc, holder, body, start)
+    holder[name] = table
+    table.trivia.indent = "" if blank else "\n"
+    if follows:
+        table.value.append(None, Whitespace("\n"))
+    for line in moved:
+        table.value.append(None, line)
+
+
+def _section(doc: Any, name: str, super_table: bool) -> Any:
+    """The last real table of section `name`, made at the end of the file if there is none."""
+    import tomlkit
+
+    tables = _tables(doc, name)
+    if tables:
+        return tables[-1]
+    doc[name] = tomlkit.table(is_super_table=super_table)
+    table = _tables(doc, name)[-1]
+    if super_table:
+        table.trivia.indent = ""  # its first [name.x] carries the blank line
+    return table
 
 
 def _set(table: Any, key: str, value: Any) -> None:
@@ -440,122 +643,94 @@ def _set(table: Any, key: str, value: Any) -> None:
     table[key] = value
 
 
-def _delete(container: Any, key: str, doc: Any, parent_key: str) -> None:
-    """Remove an entry with the comment lines right above its header (they are about it), and keep
-    the comments after its last line (in the file they introduce the next entry).
-
-    tomlkit keeps a table's trailing comments in that table, and indexes its body by position:
-    lines are only replaced in place (by `Null`, which renders as nothing) or appended at an end.
-    """
-    from tomlkit.items import Comment, Null, Table, Trivia
-
-    body = container.value.body
-    at = next(i for i, (k, _) in enumerate(body) if k is not None and k.key == key)
-    item = body[at][1]
-    trailing = ""
-    if isinstance(item, Table):
-        for k, v in reversed(item.value.body):
-            if k is not None:
-                break
-            trailing = v.as_string() + trailing
-    previous = next((v for k, v in reversed(body[:at]) if k is not None), None)
-    first_child = isinstance(container, Table) and container.is_super_table() and previous is None
-    if isinstance(previous, Table):  # the lines above the header end the previous entry
-        above, end = previous.value.body, len(previous.value.body)
-    elif first_child:  # the first [parent.name]: the lines above it are the document's
-        above = doc.body
-        end = next(i for i, (k, _) in enumerate(doc.body) if k is not None and k.key == parent_key)
-    else:
-        above, end = body, at
-    start = end
-    while start > 0 and above[start - 1][0] is None and isinstance(above[start - 1][1], Comment):
-        start -= 1
-    if above is doc.body and start == 0:  # the file's own opening comment is about the file
-        start = end
-    for i in range(start, end):
-        above[i] = (None, Null())
-    del container[key]
-    if "#" not in trailing:
-        return
-    kept = (None, Comment(Trivia(comment_ws="", comment=trailing[:-1] if trailing.endswith("\n") else trailing,
-                                 trail="\n")))
-    if isinstance(previous, Table):
-        previous.value.body.append(kept)
-    elif first_child:  # a line in a [parent] of only [parent.x] tables would print [parent]: put it above
-        doc.body.insert(end, kept)  # shifts positions tomlkit indexes; the document is only written after this
-    else:
-        body[at] = kept
-
-
 def write_endpoint(path: Path, name: str, entry: Mapping[str, Any]) -> bool:
     """Add or replace `[providers.NAME]` (keys with value None are removed); True if it was new."""
     import tomlkit
 
-    doc = _document(path)
-    providers = _section(doc, "providers", True)
-    new = name not in providers
-    if new:
-        table = tomlkit.table()
-        for key, value in entry.items():
-            if value is not None:
-                table[key] = value
-        providers[name] = table
-    else:
-        table = providers[name]
+    new = not holds(path, "providers", name)
+
+    def change(doc: Any) -> None:
+        holder = _holder(doc, "providers", name)
+        if holder is None:
+            table = tomlkit.table()
+            for key, value in entry.items():
+                if value is not None:
+                    table[key] = value
+            _add_table(doc, _section(doc, "providers", True), name, table)
+            return
+        table = holder[name]
         for key, value in entry.items():
             if value is None:
                 if key in table:
                     del table[key]
             else:
                 _set(table, key, value)
-    _save(path, doc)
+
+    def expect(data: dict[str, Any]) -> None:
+        providers = data.setdefault("providers", {})
+        current = dict(providers.get(name) or {})
+        for key, value in entry.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = list(value) if isinstance(value, (list, tuple)) else value
+        providers[name] = current
+
+    _edit(path, f"{'add' if new else 'change'} [providers.{name}] in", change, expect)
     return new
 
 
 def delete_endpoint(path: Path, name: str) -> bool:
     """Remove `[providers.NAME]` from the file; False if it was not there."""
-    if not path.exists():
+    if not holds(path, "providers", name):
         return False
-    doc = _document(path)
-    providers = doc.get("providers")
-    if providers is None or name not in providers:
-        return False
-    _delete(providers, name, doc, "providers")
-    _save(path, doc)
+    _edit(path, f"remove [providers.{name}] from", lambda doc: _delete(doc, "providers", name),
+          lambda data: data["providers"].pop(name))
     return True
 
 
 def write_alias(path: Path, name: str, target: str, on: str = "transient") -> None:
     """`name = "target"` in `[aliases]`, or an `[aliases.NAME]` table when `on` is not the default."""
     import tomlkit
+    from tomlkit.items import InlineTable, Table
 
-    doc = _document(path)
-    aliases = _section(doc, "aliases", False)
-    if on == "transient":
-        if name in aliases and isinstance(aliases[name], (tomlkit.items.Table, tomlkit.items.InlineTable)):
-            del aliases[name]
-        _set(aliases, name, target)
-    else:
-        value = aliases.get(name)
-        if isinstance(value, (tomlkit.items.Table, tomlkit.items.InlineTable)):
+    def change(doc: Any) -> None:
+        holder = _holder(doc, "aliases", name)
+        value = holder[name] if holder is not None else None
+        if on == "transient":
+            if isinstance(value, (Table, InlineTable)):
+                del holder[name]
+                holder = None
+            if holder is None:  # a key goes in the [aliases] table that has keys (the first), else is made
+                tables = _tables(doc, "aliases")
+                holder = next((t for t in tables if not t.is_super_table()), tables[0] if tables else None)
+            if holder is None:
+                holder = _section(doc, "aliases", False)
+            _set(holder, name, target)
+        elif isinstance(value, (Table, InlineTable)):
             value["target"], value["on"] = target, on
         else:
-            if name in aliases:
-                del aliases[name]
+            if holder is not None:
+                del holder[name]
             table = tomlkit.table()
             table["target"], table["on"] = target, on
-            aliases[name] = table
-    _save(path, doc)
+            _add_table(doc, _section(doc, "aliases", False), name, table)
+
+    def expect(data: dict[str, Any]) -> None:
+        aliases = data.setdefault("aliases", {})
+        current = aliases.get(name)
+        if on == "transient":
+            aliases[name] = target
+        else:
+            aliases[name] = {**(current if isinstance(current, dict) else {}), "target": target, "on": on}
+
+    _edit(path, f"set alias {name} in", change, expect)
 
 
 def delete_alias(path: Path, name: str) -> bool:
     """Remove alias `name` from the file; False if it was not there."""
-    if not path.exists():
+    if not holds(path, "aliases", name):
         return False
-    doc = _document(path)
-    aliases = doc.get("aliases")
-    if aliases is None or name not in aliases:
-        return False
-    _delete(aliases, name, doc, "aliases")
-    _save(path, doc)
+    _edit(path, f"remove alias {name} from", lambda doc: _delete(doc, "aliases", name),
+          lambda data: data["aliases"].pop(name))
     return True

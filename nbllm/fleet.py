@@ -12,8 +12,18 @@ needs more puts a gateway (LiteLLM, a load balancer) behind one URL.
     fleet.take_out(url, "connection refused")     # failed: not picked for OUT_SECONDS
 
 State is per process, keyed by URL, and thread-safe (calls run on nbllm's loop thread,
-health checks and tests on others). A successful health probe of a server puts it
-back; a failed one takes it out (see health.py).
+health checks and tests on others).
+
+Each take-out records its `Cause`, because a health probe (`GET /v1/models`) proves
+only that something listens, not that chat works:
+- "unreachable" (a call got no answer: refused, reset, timed out) and "probe" (a health
+  probe found it down: refused, timed out, 408, 5xx) — a probe that gets an answer puts
+  the server back at once (`probe_answered`): whatever was missing is back.
+- "backoff" (the server asked to wait: `seconds`, a 429's or 503's Retry-After) and
+  "error" (a call got an HTTP error from it, e.g. a 500, with no Retry-After) — the server
+  itself answered, so a probe's answer proves nothing new: it stays out its full time
+  (`seconds`, or `OUT_SECONDS` for an error); only `put_back`, expiry or `reset` end it.
+A take-out never shortens one already running: the one that ends later wins, with its cause.
 """
 
 from __future__ import annotations
@@ -23,25 +33,34 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
-from .errors import scrub
+from .errors import display_url, scrub
 
-__all__ = ["OUT_SECONDS", "ServerState", "pick", "lease", "take_out", "put_back", "is_out", "state", "reset"]
+__all__ = ["OUT_SECONDS", "Cause", "ServerState", "pick", "lease", "take_out", "put_back", "probe_answered",
+           "is_out", "state", "reset"]
 
 OUT_SECONDS = 30.0
 """How long a server that failed is left out (unless nothing else is left)."""
 
+Cause = Literal["unreachable", "probe", "error", "backoff"]
+"""How a server was taken out (see the module docstring for what a probe may undo)."""
+_PROBE_UNDOES: frozenset[str] = frozenset({"unreachable", "probe"})
+
 
 @dataclass(frozen=True)
 class ServerState:
-    """What the fleet knows about one server, for health and status."""
+    """What the fleet knows about one server; health's per-server rows show it (their note)."""
 
     url: str
+    """The server, without `user:password@` (safe to show)."""
     in_flight: int = 0
     out_until: float | None = None
     """`time.monotonic()` at which a taken-out server may be picked again; None when it is in."""
     reason: str | None = None
     """Why it was taken out (scrubbed), while it is out."""
+    cause: Cause | None = None
+    """How it was taken out, while it is out."""
 
     @property
     def out(self) -> bool:
@@ -54,12 +73,13 @@ class ServerState:
 
 
 class _Server:
-    __slots__ = ("in_flight", "out_until", "reason", "used")
+    __slots__ = ("in_flight", "out_until", "reason", "cause", "used")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.out_until: float | None = None
         self.reason: str | None = None
+        self.cause: Cause | None = None
         self.used = 0
         """The tick of its last pick or lease (0: never): ties go to the smallest."""
 
@@ -86,9 +106,13 @@ def _out(server: _Server, now: float) -> bool:
     if server.out_until is None:
         return False
     if server.out_until <= now:
-        server.out_until = server.reason = None
+        _clear(server)
         return False
     return True
+
+
+def _clear(server: _Server) -> None:
+    server.out_until = server.reason = server.cause = None
 
 
 def _touch(server: _Server) -> None:
@@ -143,20 +167,42 @@ class lease:
             server.in_flight = max(0, server.in_flight - 1)
 
 
-def take_out(url: str, reason: str, seconds: float | None = None) -> None:
-    """`url` failed: `pick` passes it over for `seconds` (default `OUT_SECONDS`) unless nothing else is left."""
-    until = time.monotonic() + (OUT_SECONDS if seconds is None else max(0.0, seconds))
+def take_out(url: str, reason: str, seconds: float | None = None, *, status: int | None = None,
+             probe: bool = False) -> None:
+    """`url` failed: `pick` passes it over for `seconds` (default `OUT_SECONDS`) unless nothing else is left.
+
+    `seconds` is the wait the server asked for (Retry-After); `status` the HTTP status it answered
+    with (None: nothing answered); `probe` says a health probe found it down. Together they make
+    the `Cause` that decides whether a probe's answer may put it back early."""
+    cause: Cause = "probe" if probe else "backoff" if seconds is not None else "error" if status else "unreachable"
     text = scrub(reason)
     with _lock:
+        now = time.monotonic()
+        until = now + (OUT_SECONDS if seconds is None else max(0.0, seconds))
         server = _get(url)
-        server.out_until, server.reason = until, text
+        if _out(server, now) and server.out_until is not None and server.out_until >= until:
+            return  # one that lasts longer is running (e.g. a Retry-After): a probe must not shorten it
+        server.out_until, server.reason, server.cause = until, text, cause
 
 
 def put_back(url: str) -> None:
-    """`url` answers again: it may be picked at once."""
+    """`url` may be picked at once, however it was taken out (a user or test deciding so)."""
+    with _lock:
+        _clear(_get(url))
+
+
+def probe_answered(url: str) -> bool:
+    """A health probe got an answer from `url`: put it back if it was out only because nothing
+    answered ("unreachable", "probe"); a server's own 429/5xx keeps it out its time. Returns
+    whether it is in now."""
     with _lock:
         server = _get(url)
-        server.out_until = server.reason = None
+        if not _out(server, time.monotonic()):
+            return True
+        if server.cause in _PROBE_UNDOES:
+            _clear(server)
+            return True
+        return False
 
 
 def is_out(url: str) -> bool:
@@ -170,10 +216,11 @@ def state(url: str) -> ServerState:
     """A snapshot of what the fleet knows about `url` (in flight, out until, why)."""
     with _lock:
         server = _servers.get(_key(url))
+        shown = display_url(url)
         if server is None:
-            return ServerState(url)
+            return ServerState(shown)
         _out(server, time.monotonic())
-        return ServerState(url, server.in_flight, server.out_until, server.reason)
+        return ServerState(shown, server.in_flight, server.out_until, server.reason, server.cause)
 
 
 def reset() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import math
 import sys
 import time
 from collections.abc import Awaitable
@@ -69,11 +70,12 @@ class ProviderHealth:
 
     @property
     def down(self) -> bool:
-        """Nothing usable answered (refused, timed out, 408/429/5xx): a fallback chain may skip it. A 401 or
-        404 is not "down": the server is there and says what is wrong, which a call should report."""
+        """Nothing usable answered (refused, timed out, 408 or 5xx): a fallback chain may skip it. A 401,
+        404 or 429 is not "down": the server is there and says what is wrong, which a call should report
+        (or, for a 429, move on from at once)."""
         status = self.http_status
         return self.enabled and self.configured and self.connected is False and (
-            status is None or status in (408, 429) or status >= 500)
+            status is None or status == 408 or status >= 500)
 
     @property
     def status(self) -> str:
@@ -204,7 +206,7 @@ async def _probe_one(spec: ProviderSpec, settings: ProviderSettings, timeout: fl
         base.connected = True
         base.base_url = display_url(found.base_url)  # tables show it; requests use settings
         base.models = found.models
-        detected = found.loaded or (found.models[0] if found.models else None)
+        detected = found.detected
         if not settings.model_is_default:
             base.model_id = settings.model
         elif detected:
@@ -223,17 +225,14 @@ async def _check_fleet(spec: ProviderSpec, settings: ProviderSettings, timeout: 
 
     The provider is connected if any server answered; its models are the union, its model
     the configured one or the first answering server's, its latency the fastest answer.
-    Each probe also tells the fleet scheduler: an answer puts that server back, a failure
-    takes it out (`fleet.OUT_SECONDS`).
+    Each probe also tells the fleet scheduler (`_tell_fleet`), and each server's row notes
+    whether it is taken out, for how long and why.
     """
     each = [settings.with_(base_url=url, servers=(url,)) for url in settings.servers]
     rows = await asyncio.gather(*(_probe_one(spec, one, timeout, _blank(spec, one)) for one in each))
     for url, row in zip(settings.servers, rows):
-        if row.connected:
-            fleet.put_back(url)
-        else:
-            fleet.take_out(url, row.error or "did not answer its health check")
-            row.note = f"left out of the fleet for {fleet.OUT_SECONDS:g} s"
+        _tell_fleet(url, row)
+        row.note = _out_note(fleet.state(url), row.error)
     up = [row for row in rows if row.connected]
     base = _blank(spec, settings)
     base.servers = list(rows)
@@ -250,6 +249,25 @@ async def _check_fleet(spec: ProviderSpec, settings: ProviderSettings, timeout: 
     if not up:
         base.error = "no server answered: " + "; ".join(row.error or "no answer" for row in rows)
     return base
+
+
+def _tell_fleet(url: str, row: ProviderHealth) -> None:
+    """An answer puts a server back if nothing answering was why it was out (`fleet.probe_answered`:
+    a Retry-After or a call's 5xx keeps it out); a probe that found it down (refused, timed out, 408,
+    5xx) takes it out. A 401, 404 or 429 changes nothing: the server is there and says what is wrong."""
+    if row.connected:
+        fleet.probe_answered(url)
+    elif row.down:
+        fleet.take_out(url, row.error or "did not answer its health check", status=row.http_status, probe=True)
+
+
+def _out_note(server: fleet.ServerState, error: str | None) -> str | None:
+    """A server row's note while the fleet passes it over, `taken out for 25 s: <why>` (the why left
+    off when the row's error already says it); None while it is in."""
+    if not server.out:
+        return None
+    note = f"taken out for {math.ceil(server.out_for):d} s"
+    return note if server.reason in (None, error) else f"{note}: {server.reason}"
 
 
 async def check_providers(

@@ -1,8 +1,7 @@
 """What models an endpoint lists, in each dialect nbllm speaks.
 
-Local servers are asked the way health asks them (OpenAI-compatible `/v1/models`,
-LM Studio `/api/v0/models` with its loaded state, Ollama `/api/tags` + `/api/ps`,
-llama.cpp `/v1/models`); cloud providers by their own list endpoint with the key in a
+Local servers are asked through `probes`, the one speaker of their dialects (the
+requests health makes, less llama.cpp's `/health`); cloud providers by their own list endpoint with the key in a
 header (OpenAI-compatible `GET {base}/models` with Bearer, Anthropic `GET /v1/models`
 with `x-api-key`, Gemini `GET /v1beta/models` with `x-goog-api-key` — never the key in
 the URL). Why a module apart from health: a cloud list is a network call with the key,
@@ -20,9 +19,10 @@ from urllib.parse import urlencode
 
 from . import probes
 from .catalog import AUTO, ProviderSpec, key_names
-from .config import ProviderSettings, openai_base, server_root
+from .config import ProviderSettings
 from .errors import ConfigurationError, ModelError, NbllmError, ProbeError, display_url
 from .health import base_url_advice, self_hosted
+from .probes import Found, Listed, auth, entries, get_json, integer, nonempty, openai_listed, openai_models
 from .registry import get_registry
 
 __all__ = ["COLUMNS", "Listed", "Listing", "list_models", "target"]
@@ -34,29 +34,6 @@ COLUMNS = ["provider", "server", "model", "default", "loaded", "owned_by", "cont
 ANTHROPIC_VERSION = "2023-06-01"
 _MAX_PAGES = 20
 """Anthropic and Gemini page their lists; a bound so a server that keeps paging cannot loop forever."""
-
-
-@dataclass
-class Listed:
-    """One model as an endpoint describes it (only what it says; the rest None)."""
-
-    model: str
-    loaded: bool | None = None
-    owned_by: str | None = None
-    context_length: int | None = None
-    size: int | None = None
-    """Bytes on disk (Ollama, llama.cpp)."""
-    parameter_size: str | None = None
-    quantization: str | None = None
-
-
-@dataclass
-class _Served:
-    """What one server listed, and the model it would use by default (loaded, else first)."""
-
-    server: str
-    models: list[Listed]
-    detected: str | None = None
 
 
 @dataclass
@@ -74,132 +51,6 @@ class Listing:
         return list(dict.fromkeys(row["model"] for row in self.rows))
 
 
-# ---- payload shapes -----------------------------------------------------------------
-
-
-def _items(payload: Any, key: str, url: str) -> list[dict[str, Any]]:
-    if not isinstance(payload, dict) or not isinstance(payload.get(key), list):
-        raise ProbeError(f"unexpected answer at {url}: no '{key}' list of models", url)
-    return [item for item in payload[key] if isinstance(item, dict)]
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _openai_listed(item: dict[str, Any]) -> Listed | None:
-    """An OpenAI-style model entry; the context length goes by many names (OpenRouter, vLLM,
-    Groq, Mistral, llama-server's `meta`)."""
-    name = _text(item.get("id"))
-    if name is None:
-        return None
-    meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
-    context = next((_int(v) for v in (item.get("context_length"), item.get("max_model_len"),
-                                      item.get("context_window"), item.get("max_context_length"),
-                                      meta.get("n_ctx_train")) if _int(v) is not None), None)
-    status = item.get("status")
-    loaded = status.get("value") == "loaded" if isinstance(status, dict) and "value" in status else None
-    return Listed(model=name, owned_by=_text(item.get("owned_by")), context_length=context,
-                  size=_int(meta.get("size")), loaded=loaded)
-
-
-def _openai_models(payload: Any, url: str) -> list[Listed]:
-    return [m for m in map(_openai_listed, _items(payload, "data", url)) if m is not None]
-
-
-# ---- local dialects -----------------------------------------------------------------
-
-
-def _bearer(settings: ProviderSettings) -> dict[str, str] | None:
-    return {"Authorization": f"Bearer {settings.api_key.get()}"} if settings.api_key else None
-
-
-async def _list_openai_at(base: str, settings: ProviderSettings, timeout: float) -> _Served:
-    url = f"{base}/models"
-    models = _openai_models(await probes.get_json(url, timeout, _bearer(settings)), url)
-    return _Served(base, models, models[0].model if models else None)
-
-
-async def _list_openai(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
-    return await _list_openai_at(openai_base(settings.base_url), settings, timeout)
-
-
-async def _list_lmstudio(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
-    """`/api/v0/models` says which model is loaded; a server without it (a custom endpoint
-    probed like LM Studio) answers `/v1/models`."""
-    root = server_root(settings.base_url)
-    url = f"{root}/api/v0/models"
-    try:
-        payload = await probes.get_json(url, timeout, _bearer(settings))
-    except ProbeError as exc:
-        if exc.status is None or exc.status >= 500:
-            raise
-        return await _list_openai_at(openai_base(root), settings, timeout)
-    items = _items(payload, "data", url)
-    models = [Listed(model=item["id"], loaded=item.get("state") == "loaded" if "state" in item else None,
-                     owned_by=_text(item.get("publisher")), context_length=_int(item.get("max_context_length")),
-                     quantization=_text(item.get("quantization")))
-              for item in items if _text(item.get("id"))]
-    chat = [item["id"] for item in items if _text(item.get("id")) and item.get("type", "llm") in ("llm", "vlm")]
-    loaded = [item["id"] for item in items if item.get("id") in chat and item.get("state") == "loaded"]
-    return _Served(openai_base(root), models, (loaded or chat or [None])[0])
-
-
-async def _list_ollama(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
-    """Pulled models from `/api/tags` (with size and parameter size), loaded ones from `/api/ps`."""
-    root = server_root(settings.base_url)
-    tags_url = f"{root}/api/tags"
-    tags, running = await asyncio.gather(probes.get_json(tags_url, timeout, _bearer(settings)),
-                                         probes.get_json(f"{root}/api/ps", timeout, _bearer(settings)),
-                                         return_exceptions=True)
-    if isinstance(tags, BaseException):
-        raise tags
-    loaded: set[str] | None = None
-    if isinstance(running, dict) and isinstance(running.get("models"), list):
-        loaded = {m.get("name") or m.get("model") for m in running["models"] if isinstance(m, dict)}
-    models = []
-    for item in _items(tags, "models", tags_url):
-        name = _text(item.get("name")) or _text(item.get("model"))
-        if name is None:
-            continue
-        details = item.get("details") if isinstance(item.get("details"), dict) else {}
-        models.append(Listed(model=name, loaded=None if loaded is None else name in loaded, size=_int(item.get("size")),
-                             parameter_size=_text(details.get("parameter_size")),
-                             quantization=_text(details.get("quantization_level"))))
-    first_loaded = next((m.model for m in models if m.loaded), None)
-    return _Served(root, models, first_loaded or (models[0].model if models else None))
-
-
-async def _list_llamacpp_at(root: str, settings: ProviderSettings, timeout: float) -> _Served:
-    served = await _list_openai_at(openai_base(root), settings, timeout)
-    for m in served.models:
-        if m.loaded is None:  # llama-server serves what it lists (its router mode says per model)
-            m.loaded = True
-    served.server = root
-    served.detected = next((m.model for m in served.models if m.loaded), served.detected)
-    return served
-
-
-async def _list_llamacpp(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
-    """The configured address, or every default port at once (the first in order that answers)."""
-    roots = [server_root(settings.base_url)]
-    if settings.base_url_is_default:
-        roots += [server_root(u) for u in spec.alt_base_urls]
-    results = await asyncio.gather(*(_list_llamacpp_at(r, settings, timeout) for r in roots), return_exceptions=True)
-    found = next((r for r in results if isinstance(r, _Served)), None)
-    if found is not None:
-        return found
-    errors = [r for r in results if isinstance(r, BaseException)]
-    answered = next((e for e in errors if isinstance(e, ProbeError) and e.status), None)
-    if answered is not None or len(errors) == 1:
-        raise answered or errors[0]
-    raise ProbeError("; ".join(str(e) for e in errors))
-
-
 # ---- cloud dialects -------------------------------------------------------------------
 
 
@@ -214,13 +65,12 @@ def _openai_list_url(spec: ProviderSpec, base: str) -> str:
     return f"{base}/models"
 
 
-async def _list_cloud_openai(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
+async def _list_cloud_openai(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
     url = _openai_list_url(spec, settings.base_url)
-    models = _openai_models(await probes.get_json(url, timeout, _bearer(settings)), url)
-    return _Served(settings.base_url.rstrip("/"), models)
+    return Found(settings.base_url.rstrip("/"), openai_listed(await get_json(url, timeout, auth(settings)), url))
 
 
-async def _list_anthropic(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
+async def _list_anthropic(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
     """`GET /v1/models`, paged by `after_id` while `has_more`."""
     base = settings.base_url.rstrip("/").removesuffix("/v1")
     headers = {"x-api-key": settings.api_key.get() if settings.api_key else "", "anthropic-version": ANTHROPIC_VERSION}
@@ -228,17 +78,17 @@ async def _list_anthropic(spec: ProviderSpec, settings: ProviderSettings, timeou
     query: dict[str, str] = {"limit": "1000"}
     for _ in range(_MAX_PAGES):
         url = f"{base}/v1/models?{urlencode(query)}"
-        payload = await probes.get_json(url, timeout, headers)
-        items = _items(payload, "data", url)
-        models += [Listed(model=item["id"], owned_by="anthropic") for item in items if _text(item.get("id"))]
-        last = _text(payload.get("last_id"))
+        payload = await get_json(url, timeout, headers)
+        models += [Listed(model=item["id"], owned_by="anthropic") for item in entries(payload, "data", url)
+                   if nonempty(item.get("id"))]
+        last = nonempty(payload.get("last_id"))
         if not payload.get("has_more") or last is None:
             break
         query["after_id"] = last
-    return _Served(base, models)
+    return Found(base, models)
 
 
-async def _list_gemini(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
+async def _list_gemini(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
     """`GET /v1beta/models` with the key in `x-goog-api-key` (a `?key=` would land in logs), paged by token."""
     base = settings.base_url.rstrip("/").removesuffix("/v1beta")
     headers = {"x-goog-api-key": settings.api_key.get() if settings.api_key else ""}
@@ -246,32 +96,28 @@ async def _list_gemini(spec: ProviderSpec, settings: ProviderSettings, timeout: 
     query: dict[str, str] = {"pageSize": "1000"}
     for _ in range(_MAX_PAGES):
         url = f"{base}/v1beta/models?{urlencode(query)}"
-        payload = await probes.get_json(url, timeout, headers)
-        for item in _items(payload, "models", url):
-            name = _text(item.get("name"))
+        payload = await get_json(url, timeout, headers)
+        for item in entries(payload, "models", url):
+            name = nonempty(item.get("name"))
             if name:
                 models.append(Listed(model=name.removeprefix("models/"), owned_by="google",
-                                     context_length=_int(item.get("inputTokenLimit"))))
-        token = _text(payload.get("nextPageToken"))
+                                     context_length=integer(item.get("inputTokenLimit"))))
+        token = nonempty(payload.get("nextPageToken"))
         if token is None:
             break
         query["pageToken"] = token
-    return _Served(base, models)
+    return Found(base, models)
 
 
-_LOCAL = {"openai": _list_openai, "lmstudio": _list_lmstudio, "ollama": _list_ollama, "llamacpp": _list_llamacpp}
 _CLOUD = {"anthropic": _list_anthropic, "google": _list_gemini}
 
 
-async def _list_server(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> _Served:
+async def _list_server(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
     if self_hosted(spec, settings):  # a cloud name pointed at a server of one's own speaks OpenAI's API
-        return await _list_openai_at(settings.base_url.rstrip("/"), settings, timeout)
+        return await openai_models(settings.base_url.rstrip("/"), timeout, auth(settings))
     if spec.kind == "cloud":
         return await _CLOUD.get(spec.builder, _list_cloud_openai)(spec, settings, timeout)
-    lister = _LOCAL.get(spec.probe)
-    if lister is None:
-        raise ConfigurationError(f"{spec.name}: no way to list the models of a {spec.probe!r} server.")
-    return await lister(spec, settings, timeout)
+    return await probes.probe(spec, settings, timeout, ready=False)  # health's dialects, less llama.cpp's /health
 
 
 # ---- the one entry point --------------------------------------------------------------
@@ -354,9 +200,10 @@ async def list_models(provider: str | None = None, timeout: float | None = None)
             failures.append(_failure(spec, result))
             listing.failed[display_url(server)] = str(failures[-1])
             continue
-        default = asked or (settings.model if not settings.model_is_default or not local else None) or result.detected
-        for m in result.models:
-            listing.rows.append({"provider": spec.name, "server": display_url(result.server),
+        configured = settings.model if not settings.model_is_default or not local else None
+        default = asked or configured or (result.detected if local else None)
+        for m in result.listed:
+            listing.rows.append({"provider": spec.name, "server": display_url(result.base_url),
                                  "default": m.model == default, **asdict(m)})
     if failures and not listing.rows and len(failures) == len(servers):
         if len(failures) == 1:

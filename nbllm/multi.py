@@ -28,6 +28,7 @@ from . import bridge, pipeline, routing
 from .errors import ConfigurationError
 from .pipeline import Call
 from .health import NOT_STARTED
+from .catalog import AUTO
 from .registry import get_registry
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str] | N
         providers = [p for p in re.split(r"[,\s]+", providers) if p]
     names: list[str] = []
     for name in providers:
-        canonical = routing.resolve(name, check_enabled=False).name  # disabled: that row says so
+        canonical = routing.resolve(name, check_enabled=False).expanded  # an alias of a provider counts once
         if canonical not in names:
             names.append(canonical)
     if not names:
@@ -90,7 +91,7 @@ async def _one(call: Call) -> dict[str, Any]:
         row.update(latency_ms=round((time.perf_counter() - started) * 1000, 1), error=str(exc) or type(exc).__name__)
         return row
     row.update(
-        model=answer.model, answer=answer.text, latency_ms=round(answer.latency_ms, 1),
+        provider=answer.provider, model=answer.model, answer=answer.text, latency_ms=round(answer.latency_ms, 1),
         input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, cost_usd=answer.cost_usd,
         error=answer.error,
     )
@@ -102,7 +103,8 @@ async def _fan_out(prompt: str, providers: Any, options: dict[str, Any]) -> list
     if options.get("chat") is not None:
         raise ConfigurationError("compare/consensus do not take chat memory: each provider would add its own turn "
                                  "to one conversation. Ask them without --chat / chat=.")
-    call = pipeline.describe(prompt, "compare/consensus", **options)  # checked once, before anything is sent
+    # Checked once, before anything is sent; each target is named below, so the kernel default plays no part.
+    call = pipeline.describe(prompt, "compare/consensus", provider=AUTO, **options)
     targets = await _targets(_names(providers))
     calls = [pipeline.for_provider(call, name, call.request.model or model) for name, model in targets]
     return list(await asyncio.gather(*(_one(c) for c in calls)))

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import calllog, replay, routing
@@ -177,48 +178,79 @@ async def _attempt(call: Call, target: Target) -> Answer:
     return _finish(answer, response, call, messages, target)
 
 
-def _servers(target: Target) -> tuple[str, ...]:
-    return getattr(target.settings, "servers", None) or (target.settings.base_url,)
+class _Attempts:
+    """The attempts of one call on one target, under one rule for asks and streams.
+
+    Each attempt goes to the least-busy server of a fleet that this call has not tried yet
+    (`fleet.pick`); a server that fails in a way another may not share is taken out for a
+    while and the next server is tried at once, without counting as a retry. Once every
+    server has been tried, retries follow the policy, one request each (to the server back
+    soonest). Giving up on a failure where nothing answered marks the provider down, so a
+    fallback chain skips it for `routing.DOWN_TTL` seconds.
+    """
+
+    def __init__(self, call: Call, target: Target):
+        self.call, self.target = call, target
+        self.servers = target.settings.servers
+        self.tried: set[str] = set()
+        self.retries = 0
+        self.requests = 0
+        self.url: str | None = None
+
+    def next(self) -> tuple[Target, Any]:
+        """The target of the next attempt (on a fleet's chosen server) and the lease to hold during it."""
+        self.requests += 1
+        if len(self.servers) <= 1:  # (none: a provider with no address yet, whose call says so)
+            return self.target, contextlib.nullcontext()
+        from . import fleet
+
+        self.url = fleet.pick(self.servers, exclude=self.tried)
+        return self.target.on_server(self.url), fleet.lease(self.url)
+
+    def answered(self) -> None:
+        routing.mark_down(self.target.provider, None)
+
+    async def again(self, error: ModelError, retry: bool = True) -> bool:
+        """After `error`: True to try again (on another server at once, or after the policy's delay);
+        False to give up (`retry=False`: a stream whose text has arrived is never sent twice)."""
+        if self.url is not None and error.moves_on:
+            from . import fleet
+
+            fleet.take_out(self.url, error.reason, error.retry_after, status=error.status)
+            self.tried.add(self.url)
+            if retry and len(self.tried) < len(self.servers):
+                return True
+        delay = _retry_wait(self.call, self.target, error, self.retries) if retry else None
+        if delay is None:
+            if retry and error.status is None and not error.retryable:  # nothing answered: chains skip it a while
+                routing.mark_down(self.target.provider, error.reason)
+            return False
+        self.retries += 1
+        await asyncio.sleep(delay)
+        return True
 
 
 async def _retrying(call: Call, target: Target) -> Answer:
-    """`_attempt` under the retry policy (each attempt on the least-busy server of a fleet);
-    the last error carries how many attempts were made."""
-    servers = _servers(target)
-    attempt, tried = 0, set()
-    if len(servers) > 1:
-        from . import fleet
+    """`_attempt` under `_Attempts`' rule; the last error carries how many requests were made."""
+    plan = _Attempts(call, target)
     while True:
-        url = fleet.pick(servers, exclude=tried) if len(servers) > 1 else None
+        sent, lease = plan.next()
         try:
-            if url is None:
-                answer = await _attempt(call, target)
-            else:
-                with fleet.lease(url):
-                    answer = await _attempt(call, target.on_server(url))
-            answer.attempts = attempt + 1
-            routing.mark_down(target.provider, None)
-            return answer
+            with lease:
+                answer = await _attempt(call, sent)
         except ModelError as exc:
             error = exc
-        if url is not None and error.moves_on:  # that server is out for a while; another one takes it now
-            fleet.take_out(url, error.reason, error.retry_after)
-            tried.add(url)
-            if len(tried) < len(servers):
-                continue
-            tried.clear()
-        delay = _retry_wait(call, target, error, attempt)
-        if delay is None:
-            error.attempts = attempt + 1  # type: ignore[attr-defined]
-            if error.status is None and not error.retryable:  # nothing answered: a chain skips it for a while
-                routing.mark_down(target.provider, error.reason)
+        else:
+            answer.attempts = plan.requests
+            plan.answered()
+            return answer
+        if not await plan.again(error):
+            error.attempts = plan.requests  # type: ignore[attr-defined]
             raise detached(error)
-        attempt += 1
-        await asyncio.sleep(delay)
 
 
 def _retry_wait(call: Call, target: Target, error: ModelError, attempt: int) -> float | None:
-    """Seconds before attempt `attempt + 1`, or None: out of retries, or not worth one."""
+    """Seconds before retry `attempt + 1`, or None: out of retries, or not worth one."""
     if attempt >= call.request.retries(target.settings):
         return None
     return call.request.retry.delay(error, attempt)
@@ -263,65 +295,105 @@ async def answer(call: Call, target: Target | None = None) -> Answer:
 
 
 async def _answer_one(call: Call, target: Target, logged: Call, fallbacks: list[Fallback] | None = None,
-                      moves_on: bool = False) -> "Answer | Fallback":
+                      may_move_on: str | None = None) -> "Answer | Fallback":
     """One provider's answer, logged under `logged` (the whole call, when this is a link of a chain).
-    `moves_on`: a link before the last, whose failure the next link may not share, returns that
-    failure as a `Fallback` instead of raising it (nothing logged: the chain's row lists it)."""
+    `may_move_on` ("transient" or "any", for a link before the last): a failure the next link
+    may not share is returned as a `Fallback` instead of raised (nothing logged: the chain's row
+    lists it)."""
     started = time.perf_counter()
+    fallbacks = fallbacks or []
     error: ModelError | None = None
     try:
         result = await _retrying(call, target)
     except asyncio.CancelledError:  # Ctrl-C or a cancelled task: the call still gets its row
-        _log_interrupted(logged, Answer("", target.provider, target.model, fallbacks=list(fallbacks or ())), started)
+        _log_interrupted(logged, Answer("", target.provider, target.model, fallbacks=list(fallbacks)), started)
         raise
     except ModelError as exc:
         error = exc
     if error is not None:
-        if moves_on and (error.moves_on or logged.route is not None and logged.route.on == "any"):
+        if _moves_on(error, may_move_on):
             return Fallback(target.provider, _reason(error))
+        error = _after(error, fallbacks)
         failed = Answer("", target.provider, target.model, (time.perf_counter() - started) * 1000, error=str(error),
-                        fallbacks=list(fallbacks or ()))
+                        fallbacks=list(fallbacks))
         calllog.record(logged, failed, _logged_options(call, target))
         raise detached(error)
-    result.fallbacks = list(fallbacks or ())
+    result.fallbacks = list(fallbacks)
     calllog.record(logged, result, _logged_options(call, target))
     return result
 
 
-def _passed_over(link: Link, fallbacks: list[Fallback], remaining: int) -> bool:
-    """Skip a link known to be down, while a later link may answer (the last one is always tried)."""
-    down = routing.known_down(link.provider) if link.provider != AUTO and remaining else None
-    if down:
-        fallbacks.append(Fallback(str(link), f"skipped, known to be down ({down})"))
-    return bool(down)
+def _moves_on(error: NbllmError, may_move_on: str | None) -> bool:
+    """Whether a chain goes on to its next link after `error` (None: this is the last link)."""
+    if may_move_on is None:
+        return False
+    return may_move_on == "any" or not isinstance(error, ModelError) or error.moves_on
+
+
+def _after(error: NbllmError, fallbacks: list[Fallback]) -> NbllmError:
+    """The last link's error, saying which links were passed over before it, and why."""
+    if not fallbacks:
+        return error
+    before = "; ".join(str(f) for f in fallbacks)
+    if isinstance(error, ModelError):
+        hint = f"{error.hint} " if error.hint else ""
+        again = type(error)(error.provider, error.reason, error.url, f"{hint}(tried first: {before})",
+                            retryable=error.retryable, retry_after=error.retry_after, status=error.status)
+        again.attempts = getattr(error, "attempts", 1)  # type: ignore[attr-defined]
+        return again
+    return type(error)(f"{error} (tried first: {before})")
+
+
+def _links(call: Call, fallbacks: list[Fallback]) -> Iterator[tuple[Link, Call, str | None]]:
+    """The links of `call.route` to try, each as a call of its own with how it may move on (None: the
+    last link, whose failure is the call's). A link known to be down is passed over while a later
+    one may answer; the last one is always tried."""
+    assert call.route is not None
+    links = call.route.links
+    fallbacks.extend(Fallback(name, why) for name, why in call.route.skipped)
+    for index, link in enumerate(links):
+        last = index == len(links) - 1
+        down = None if last or link.provider == AUTO else routing.known_down(link.provider)
+        if down:
+            fallbacks.append(Fallback(str(link), f"known to be down: {_brief(down)}"))
+            continue
+        rule = None if last else ("any" if call.route.moves_on_any_error(link) else "transient")
+        yield link, link_call(call, link, last), rule
+
+
+def _found_down(target: Target, may_move_on: str | None) -> Fallback | None:
+    """A link routing's own probe has just found down is passed over without sending the prompt."""
+    down = routing.known_down(target.provider) if may_move_on else None
+    return Fallback(target.provider, f"found down: {_brief(down)}") if down else None
+
+
+def _brief(reason: str) -> str:
+    """A probe's failure without the probed address (the footer names the provider already)."""
+    return re.sub(r" at https?://\S+", "", reason)
 
 
 async def _chain(call: Call) -> Answer:
     """The links of `call.route` in turn until one answers; the last link's failure is raised."""
-    assert call.route is not None
-    links = call.route.links
-    fallbacks = [Fallback(name, why) for name, why in call.route.skipped]
-    for index, link in enumerate(links):
-        last = index == len(links) - 1
-        if _passed_over(link, fallbacks, len(links) - 1 - index):
-            continue
-        one = link_call(call, link, last)
+    fallbacks: list[Fallback] = []
+    for link, one, rule in _links(call, fallbacks):
         problem: NbllmError | None = None
         try:
             target = await route(one)
         except NbllmError as exc:  # not installed, no key, crashed: the next link may answer
             problem = exc
         if problem is not None:
-            if last:
-                failed = Answer("", link.provider, link.model or "", error=str(problem), fallbacks=fallbacks)
-                calllog.record(call, failed)
+            if not _moves_on(problem, rule):
+                problem = _after(problem, fallbacks)
+                calllog.record(call, Answer("", link.provider, link.model or "", error=str(problem),
+                                            fallbacks=fallbacks))
                 raise detached(problem)
             fallbacks.append(Fallback(str(link), _reason(problem)))
             continue
-        if not last and (down := routing.known_down(target.provider)):  # routing's probe just found it down
-            fallbacks.append(Fallback(str(link), f"skipped, found down ({down})"))
+        skipped = _found_down(target, rule)
+        if skipped is not None:
+            fallbacks.append(skipped)
             continue
-        result = await _answer_one(one, target, call, fallbacks, moves_on=not last)
+        result = await _answer_one(one, target, call, fallbacks, rule)
         if isinstance(result, Answer):
             return result
         fallbacks.append(Fallback(str(link), result.reason))
@@ -383,18 +455,14 @@ async def events(call: Call) -> AsyncIterator[str | Notice | Answer]:
         yield result
         return
     if call.route is None:
-        async for item in _stream_one(call, call, recorder, [], moves_on=False):
+        async for item in _stream_one(call, call, recorder, [], None):
             if not isinstance(item, Fallback):
                 yield item
         return
-    links = call.route.links
-    fallbacks = [Fallback(name, why) for name, why in call.route.skipped]
-    for index, link in enumerate(links):
-        last = index == len(links) - 1
-        if _passed_over(link, fallbacks, len(links) - 1 - index):
-            continue
+    fallbacks: list[Fallback] = []
+    for link, one, rule in _links(call, fallbacks):
         moved: Fallback | None = None
-        async for item in _stream_one(link_call(call, link, last), call, recorder, fallbacks, moves_on=not last):
+        async for item in _stream_one(one, call, recorder, fallbacks, rule):
             if isinstance(item, Fallback):
                 moved = item
             else:
@@ -405,9 +473,9 @@ async def events(call: Call) -> AsyncIterator[str | Notice | Answer]:
 
 
 async def _stream_one(call: Call, logged: Call, recorder: replay.Recorder | None, fallbacks: list[Fallback],
-                      moves_on: bool) -> AsyncIterator[str | Notice | Answer | Fallback]:
-    """One provider's stream (routed here, with notices), logged under `logged`; with `moves_on`, a
-    failure before the first chunk that the next link may not share ends it with a `Fallback`."""
+                      may_move_on: str | None) -> AsyncIterator[str | Notice | Answer | Fallback]:
+    """One provider's stream (routed here, with notices), logged under `logged`; with `may_move_on`,
+    a failure before the first chunk that the next link may not share ends it with a `Fallback`."""
     target: Target | None = None
     problem: NbllmError | None = None
     try:
@@ -419,43 +487,41 @@ async def _stream_one(call: Call, logged: Call, recorder: replay.Recorder | None
     except NbllmError as exc:
         problem = exc
     if problem is not None or target is None:
-        if moves_on:
-            yield Fallback(call.provider, _reason(problem) if problem else "could not be reached")
+        assert problem is not None
+        if _moves_on(problem, may_move_on):
+            yield Fallback(call.provider, _reason(problem))
             return
+        problem = _after(problem, fallbacks)
         failed = Answer("", call.provider, call.model or "", error=str(problem), failure=problem,
                         fallbacks=list(fallbacks))
         if fallbacks:  # a chain's last link: its row says who was passed over
             calllog.record(logged, failed)
         yield failed
         return
-    if moves_on and (down := routing.known_down(target.provider)):  # routing's probe just found it down
-        yield Fallback(call.provider, f"skipped, found down ({down})")
+    skipped = _found_down(target, may_move_on)
+    if skipped is not None:
+        yield skipped
         return
-    async for item in _stream_target(call, target, recorder, logged, fallbacks, moves_on):
+    async for item in _stream_target(call, target, recorder, logged, fallbacks, may_move_on):
         yield item
 
 
 async def _stream_target(call: Call, target: Target, recorder: replay.Recorder | None, logged: Call,
-                         fallbacks: list[Fallback], moves_on: bool) -> AsyncIterator[str | Answer | Fallback]:
+                         fallbacks: list[Fallback], may_move_on: str | None) -> AsyncIterator[str | Answer | Fallback]:
     from pydantic_ai.direct import model_request_stream
 
-    servers = _servers(target)
-    if len(servers) > 1:
-        from . import fleet
     messages = _request_messages(call)
     chunks: list[str] = []
     result = Answer("", target.provider, target.model, reason=target.reason, fallbacks=list(fallbacks))
     started = time.perf_counter()
     logged_row = False
-    attempt, tried = 0, set()
+    plan = _Attempts(call, target)
     try:
         while True:
-            url = fleet.pick(servers, exclude=tried) if len(servers) > 1 else None
-            sent = target if url is None else target.on_server(url)
+            sent, lease = plan.next()
             model, options = _model_and_options(call, sent, streamed=True)
             response = None
             error: ModelError | None = None
-            lease = fleet.lease(url) if url is not None else contextlib.nullcontext()
             try:
                 with lease:
                     async with model_request_stream(model, messages, model_settings=options) as streamed:
@@ -470,28 +536,18 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
             except Exception as exc:
                 error = _failed(exc, sent, options["timeout"])
             if error is None:
-                routing.mark_down(target.provider, None)
+                plan.answered()
                 break
-            if url is not None and not chunks and error.moves_on:  # another server of the fleet takes it now
-                fleet.take_out(url, error.reason, error.retry_after)
-                tried.add(url)
-                if len(tried) < len(servers):
-                    continue
-                tried.clear()
-            delay = None if chunks else _retry_wait(call, target, error, attempt)
-            if delay is None:  # out of retries, or text has arrived: keep it and say what failed
-                result.failure = await _crash_report(target, error)
+            if not await plan.again(error, retry=not chunks):  # text has arrived: keep it, never send twice
+                if not chunks and _moves_on(error, may_move_on):
+                    logged_row = True  # nothing arrived: the next link answers instead; the chain's row lists this
+                    yield Fallback(target.provider, _reason(error))
+                    return
+                result.failure = _after(await _crash_report(target, error), fallbacks)
                 result.error = str(result.failure)
                 break
-            attempt += 1
-            await asyncio.sleep(delay)
-        if result.failure is not None and not chunks and moves_on and (
-                result.failure.moves_on or logged.route is not None and logged.route.on == "any"):
-            logged_row = True  # nothing arrived: the next link answers instead, the chain's row lists this one
-            yield Fallback(target.provider, _reason(result.failure))
-            return
         result.text = "".join(chunks)
-        result.attempts = attempt + 1
+        result.attempts = plan.requests
         result.latency_ms = (time.perf_counter() - started) * 1000
         if response is not None:
             _finish(result, response, call, messages, target)

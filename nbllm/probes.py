@@ -1,14 +1,18 @@
-"""The HTTP conversations that tell whether a local server is up and what it serves.
+"""The HTTP conversations with a local server: is it up, and what does it serve.
 
 One function per server dialect (OpenAI-compatible, LM Studio, Ollama, llama.cpp);
-the catalog says which dialect a provider speaks. Failures become `ProbeError`
-with a sentence a notebook user can act on.
+the catalog says which dialect a provider speaks. Health and `nbllm.models()` both
+ask through here, so the endpoints, the alternate ports and the parsing of each
+dialect live in one place; `Found.listed` keeps all a server says of each model
+(health reads the names, a listing the rest). Failures become `ProbeError` with a
+sentence a notebook user can act on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,15 +21,41 @@ from .clients import shared_client
 from .config import ProviderSettings, openai_base, server_root
 from .errors import ProbeError
 
-__all__ = ["Found", "ProbeError", "probe", "get_json", "describe_http_error"]
+__all__ = ["Found", "Listed", "ProbeError", "probe", "openai_models", "openai_listed", "auth", "get_json",
+           "describe_http_error", "entries", "integer", "nonempty"]
+
+
+@dataclass
+class Listed:
+    """One model as an endpoint describes it (only what it says; the rest None)."""
+
+    model: str
+    loaded: bool | None = None
+    owned_by: str | None = None
+    context_length: int | None = None
+    size: int | None = None
+    """Bytes on disk (Ollama, llama.cpp)."""
+    parameter_size: str | None = None
+    quantization: str | None = None
 
 
 @dataclass
 class Found:
+    """What one server answered: its models and the one it has loaded (or would use)."""
+
     base_url: str
-    models: list[str] = field(default_factory=list)
+    listed: list[Listed] = field(default_factory=list)
     loaded: str | None = None
     note: str | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return [m.model for m in self.listed]
+
+    @property
+    def detected(self) -> str | None:
+        """The model a call would use when none is configured: the loaded one, else the first."""
+        return self.loaded or next(iter(self.models), None)
 
 
 _STATUS_WORDS = {
@@ -40,6 +70,11 @@ _STATUS_WORDS = {
 def describe_http_error(status: int) -> str:
     words = _STATUS_WORDS.get(status) or ("server error" if status >= 500 else "request rejected")
     return f"HTTP {status}: {words}"
+
+
+def auth(settings: ProviderSettings) -> dict[str, str] | None:
+    """A server may have authentication turned on (local ones too): send its key as Bearer when one is set."""
+    return {"Authorization": f"Bearer {settings.api_key.get()}"} if settings.api_key else None
 
 
 async def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
@@ -66,105 +101,151 @@ async def get_json(url: str, timeout: float, headers: dict[str, str] | None = No
         raise ProbeError(f"answered with invalid JSON at {url}", url, response.status_code) from None
 
 
-def _model_ids(payload: Any, list_key: str = "data", id_keys: tuple[str, ...] = ("id",)) -> list[str]:
-    """Model names out of `{"data": [{"id": ...}]}` style payloads; garbage → ProbeError."""
-    if not isinstance(payload, dict) or not isinstance(payload.get(list_key, []), list):
-        raise ProbeError(f"unexpected answer: no '{list_key}' list of models")
-    names: list[str] = []
-    for item in payload.get(list_key, []):
-        if isinstance(item, dict):
-            for key in id_keys:
-                if isinstance(item.get(key), str):
-                    names.append(item[key])
-                    break
-    return names
+# ---- payload shapes -----------------------------------------------------------------
 
 
-async def _openai_models(root: str, timeout: float, headers: dict[str, str] | None = None) -> Found:
-    url = openai_base(root)
-    payload = await get_json(f"{url}/models", timeout, headers)
-    return Found(base_url=url, models=_model_ids(payload))
+def entries(payload: Any, key: str, url: str) -> list[dict[str, Any]]:
+    """The entries of `{key: [...]}`; a missing list is an empty one, anything else a ProbeError."""
+    listed = payload.get(key, []) if isinstance(payload, dict) else None
+    if not isinstance(listed, list):
+        raise ProbeError(f"unexpected answer at {url}: no '{key}' list of models", url)
+    return [item for item in listed if isinstance(item, dict)]
 
 
-def _auth(settings: ProviderSettings) -> dict[str, str] | None:
-    """A local server may have authentication turned on: send its key when one is set."""
-    return {"Authorization": f"Bearer {settings.api_key.get()}"} if settings.api_key else None
+def integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-async def _probe_openai(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
-    return await _openai_models(settings.base_url, timeout, _auth(settings))
+def nonempty(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
-async def _probe_lmstudio(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
-    """LM Studio's /api/v0/models says which model is loaded; fall back to /v1/models."""
+def _openai_listed(item: dict[str, Any]) -> Listed | None:
+    """An OpenAI-style model entry; the context length goes by many names (OpenRouter, vLLM,
+    Groq, Mistral, llama-server's `meta`)."""
+    name = nonempty(item.get("id"))
+    if name is None:
+        return None
+    meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+    context = next((integer(v) for v in (item.get("context_length"), item.get("max_model_len"),
+                                         item.get("context_window"), item.get("max_context_length"),
+                                         meta.get("n_ctx_train")) if integer(v) is not None), None)
+    status = item.get("status")
+    loaded = status.get("value") == "loaded" if isinstance(status, dict) and "value" in status else None
+    return Listed(model=name, owned_by=nonempty(item.get("owned_by")), context_length=context,
+                  size=integer(meta.get("size")), loaded=loaded)
+
+
+def openai_listed(payload: Any, url: str) -> list[Listed]:
+    """The models of an OpenAI-style `{"data": [{"id": ...}]}` list (cloud lists parse it too)."""
+    return [m for m in map(_openai_listed, entries(payload, "data", url)) if m is not None]
+
+
+async def openai_models(base: str, timeout: float, headers: dict[str, str] | None = None) -> Found:
+    """`GET {base}/models`, the list every OpenAI-compatible server answers."""
+    url = f"{base}/models"
+    return Found(base_url=base, listed=openai_listed(await get_json(url, timeout, headers), url))
+
+
+# ---- the dialects -------------------------------------------------------------------
+
+
+async def _probe_openai(spec: ProviderSpec, settings: ProviderSettings, timeout: float, ready: bool) -> Found:
+    return await openai_models(openai_base(settings.base_url), timeout, auth(settings))
+
+
+async def _probe_lmstudio(spec: ProviderSpec, settings: ProviderSettings, timeout: float, ready: bool) -> Found:
+    """LM Studio's /api/v0/models says which model is loaded; a server without it answers /v1/models."""
     root = server_root(settings.base_url)
+    url = f"{root}/api/v0/models"
     try:
-        payload = await get_json(f"{root}/api/v0/models", timeout, _auth(settings))
+        payload = await get_json(url, timeout, auth(settings))
     except ProbeError as exc:
         if exc.status is None or exc.status >= 500:
             raise
-        return await _openai_models(root, timeout, _auth(settings))
-    models = _model_ids(payload)
-    chat = [m for m in payload.get("data", []) if isinstance(m, dict) and m.get("type", "llm") in ("llm", "vlm")]
-    loaded = next((m.get("id") for m in chat if m.get("state") == "loaded"), None)
+        return await openai_models(openai_base(root), timeout, auth(settings))
+    models = [item for item in entries(payload, "data", url) if nonempty(item.get("id"))]
+    listed = [Listed(model=m["id"], loaded=m.get("state") == "loaded" if "state" in m else None,
+                     owned_by=nonempty(m.get("publisher")), context_length=integer(m.get("max_context_length")),
+                     quantization=nonempty(m.get("quantization"))) for m in models]
+    chat = [m for m in models if m.get("type", "llm") in ("llm", "vlm")]
+    loaded = next((m["id"] for m in chat if m.get("state") == "loaded"), None)
     # Nothing loaded: LM Studio loads on demand, so offer a chat model, never an embedding model.
-    loaded = loaded or next((m.get("id") for m in chat if isinstance(m.get("id"), str)), None)
-    return Found(base_url=openai_base(root), models=models, loaded=loaded)
+    loaded = loaded or next((m["id"] for m in chat), None)
+    return Found(base_url=openai_base(root), listed=listed, loaded=loaded)
 
 
-async def _probe_ollama(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
-    """Ollama's native /api/tags lists pulled models and /api/ps the loaded ones."""
+def _ollama_names(item: dict[str, Any]) -> str | None:
+    return nonempty(item.get("name")) or nonempty(item.get("model"))
+
+
+async def _probe_ollama(spec: ProviderSpec, settings: ProviderSettings, timeout: float, ready: bool) -> Found:
+    """Ollama's native /api/tags lists pulled models (size, parameters) and /api/ps the loaded ones
+    (a /api/ps that fails leaves the loaded state unknown, not the server down)."""
     root = server_root(settings.base_url)
-    tags, running = await asyncio.gather(
-        get_json(f"{root}/api/tags", timeout, _auth(settings)), get_json(f"{root}/api/ps", timeout, _auth(settings)),
-        return_exceptions=True,
-    )
+    tags_url, ps_url = f"{root}/api/tags", f"{root}/api/ps"
+    tags, running = await asyncio.gather(get_json(tags_url, timeout, auth(settings)),
+                                         get_json(ps_url, timeout, auth(settings)), return_exceptions=True)
     if isinstance(tags, BaseException):
         raise tags
-    models = _model_ids(tags, "models", ("name", "model"))
-    loaded = None
-    if not isinstance(running, BaseException) and isinstance(running, dict):
-        loaded_names = _model_ids(running, "models", ("name", "model"))
-        loaded = loaded_names[0] if loaded_names else None
-    note = None if models else "no models pulled: run `ollama pull llama3.2`"
-    return Found(base_url=root, models=models, loaded=loaded, note=note)
+    running_names: list[str] | None = None
+    if isinstance(running, dict) and isinstance(running.get("models", []), list):
+        running_names = [n for n in map(_ollama_names, entries(running, "models", ps_url)) if n]
+    listed = []
+    for item in entries(tags, "models", tags_url):
+        name = _ollama_names(item)
+        if name is None:
+            continue
+        details = item.get("details") if isinstance(item.get("details"), dict) else {}
+        listed.append(Listed(model=name, loaded=None if running_names is None else name in running_names,
+                             size=integer(item.get("size")), parameter_size=nonempty(details.get("parameter_size")),
+                             quantization=nonempty(details.get("quantization_level"))))
+    note = None if listed else "no models pulled: run `ollama pull llama3.2`"
+    return Found(base_url=root, listed=listed, loaded=next(iter(running_names or ()), None), note=note)
 
 
-async def _probe_llamacpp_at(root: str, timeout: float, headers: dict[str, str] | None = None) -> Found:
-    """llama-server has /health (503 while loading); llama-cpp-python's server has none."""
-    try:
-        health = await get_json(f"{root}/health", timeout, headers)
-    except ProbeError as exc:
-        if exc.status == 503:
-            raise ProbeError(f"HTTP 503: llama.cpp is still loading its model at {root}", exc.url, 503) from None
-        if exc.status != 404:
-            raise
-    else:
-        if isinstance(health, dict) and health.get("status") not in (None, "ok", "no slot available"):
-            raise ProbeError(f"llama.cpp reports status {health.get('status')!r} at {root}", root)
-    found = await _openai_models(root, timeout, headers)
+async def _llamacpp_at(root: str, timeout: float, headers: dict[str, str] | None, ready: bool) -> Found:
+    """llama-server has /health (503 while loading; asked when `ready`); llama-cpp-python's server has none."""
+    if ready:
+        try:
+            health = await get_json(f"{root}/health", timeout, headers)
+        except ProbeError as exc:
+            if exc.status == 503:
+                raise ProbeError(f"HTTP 503: llama.cpp is still loading its model at {root}", exc.url, 503) from None
+            if exc.status != 404:
+                raise
+        else:
+            if isinstance(health, dict) and health.get("status") not in (None, "ok", "no slot available"):
+                raise ProbeError(f"llama.cpp reports status {health.get('status')!r} at {root}", root)
+    found = await openai_models(openai_base(root), timeout, headers)
+    for m in found.listed:
+        if m.loaded is None:  # llama-server serves what it lists (its router mode says per model)
+            m.loaded = True
     found.base_url = root
-    found.loaded = found.models[0] if found.models else None
+    found.loaded = next((m.model for m in found.listed if m.loaded), None)
     return found
 
 
-async def _probe_llamacpp(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
-    """Probe the configured address, or every default port at once (first in order wins)."""
+async def _first_answer(roots: list[str], ask: Callable[[str], Awaitable[Found]]) -> Found:
+    """Ask every address at once; the first in order that answers wins, else the most informative failure."""
+    results = await asyncio.gather(*(ask(root) for root in roots), return_exceptions=True)
+    found = next((r for r in results if isinstance(r, Found)), None)
+    if found is not None:
+        return found
+    errors = [r for r in results if isinstance(r, BaseException)]
+    answered = next((e for e in errors if isinstance(e, ProbeError) and e.status), None)  # an HTTP answer
+    if answered is not None or len(errors) == 1:                                          # beats a refusal
+        raise answered or errors[0]
+    first = errors[0]
+    raise ProbeError("; ".join(str(e) for e in errors), first.url if isinstance(first, ProbeError) else None)
+
+
+async def _probe_llamacpp(spec: ProviderSpec, settings: ProviderSettings, timeout: float, ready: bool) -> Found:
+    """The configured address, or every default port at once."""
     roots = [server_root(settings.base_url)]
     if settings.base_url_is_default:
         roots += [server_root(u) for u in spec.alt_base_urls]
-    results = await asyncio.gather(*(_probe_llamacpp_at(r, timeout, _auth(settings)) for r in roots), return_exceptions=True)
-    for result in results:
-        if isinstance(result, Found):
-            return result
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if len(errors) == 1:
-        raise errors[0]
-    # Prefer the most informative failure (an HTTP answer beats a refusal).
-    best = next((e for e in errors if isinstance(e, ProbeError) and e.status), errors[0])
-    if isinstance(best, ProbeError) and not best.status:
-        raise ProbeError("; ".join(str(e) for e in errors), best.url)
-    raise best
+    return await _first_answer(roots, lambda root: _llamacpp_at(root, timeout, auth(settings), ready))
 
 
 _DIALECTS = {
@@ -175,10 +256,14 @@ _DIALECTS = {
 }
 
 
-async def probe(spec: ProviderSpec, settings: ProviderSettings, timeout: float) -> Found:
-    """Ask the server what it serves, in the dialect the catalog names."""
+async def probe(spec: ProviderSpec, settings: ProviderSettings, timeout: float, *, ready: bool = True) -> Found:
+    """Ask the server what it serves, in the dialect the catalog names.
+
+    `ready=False` (a listing of models) leaves out llama.cpp's /health: health asks whether
+    the server can answer now; a list of what it serves does not need that extra request.
+    """
     # A cloud provider is probed only when it points at a self-hosted server, which speaks OpenAI's API.
     dialect = _DIALECTS.get("openai" if spec.probe == "key" else spec.probe)
     if dialect is None:
         raise ProbeError(f"no probe for style {spec.probe!r}")
-    return await dialect(spec, settings, timeout)
+    return await dialect(spec, settings, timeout, ready)

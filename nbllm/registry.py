@@ -39,8 +39,8 @@ class StatusSummary:
     available: int | None
 
     def __str__(self) -> str:
-        avail = "?" if self.available is None else self.available
-        return f"{self.total} providers: {self.enabled} enabled, {self.configured} configured, {avail} available"
+        text = f"{self.total} providers: {self.enabled} enabled, {self.configured} configured"
+        return text if self.available is None else f"{text}, {self.available} available"  # None: not probed
 
 
 class ProviderRegistry:
@@ -160,6 +160,37 @@ class ProviderRegistry:
         config["default"] = {"provider": provider, "model": model}
         write_user_config(config, self.config_path)
 
+    def saved_default_uses(self, name: str) -> bool:
+        """Whether the default saved in the user config file names `name` (alone, with a model or in a chain)."""
+        saved = read_user_config(self._env).get("default")
+        provider = saved.get("provider") if isinstance(saved, dict) else None
+        if not isinstance(provider, str):
+            return False
+        try:
+            links = catalog.parse_chain(provider)
+        except ConfigurationError:
+            return False
+        return any(link.provider == (name or "").strip().lower() for link in links)
+
+    def forget_saved_default(self, name: str) -> bool:
+        """Clear the saved default if it names `name` (an endpoint or alias just removed), so later
+        processes do not warn that it is unknown; True if it did."""
+        if not self.saved_default_uses(name):
+            return False
+        config = read_user_config(self._env)
+        config.pop("default", None)
+        write_user_config(config, self.config_path)
+        with self._lock:
+            self._user_config = {k: v for k, v in self._user_config.items() if k != "default"}
+            g = self.global_settings
+            if g.provider_source == "the saved default":
+                sources = {k: v for k, v in g.sources.items()
+                           if not (k in ("NBLLM_PROVIDER", "NBLLM_MODEL") and v == "config")}
+                model = None if g.sources.get("NBLLM_MODEL") == "config" else g.model
+                self.global_settings = replace(g, provider=catalog.AUTO, model=model, provider_source="",
+                                               sources=sources)
+        return True
+
     @property
     def config_path(self) -> Path:
         """The user config file, as the last read of the environment and `.env` names it (no file is read)."""
@@ -189,7 +220,12 @@ class ProviderRegistry:
         entry: dict[str, Any] = {"base_url": base_url, "kind": kind, "protocol": protocol, "key_env": key_env,
                                  "model": model, "label": label}
         entry = {k: v for k, v in entry.items() if v is not None}
-        spec, problems = endpoints.check_endpoint(name, entry)
+        spec, problems = endpoints.check_endpoint(name, entry, credentials=True)
+        if spec is not None and save and endpoints.has_credentials(spec.base_url):
+            prefix = spec.env_prefix
+            spec, problems = None, [f"keys and passwords never go in nbllm.toml: give the base URL without "
+                                    f"user:password@ and set {prefix}_API_KEY, or put the URL with them in "
+                                    f"{prefix}_BASE_URL in the environment or .env"]
         if spec is not None and name in self.aliases:
             spec, problems = None, [f"{name!r} is an alias: remove it first with nbllm.unalias({name!r})"]
         if spec is None:
@@ -202,7 +238,7 @@ class ProviderRegistry:
                            "protocol": "anthropic" if spec.builder == "anthropic" else "openai",
                            "key_env": key_env.strip() if key_env else None, "model": model, "label": label}
                 endpoints.write_endpoint(path, name, written)
-                spec = replace(spec, extra={"file": str(path)})
+                spec = replace(spec, extra={**spec.extra, "file": str(path)})
             catalog.register_provider(spec, replace=True)
             self._settings[name] = load_provider_settings(spec, self._env, self._origin, self._user_config)
             self._remember_secrets()

@@ -16,7 +16,7 @@ from typing import Any
 from . import replay, routing
 from .catalog import AUTO, Link, ProviderSpec
 from .config import FIELDS, ProviderSettings, openai_base
-from .errors import ConfigurationError, NbllmError, display_url
+from .errors import ConfigurationError, NbllmError, detached, display_url
 from .health import self_hosted
 from .registry import get_registry
 from .retry import RetryPolicy
@@ -121,6 +121,8 @@ class Call:
     kind: str = "ask"
     route: routing.Route | None = field(default=None, compare=False)
     """The links to try when the name is a chain (or an alias of one, or had links skipped); else None."""
+    asked: str = ""
+    """The name as the caller wrote it (`fast`, `openai,embedded`, `ollama:qwen3:8b`), for the call log."""
 
     @property
     def prompt(self) -> str:
@@ -131,8 +133,8 @@ class Call:
         return replace(self, request=replace(self.request, prompt=prompt))
 
     def settings(self) -> ProviderSettings | None:
-        """The named provider's settings (None for `auto`, which only routing can resolve)."""
-        return None if self.provider == AUTO else get_registry().settings(self.provider)
+        """The named provider's settings (None for `auto` or a chain, which only routing can resolve)."""
+        return None if self.provider == AUTO or self.route is not None else get_registry().settings(self.provider)
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,19 @@ def describe(prompt: str, where: str = "ask", provider: str | None = None, retry
 
     An unknown or disabled provider, an unknown option or a number out of range is a
     `ConfigurationError` naming the valid choices. `max_retries` overrides the
-    provider's `{P}_MAX_RETRIES` for this call.
+    provider's `{P}_MAX_RETRIES` for this call. The error is raised from here, without the
+    frames of nbllm's resolver below it: a user's traceback shows their own line and this one.
     """
+    problem: NbllmError | None = None
+    try:
+        return _described(prompt, where, provider, retry, kind, max_retries, options)
+    except NbllmError as exc:
+        problem = exc
+    raise detached(problem)
+
+
+def _described(prompt: str, where: str, provider: str | None, retry: RetryPolicy | None, kind: str,
+               max_retries: int | None, options: dict[str, Any]) -> Call:
     check_prompt(prompt)
     check_options(options, where)
     if max_retries is not None:
@@ -223,10 +236,11 @@ def describe(prompt: str, where: str = "ask", provider: str | None = None, retry
 def _named(call: Call, name: str, model: str | None, check_enabled: bool = True) -> Call:
     """`call` asked of `name` (a provider, provider:model, an alias or a chain), resolved offline."""
     route = routing.resolve(name, model, check_enabled)
+    asked = f"{route.name}:{model}" if model and ":" not in route.name and not route.chain else route.name
     if len(route.links) == 1 and not route.skipped:
         link = route.links[0]
-        return replace(call, provider=link.provider, model=link.model, route=None)
-    return replace(call, provider=route.name, model=None, route=route)
+        return replace(call, provider=link.provider, model=link.model, route=None, asked=asked)
+    return replace(call, provider=route.expanded, model=None, route=route, asked=asked)
 
 
 def for_provider(call: Call, provider: str, model: str | None = None) -> Call:

@@ -53,50 +53,64 @@ class Route:
     duplicates dropped), and the ones left out before trying (disabled, no key) with why."""
 
     name: str
+    """As written (`fast`, `openai,embedded`), models kept."""
     links: tuple[Link, ...]
-    on: str = "transient"
-    """"any": every failure moves on to the next link (an alias said so); "transient": only failures
-    another provider may not share (nothing answered, timeouts, 429, 5xx — see `ModelError.moves_on`)."""
+    any_error: tuple[bool, ...] = ()
+    """Per link: True when an alias with `on="any"` brought it in, so any failure of it moves on;
+    else only failures another provider may not share (`ModelError.moves_on`)."""
     skipped: tuple[tuple[str, str], ...] = field(default=())
+    expanded: str = ""
+    """Every link as expanded, before any was skipped: what the replay cache keys a chain on."""
 
     @property
     def chain(self) -> bool:
         """Whether another link may answer when one fails."""
         return len(self.links) > 1
 
+    def moves_on_any_error(self, link: Link) -> bool:
+        return bool(self.any_error) and self.any_error[self.links.index(link)]
+
 
 def _aliases(registry: ProviderRegistry) -> dict:
-    return getattr(registry, "aliases", None) or {}
+    return registry.aliases
 
 
 def _unknown(registry: ProviderRegistry, name: str, where: str = "") -> NoReturn:
+    import difflib
+
     aliases = sorted(_aliases(registry))
+    choices = [*registry.names(), AUTO, *aliases]
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    guess = f" Did you mean {close[0]!r}?" if close else ""
     valid = ", ".join([*registry.names(), AUTO])
     extra = f"; aliases: {', '.join(aliases)}" if aliases else ""
-    raise ConfigurationError(f"Invalid LLM provider {name!r}{where}. Valid providers: {valid}{extra}.")
+    problems = " (nbllm.toml had problems: see its warning or --list)" if registry.endpoint_problems else ""
+    raise ConfigurationError(f"Invalid LLM provider {name!r}{where}.{guess} Valid providers: {valid}{extra}"
+                             f"{problems}.")
 
 
-def _expand(registry: ProviderRegistry, links: tuple[Link, ...], seen: tuple[str, ...], on: list[str]) -> list[Link]:
-    """Aliases replaced by what they name (recursively); unknown names are one error listing valid ones."""
-    out: list[Link] = []
+def _expand(registry: ProviderRegistry, links: tuple[Link, ...], seen: tuple[str, ...] = (),
+            any_error: bool = False) -> list[tuple[Link, bool]]:
+    """Aliases replaced by what they name (recursively), each link with whether any error moves on
+    from it (its alias said `on="any"`); unknown names are one error listing valid ones."""
+    out: list[tuple[Link, bool]] = []
     for link in links:
         alias = _aliases(registry).get(link.provider)
         if alias is None:
             if link.provider != AUTO and link.provider not in registry.names():
                 _unknown(registry, link.provider, f" (in alias {seen[-1]!r})" if seen else "")
-            out.append(link)
+            out.append((link, any_error))
             continue
         if link.provider in seen or len(seen) >= _MAX_ALIAS_DEPTH:
             raise ConfigurationError(f"Alias {link.provider!r} refers to itself ({' → '.join([*seen, link.provider])}): "
                                      f"change it with nbllm.alias({link.provider!r}, ...).")
-        if getattr(alias, "on", "transient") == "any":
-            on.append("any")
-        inner = _expand(registry, catalog.parse_chain(alias.target), (*seen, link.provider), on)
+        inner = _expand(registry, catalog.parse_chain(alias.target), (*seen, link.provider),
+                        any_error or alias.on == "any")
         if link.model:  # `fast:other-model`: the alias's provider with another model
             if len(inner) > 1:
                 raise ConfigurationError(f"{link}: alias {link.provider!r} is a chain ({alias.target}); "
                                          "a model can only follow a single provider.")
-            inner = [Link(inner[0].provider, link.model)]
+            inner = [(Link(inner[0][0].provider, link.model), inner[0][1])]
         out.extend(inner)
     return out
 
@@ -127,26 +141,25 @@ def resolve(name: str | None, model: str | None = None, check_enabled: bool = Tr
     """
     registry = _registry()
     text = (name or AUTO).strip() or AUTO
-    on: list[str] = []
     spelled_links = catalog.parse_chain(text)
-    links: list[Link] = []
-    for link in _expand(registry, spelled_links, (), on):
-        if link not in links:
-            links.append(link)
+    expanded: dict[Link, bool] = {}
+    for link, any_error in _expand(registry, spelled_links):
+        expanded.setdefault(link, any_error)  # a repeat is tried once, where it first comes
+    links = list(expanded.items())
     if model:
-        links[0] = Link(links[0].provider, model)
+        links[0] = (Link(links[0][0].provider, model), links[0][1])
     spelled = ",".join(str(link) for link in spelled_links)
+    everything = ",".join(str(link) for link, _ in links)
     via_alias = any(link.provider in _aliases(registry) for link in spelled_links)
-    mode = "any" if on else "transient"
     if len(links) == 1 and not via_alias:
-        if links[0].provider != AUTO and check_enabled:
-            registry.require(links[0].provider)  # disabled: the error it has always been
-        return Route(spelled, tuple(links), mode)
+        if links[0][0].provider != AUTO and check_enabled:
+            registry.require(links[0][0].provider)  # disabled: the error it has always been
+        return Route(spelled, (links[0][0],), (links[0][1],), expanded=everything)
     usable, skipped = [], []
-    for link in links:
+    for link, any_error in links:
         why = _unusable(registry, link)
         if why is None:
-            usable.append(link)
+            usable.append((link, any_error))
         else:
             skipped.append((str(link), why))
     if not usable:
@@ -154,7 +167,8 @@ def resolve(name: str | None, model: str | None = None, check_enabled: bool = Tr
         if via_alias and len(spelled_links) == 1:
             raise ConfigurationError(f"alias {text.lower()!r} points at nothing usable ({reasons}).")
         raise ConfigurationError(f"{text!r} points at nothing usable ({reasons}). {catalog.NOTHING_USABLE_ADVICE}")
-    return Route(spelled, tuple(usable), mode, tuple(skipped))
+    return Route(spelled, tuple(link for link, _ in usable), tuple(flag for _, flag in usable), tuple(skipped),
+                 everything)
 
 
 def alias_problem(name: str) -> str | None:
@@ -275,7 +289,7 @@ def choose_offline(provider: str | None, model: str | None = None) -> Choice:
     key comes before the first local server by priority (which is not probed).
     """
     registry = _registry()
-    name = (provider or AUTO).strip().lower()
+    name, model = _one_link(registry, provider, model)
     if name != AUTO:
         spec, settings = registry.require(name)
         return Choice(spec.name, model or settings.model, "named")
@@ -290,10 +304,21 @@ def choose_offline(provider: str | None, model: str | None = None) -> Choice:
                   f"auto (offline): no cloud key; {spec.label} is first among local servers (not probed)")
 
 
+def _one_link(registry: ProviderRegistry, provider: str | None, model: str | None) -> tuple[str, str | None]:
+    """A provider name and model for one answer: an alias, `provider:model` or a chain is
+    resolved, and a chain gives its first link not known to be down (`get_model`, `--test`)."""
+    name = (provider or AUTO).strip().lower()
+    if name == AUTO or name in registry.names():  # the common case, without parsing
+        return name, model
+    links = resolve(provider, model).links
+    link = next((link for link in links if link.provider == AUTO or not known_down(link.provider)), links[0])
+    return link.provider, link.model
+
+
 async def choose(provider: str | None, model: str | None = None, detect_model: bool = True) -> Choice:
     """Resolve a name (or `auto`, probing local servers concurrently) to a provider and model."""
     registry = _registry()
-    name = (provider or AUTO).strip().lower()
+    name, model = _one_link(registry, provider, model)
     if name != AUTO:
         spec, settings = registry.require(name)
         if model or not probed(spec, settings) or not detect_model or not settings.model_is_default:

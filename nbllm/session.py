@@ -71,7 +71,7 @@ def selection_for(name: str, model: str | None = None) -> Selection:
     if len(links) == 1 and links[0].provider not in aliases:
         link = route.links[0]
         return Selection(link.provider, link.model)
-    return Selection(route.name, None)
+    return Selection(route.name, model)  # a model goes to the first link (as `describe` applies it)
 
 
 def _initial(registry: ProviderRegistry, name: str, model: str | None, source: str) -> Selection:

@@ -298,7 +298,7 @@ class Variable:
 
 _seconds = partial(to_number, low=0, low_open=True, unit="seconds")
 GLOBALS: dict[str, Variable] = {v.name: v for v in (
-    Variable("NBLLM_PROVIDER", "provider", lambda text: to_text(text).lower(), "auto"),
+    Variable("NBLLM_PROVIDER", "provider", to_text, "auto"),  # models keep their case: `parse_chain` lowers names
     Variable("NBLLM_MODEL", "model", to_text, "the provider's own model"),
     Variable("NBLLM_HEALTH_TIMEOUT", "health_timeout", partial(_seconds, high=120), "the default 2 seconds"),
     Variable("NBLLM_LOG", "log", to_bool, "the default (on)"),

@@ -136,6 +136,55 @@ def test_comments_survive_alias_changes(files, capsys):
     assert "slow" not in text
 
 
+def test_aliases_split_around_a_providers_table_can_be_removed_and_added(files, capsys):
+    """`[aliases.robust]` after a `[providers.X]` table (appending by hand gives it) splits [aliases] in two."""
+    user_file, _ = files
+    user_file.write_text(
+        '[aliases]\nfast = "openai"\n\n'
+        '[providers.gpu]\nbase_url = "http://gpu:8000/v1"\n\n'
+        "# the robust one\n"
+        '[aliases.robust]\ntarget = "openai,embedded"\non = "any"\n\n'
+        "# the other box\n"
+        '[providers.lab]\nbase_url = "http://lab:8000/v1"\n'
+    )
+    assert reread() == []
+    code, out, err = cli(capsys, "--unalias", "robust")
+    assert code == 0 and err == "" and "alias robust removed from" in out, err
+    assert user_file.read_text() == (
+        '[aliases]\nfast = "openai"\n\n'
+        '[providers.gpu]\nbase_url = "http://gpu:8000/v1"\n\n'
+        "# the other box\n"
+        '[providers.lab]\nbase_url = "http://lab:8000/v1"\n'
+    )
+    assert cli(capsys, "--alias", "slow=ollama")[0] == 0
+    assert cli(capsys, "--alias", "sure=openai,embedded", "--on", "any")[0] == 0
+    assert nbllm.unalias("fast") == [str(user_file)]
+    assert user_file.read_text() == (
+        '[aliases]\nslow = "ollama"\n\n'
+        '[aliases.sure]\ntarget = "openai,embedded"\non = "any"\n\n'
+        '[providers.gpu]\nbase_url = "http://gpu:8000/v1"\n\n'
+        "# the other box\n"
+        '[providers.lab]\nbase_url = "http://lab:8000/v1"\n'
+    )
+    reset_nbllm()
+    assert nbllm.aliases() == {"slow": "ollama", "sure": "openai,embedded"}
+
+
+def test_unalias_of_the_saved_default_clears_it(files, capsys):
+    config = files[0].parent / "config.json"
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    assert cli(capsys, "--alias", "fast=gpu")[0] == 0
+    code, _, err = cli(capsys, "--use", "fast")
+    assert code == 0, err
+    assert json.loads(config.read_text())["default"]["provider"] == "fast"
+    reset_nbllm()
+    code, out, err = cli(capsys, "--unalias", "fast")
+    assert code == 0 and err == "", err
+    assert "default" not in json.loads(config.read_text())
+    reset_nbllm()
+    assert reread() == [] and nbllm.current().provider == "auto"
+
+
 # ---- validation ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, target, words", [

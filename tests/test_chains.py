@@ -244,7 +244,7 @@ def test_an_alias_names_a_provider_and_model_everywhere(two):
     with nbllm_shell() as shell:
         _, outputs, printed = run_cell(shell, "%%llm -p fast -o out\nhello")
         assert shell.user_ns["out"] == "Echo: hello"
-    assert nbllm.history().iloc[-1]["asked"] == "llamacpp:small-model"
+    assert nbllm.history().iloc[-1]["asked"] == "fast"  # as the user wrote it; `provider` is who answered
 
 
 def test_an_alias_may_be_a_chain_and_may_fall_back_on_any_error(two):
@@ -267,3 +267,99 @@ def test_an_alias_that_points_at_nothing_usable_says_so_in_one_line(monkeypatch)
         nbllm.ask("hi", provider="cloud")
     message = str(caught.value)
     assert message.startswith("alias 'cloud' points at nothing usable") and "\n" not in message
+
+
+# ---- what a review found --------------------------------------------------------------------
+
+
+def test_a_chain_records_and_replays_with_the_replay_cache(two, monkeypatch):
+    a, b = two
+    _refused_primary(monkeypatch)
+    nbllm.cache("record")
+    assert nbllm.ask("cached?", provider="lmstudio,llamacpp").text == "Echo: cached?"
+    b.set(mode="error", status=500)
+    nbllm.cache("replay")
+    replayed = nbllm.ask("cached?", provider="lmstudio,llamacpp")
+    assert replayed.text == "Echo: cached?" and replayed.cached
+    assert "".join(nbllm.stream("cached?", provider="lmstudio,llamacpp")) == "Echo: cached?"
+
+
+def test_a_refused_stream_marks_its_provider_down_for_the_next_call(two, monkeypatch):
+    _refused_primary(monkeypatch)
+    monkeypatch.setenv("LMSTUDIO_MODEL", "fake-model")  # no detection probe: the stream itself is refused
+    reset_nbllm()
+    first = nbllm.stream("one", provider="lmstudio,llamacpp")
+    assert "".join(first) == "Echo: one" and "refused" in first.answer.fallbacks[0].reason
+    second = nbllm.stream("two", provider="lmstudio,llamacpp")
+    assert "".join(second) == "Echo: two" and "known to be down" in second.answer.fallbacks[0].reason
+
+
+def test_a_chain_that_fails_entirely_names_every_link(two, monkeypatch):
+    a, b = two
+    _refused_primary(monkeypatch)
+    monkeypatch.setenv("LLAMACPP_BASE_URL", _closed_port_url())
+    reset_nbllm()
+    with pytest.raises(ModelError) as caught:
+        nbllm.ask("hi", provider="lmstudio,llamacpp")
+    message = str(caught.value)
+    assert message.startswith("llamacpp") and "tried first: lmstudio:" in message and "\n" not in message
+
+
+def test_on_any_applies_only_to_the_aliases_own_links(two, make_server, monkeypatch):
+    a, b = two
+    c = make_server()
+    monkeypatch.setenv("OLLAMA_BASE_URL", c.url)
+    monkeypatch.setenv("OLLAMA_MODEL", "fake-model")
+    reset_nbllm()
+    nbllm.alias("robust", "llamacpp,ollama", on="any")
+    a.set(mode="error", status=401)
+    with pytest.raises(ModelError) as caught:  # lmstudio is not robust's: its 401 stops the chain
+        nbllm.ask("hi", provider="lmstudio,robust")
+    assert caught.value.status == 401 and b.chat_requests() == []
+    b.set(mode="error", status=401)
+    answer = nbllm.ask("hi", provider="robust")  # llamacpp is: its 401 moves on to ollama
+    assert answer.provider == "ollama"
+
+
+def test_a_fleet_does_not_multiply_retries(make_server, monkeypatch):
+    servers = [make_server(mode="error", status=500) for _ in range(3)]
+    monkeypatch.setenv("VLLM_BASE_URL", ",".join(s.url + "/v1" for s in servers))
+    monkeypatch.setenv("VLLM_MODEL", "m")
+    monkeypatch.setenv("VLLM_MAX_RETRIES", "2")
+    reset_nbllm()
+
+    with pytest.raises(ModelError) as caught:
+        nbllm.ask("hi", provider="vllm")
+    sent = sum(len(s.chat_requests()) for s in servers)
+    assert sent == 3 + 2  # each server once, then the two retries: not (2 + 1) × 3
+    assert all(s.chat_requests() for s in servers) and caught.value.attempts == 5
+
+
+def test_nbllm_provider_keeps_the_models_case(two, monkeypatch):
+    monkeypatch.setenv("NBLLM_PROVIDER", "LlamaCpp:Org/Model-8B")
+    reset_nbllm()
+    assert nbllm.current() == nbllm.session.Selection("llamacpp", "Org/Model-8B")
+    nbllm.ask("hi")
+    assert two[1].chat_requests()[-1]["body"]["model"] == "Org/Model-8B"
+
+
+def test_use_an_alias_with_a_model_keeps_the_model(two):
+    nbllm.alias("fast", "llamacpp:small")
+    assert nbllm.use("fast", "bigger") == nbllm.session.Selection("fast", "bigger")
+    assert nbllm.ask("hi").model == "bigger"
+
+
+def test_a_typo_gets_a_suggestion():
+    with pytest.raises(ConfigurationError) as caught:
+        nbllm.ask("hi", provider="lmstudo")
+    assert "Did you mean 'lmstudio'?" in str(caught.value)
+
+
+def test_compare_says_who_answered_a_chain_and_counts_an_alias_of_a_provider_once(two, monkeypatch):
+    nbllm.alias("fast", "llamacpp:fake-model")
+    frame = nbllm.compare("hi", providers=["fast", "llamacpp:fake-model", "lmstudio,llamacpp"])
+    assert len(frame) == 2
+    _refused_primary(monkeypatch)
+    nbllm.alias("fast", "llamacpp:fake-model")
+    frame = nbllm.compare("hi", providers=["lmstudio,llamacpp"])
+    assert list(frame["provider"]) == ["llamacpp"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import warnings
 from pathlib import Path
@@ -204,6 +205,78 @@ def test_comments_survive_add_and_remove(files, capsys):
     assert {"old", "new"} <= set(nbllm.providers()) and "lab" not in nbllm.providers()
 
 
+def test_an_entry_appended_after_the_aliases_can_be_removed(files, capsys):
+    """`[providers.X]` after `[aliases]` (appending by hand gives it) splits the section in two."""
+    user_file, _ = files
+    user_file.write_text(
+        "# my endpoints\n"
+        '[providers.gpu]\nbase_url = "http://gpu:8000/v1"\n\n'
+        '[aliases]\nfast = "lab2"  # the quick one\n\n'
+        "# added later, by hand\n"
+        '[providers.lab2]\nbase_url = "http://lab2:8000/v1"\n\n'
+        "# the third\n"
+        '[providers.lab3]\nbase_url = "http://lab3:8000/v1"\n'
+    )
+    assert reread() == []
+    assert nbllm.remove_provider("gpu") == [str(user_file)]
+    assert user_file.read_text() == (
+        "# my endpoints\n"
+        '[aliases]\nfast = "lab2"  # the quick one\n\n'
+        "# added later, by hand\n"
+        '[providers.lab2]\nbase_url = "http://lab2:8000/v1"\n\n'
+        "# the third\n"
+        '[providers.lab3]\nbase_url = "http://lab3:8000/v1"\n'
+    )
+    code, out, err = cli(capsys, "--remove", "lab2")
+    assert code == 0 and err == "" and "lab2 removed from" in out, err
+    assert user_file.read_text() == (
+        "# my endpoints\n"
+        '[aliases]\nfast = "lab2"  # the quick one\n\n'
+        "# the third\n"
+        '[providers.lab3]\nbase_url = "http://lab3:8000/v1"\n'
+    )
+    reset_nbllm()
+    assert "lab3" in nbllm.providers() and not {"gpu", "lab2"} & set(nbllm.providers())
+
+
+def test_a_file_nbllm_cannot_edit_is_one_line_and_left_alone(files, capsys):
+    user_file, _ = files
+    text = 'providers = { gpu = { base_url = "http://gpu:1/v1" }, ok = { base_url = "http://ok:1/v1" } }\n'
+    user_file.write_text(text)
+    assert reread() == []
+    code, out, err = cli(capsys, "--remove", "gpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(user_file) in err and "by hand" in err and "nothing was changed" in err
+    with pytest.raises(ConfigurationError, match="by hand"):
+        nbllm.add_provider("new", base_url="http://new:1/v1")
+    assert user_file.read_text() == text and "gpu" in nbllm.providers()
+
+
+def test_a_new_table_gets_a_blank_line_before_and_after_it(files):
+    user_file, _ = files
+    nbllm.add_provider("a", base_url="http://a:1/v1")
+    nbllm.add_provider("b", base_url="http://b:1/v1")
+    nbllm.alias("fast", "a")
+    nbllm.alias("robust", "a,b", on="any")
+    nbllm.add_provider("c", base_url="http://c:1/v1")  # goes before [aliases]
+    assert user_file.read_text() == (
+        '[providers.a]\nbase_url = "http://a:1/v1"\nkind = "local"\nprotocol = "openai"\n\n'
+        '[providers.b]\nbase_url = "http://b:1/v1"\nkind = "local"\nprotocol = "openai"\n\n'
+        '[providers.c]\nbase_url = "http://c:1/v1"\nkind = "local"\nprotocol = "openai"\n\n'
+        '[aliases]\nfast = "a"\n\n'
+        '[aliases.robust]\ntarget = "a,b"\non = "any"\n'
+    )
+    # The comment right above [aliases] is about it: a new endpoint goes above that comment.
+    user_file.write_text('[providers.lab]\nbase_url = "http://lab:1/v1"\n# shortcuts\n[aliases]\nq = "lab"\n')
+    reread()
+    nbllm.add_provider("new", base_url="http://new:1/v1", kind="local")
+    assert user_file.read_text() == (
+        '[providers.lab]\nbase_url = "http://lab:1/v1"\n\n'
+        '[providers.new]\nbase_url = "http://new:1/v1"\nkind = "local"\nprotocol = "openai"\n\n'
+        '# shortcuts\n[aliases]\nq = "lab"\n'
+    )
+
+
 # ---- bad entries: one warning each, naming file and entry --------------------------------
 
 @pytest.mark.parametrize("entry, words", [
@@ -272,17 +345,68 @@ def test_a_file_that_is_not_utf8_is_one_warning(files):
     assert len(said) == 1 and "not UTF-8" in said[0]
 
 
-def test_url_passwords_never_show(files, capsys):
+def test_url_passwords_never_show(files, capsys, monkeypatch):
     user_file, _ = files
-    code, out, err = cli(capsys, "--add", "gpu", "--base-url", "http://me:hunter2pass@127.0.0.1:9/v1")
-    assert code == 0 and "hunter2pass" not in out + err and "http://127.0.0.1:9/v1" in out
-    assert "hunter2pass" in user_file.read_text()  # the request needs it
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    monkeypatch.setenv("GPU_BASE_URL", "http://me:hunter2pass@127.0.0.1:9/v1")  # the environment may hold one
+    reread()
     for argv in (("--status",), ("--list",), ("--health-check",), ("--status", "--json"), ("--list", "--json")):
         _, out, err = cli(capsys, *argv)
         assert "gpu" in out and "hunter2pass" not in out + err, argv
     user_file.write_text('[providers.gpu]\nbase_url = "ftp://me:hunter2pass@gpu"\n')
     said = reread()
     assert len(said) == 1 and "hunter2pass" not in said[0]
+
+
+def test_a_url_password_is_never_written_to_the_file(files, capsys):
+    user_file, _ = files
+    code, out, err = cli(capsys, "--add", "secret", "--base-url", "http://user:sk-secret-pw-123@127.0.0.1:9/v1")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "without user:password@" in err and "SECRET_API_KEY" in err and "SECRET_BASE_URL" in err
+    assert "sk-secret-pw" not in out + err and not user_file.exists() and "secret" not in nbllm.providers()
+    with nbllm_shell() as shell:
+        _, _, out = run_cell(shell, "%llm_providers --add secret --base-url http://user:sk-secret-pw-123@127.0.0.1:9/v1")
+        assert "UsageError" in out and "SECRET_API_KEY" in out and "sk-secret-pw" not in out
+    with pytest.raises(ConfigurationError, match="never go in nbllm.toml") as raised:
+        nbllm.add_provider("secret", base_url="http://user:sk-secret-pw-123@127.0.0.1:9/v1")
+    assert "sk-secret-pw" not in str(raised.value) and not user_file.exists()
+    # For this process only nothing is written, so the URL is used as given.
+    nbllm.add_provider("secret", base_url="http://user:sk-secret-pw-123@127.0.0.1:9/v1", save=False)
+    assert "sk-secret-pw-123@" in get_registry().settings("secret").base_url and not user_file.exists()
+
+
+def test_a_url_password_in_a_hand_written_file_is_one_warning_and_not_used(files, fake_server):
+    user_file, _ = files
+    host = fake_server.url.split("://", 1)[1]
+    user_file.write_text(f'[providers.gpu]\nbase_url = "http://me:hunter2pass@{host}/v1"\n')
+    said = reread()
+    assert len(said) == 1, said
+    assert str(user_file) in said[0] and "[providers.gpu]" in said[0] and "user:password@" in said[0]
+    assert "GPU_API_KEY" in said[0] and "GPU_BASE_URL" in said[0] and "hunter2pass" not in said[0]
+    assert get_registry().settings("gpu").base_url == fake_server.url + "/v1"
+    assert nbllm.ask("hi", provider="gpu").text == "Echo: hi"  # the URL without them is used
+    request = json.dumps(fake_server.chat_requests()[-1])
+    assert "hunter2pass" not in request and base64.b64encode(b"me:hunter2pass").decode() not in request
+
+
+# ---- a model written in the file is a choice -----------------------------------------------
+
+def test_a_model_written_in_the_file_wins_over_the_detected_one(files, fake_server, capsys):
+    user_file, _ = files
+    user_file.write_text(f'[providers.handmade]\nbase_url = "{fake_server.url}/v1"\nmodel = "hand-model"\n')
+    assert reread() == []
+    assert get_registry().settings("handmade").model_is_default is False
+    answer = nbllm.ask("hi", provider="handmade")
+    assert answer.model == "hand-model"
+    assert fake_server.chat_requests()[-1]["body"]["model"] == "hand-model"  # the server lists fake-model
+    code, out, _ = cli(capsys, "--status", "--json")
+    assert code == 0 and json.loads(out)["providers"]["handmade"]["model_id"] == "hand-model"
+    nbllm.add_provider("bymagic", base_url=fake_server.url + "/v1", model="chosen-model", save=False)
+    assert nbllm.ask("x", provider="bymagic").model == "chosen-model"
+    user_file.write_text(f'[providers.handmade]\nbase_url = "{fake_server.url}/v1"\n')
+    reread()
+    assert get_registry().settings("handmade").model_is_default is True
+    assert nbllm.ask("x", provider="handmade").model == "fake-model"  # no model written: detected
 
 
 # ---- removing ----------------------------------------------------------------------------
@@ -314,6 +438,39 @@ def test_a_broken_entry_can_still_be_removed(files):
     reread()
     assert nbllm.remove_provider("gpu") == [str(user_file)]
     assert "gpu" not in user_file.read_text() and "[providers.ok]" in user_file.read_text()
+
+
+def test_removing_the_saved_default_clears_it(files, capsys):
+    user_dir = files[0].parent
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    code, _, err = cli(capsys, "--use", "gpu", "--model", "m")
+    assert code == 0, err
+    assert json.loads((user_dir / "config.json").read_text())["default"]["provider"] == "gpu"
+    reset_nbllm()  # a later process starts with the saved default
+    code, out, err = cli(capsys, "--remove", "gpu")
+    assert code == 0 and err == "", err
+    assert "default" not in json.loads((user_dir / "config.json").read_text())
+    reset_nbllm()
+    assert reread() == []  # no "the saved default 'gpu' is not a known provider" any more
+    assert nbllm.current().provider == "auto"
+    # A removal for this process only leaves the saved default (the endpoint is back next time).
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    nbllm.use("gpu,embedded", save=True)
+    nbllm.remove_provider("gpu", save=False)
+    assert json.loads((user_dir / "config.json").read_text())["default"]["provider"] == "gpu,embedded"
+    reset_nbllm()
+    nbllm.remove_provider("gpu")  # a chain naming it is cleared too
+    assert "default" not in json.loads((user_dir / "config.json").read_text())
+
+
+def test_removing_another_endpoint_keeps_the_saved_default(files, capsys):
+    user_dir = files[0].parent
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    nbllm.add_provider("other", base_url="http://127.0.0.1:9/v1")
+    nbllm.use("gpu", save=True)
+    nbllm.remove_provider("other")
+    assert json.loads((user_dir / "config.json").read_text())["default"]["provider"] == "gpu"
+    assert nbllm.current().provider == "gpu"
 
 
 # ---- faces --------------------------------------------------------------------------------
@@ -353,6 +510,18 @@ def test_list_shows_the_endpoints_files_and_the_endpoints_variables(files, capsy
     code, out, _ = cli(capsys, "--list", "--json")
     data = json.loads(out)
     assert {"path": str(user_file), "exists": True} in data["endpoints_files"]
+
+
+def test_list_shows_one_file_when_the_working_directory_is_the_config_dir(files, capsys, monkeypatch):
+    user_file, _ = files
+    monkeypatch.chdir(user_file.parent)
+    reset_nbllm()
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    code, out, _ = cli(capsys, "--list")
+    assert code == 0 and out.count(str(user_file)) == 1, out
+    code, out, _ = cli(capsys, "--list", "--json")
+    assert json.loads(out)["endpoints_files"] == [{"path": str(user_file), "exists": True}]
+    assert nbllm.remove_provider("gpu") == [str(user_file)]
 
 
 def test_an_endpoint_can_be_disabled_like_a_builtin(files, capsys):

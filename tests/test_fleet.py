@@ -105,6 +105,50 @@ def test_a_reason_is_kept_without_secrets():
     assert "hunter22" not in fleet.state(A).reason and "a:8000" in fleet.state(A).reason
 
 
+def test_state_never_shows_a_url_password():
+    secret = "http://user:hunter22@a:8000/v1"
+    fleet.take_out(secret, "HTTP 500")
+    shown = fleet.state(secret)
+    assert "hunter22" not in repr(shown) and shown.url == "http://a:8000/v1" and shown.out
+    assert "hunter22" not in repr(fleet.state("http://u:hunter22@never-seen/v1"))
+
+
+@pytest.mark.parametrize("how, cause, undone", [
+    ({}, "unreachable", True),                    # a call got no answer
+    ({"probe": True, "status": 503}, "probe", True),  # a probe found it down
+    ({"seconds": 60}, "backoff", False),          # the server asked: Retry-After
+    ({"seconds": 60, "status": 503}, "backoff", False),
+    ({"status": 500}, "error", False),            # a call's 5xx, no Retry-After
+    ({"status": 429}, "error", False),
+])
+def test_a_probes_answer_undoes_only_a_take_out_for_nothing_answering(how, cause, undone):
+    fleet.take_out(A, "failed", **how)
+    assert fleet.state(A).cause == cause
+    assert fleet.probe_answered(A) is undone
+    assert fleet.is_out(A) is not undone
+    if not undone:
+        assert fleet.state(A).cause == cause and fleet.state(A).out_for > 29
+    assert fleet.probe_answered(B) is True and not fleet.is_out(B)  # never out: stays in
+
+
+def test_put_back_ends_any_take_out():
+    fleet.take_out(A, "HTTP 429", seconds=60)
+    fleet.put_back(A)
+    assert not fleet.is_out(A) and fleet.state(A).cause is None
+
+
+def test_a_take_out_never_shortens_a_longer_one():
+    fleet.take_out(A, "HTTP 429: slow down", seconds=60)
+    fleet.take_out(A, "timed out", probe=True)  # 30 s: the 60 s Retry-After stays, with its cause
+    state = fleet.state(A)
+    assert state.cause == "backoff" and state.out_for > 59 and "slow down" in state.reason
+    assert not fleet.probe_answered(A) and fleet.is_out(A)
+    fleet.take_out(B, "HTTP 429", seconds=5)
+    fleet.take_out(B, "connection refused")  # lasts longer: replaces it
+    assert fleet.state(B).cause == "unreachable" and fleet.state(B).out_for > 29
+    assert fleet.probe_answered(B) and not fleet.is_out(B)
+
+
 def test_lease_counts_are_exact_under_many_threads():
     """Threads leasing and picking at once: no count is lost, none goes negative."""
     servers = [A, B, C]
@@ -275,6 +319,62 @@ def test_a_successful_probe_puts_a_server_back(make_server, monkeypatch):
     assert fleet.is_out(urls[0])
     nbllm.health_check(["vllm"])
     assert not fleet.is_out(urls[0])
+
+
+def test_a_probe_does_not_undo_a_retry_after_backoff(make_server, monkeypatch):
+    """A server the pipeline took out for its Retry-After stays out through panel refreshes,
+    and its row says for how long and why."""
+    servers = [make_server(), make_server()]
+    _fleet_env(monkeypatch, servers)
+    urls = get_registry().settings("vllm").servers
+    fleet.take_out(urls[0], "HTTP 429: rate limited", seconds=60)
+    for _ in range(2):
+        h = nbllm.health_check(["vllm"])["vllm"]
+        assert fleet.is_out(urls[0]), "a successful probe put a 429'd server back"
+    assert h.servers[0].connected is True  # it answers its probe, and is still left alone
+    assert h.servers[0].note == "taken out for 60 s: HTTP 429: rate limited"
+    assert h.servers[1].note is None and not fleet.is_out(urls[1])
+    assert all(fleet.pick(urls) == urls[1] for _ in range(5))
+
+
+def test_a_probe_does_not_undo_a_calls_5xx(make_server, monkeypatch):
+    servers = [make_server(), make_server()]
+    _fleet_env(monkeypatch, servers)
+    urls = get_registry().settings("vllm").servers
+    fleet.take_out(urls[1], "HTTP 500: CUDA out of memory", status=500)
+    h = nbllm.health_check(["vllm"])["vllm"]
+    assert fleet.is_out(urls[1]) and "CUDA out of memory" in h.servers[1].note
+
+
+def test_a_probe_puts_back_what_a_failed_probe_took_out(make_server, monkeypatch):
+    servers = [make_server(mode="error", status=503), make_server()]
+    _fleet_env(monkeypatch, servers)
+    urls = get_registry().settings("vllm").servers
+    h = nbllm.health_check(["vllm"])["vllm"]
+    assert fleet.is_out(urls[0]) and fleet.state(urls[0]).cause == "probe"
+    assert h.servers[0].note == "taken out for 30 s"  # the error column already says why
+    servers[0].set(mode="ok")  # e.g. its model finished loading
+    h = nbllm.health_check(["vllm"])["vllm"]
+    assert not fleet.is_out(urls[0]) and h.servers[0].note is None
+
+
+@pytest.mark.parametrize("status", [401, 404, 429])
+def test_a_probe_the_server_refuses_does_not_take_it_out(make_server, monkeypatch, status):
+    """A 401/404/429 to the probe: the server is there and says what is wrong; it is not down."""
+    servers = [make_server(mode="error", status=status), make_server()]
+    _fleet_env(monkeypatch, servers)
+    urls = get_registry().settings("vllm").servers
+    h = nbllm.health_check(["vllm"])["vllm"]
+    assert h.servers[0].connected is False and h.servers[0].http_status == status
+    assert not fleet.is_out(urls[0]) and h.servers[0].note is None
+
+
+def test_a_probe_that_times_out_takes_the_server_out(make_server, monkeypatch):
+    servers = [make_server(mode="hang"), make_server()]
+    _fleet_env(monkeypatch, servers)
+    urls = get_registry().settings("vllm").servers
+    h = nbllm.health_check(["vllm"])["vllm"]
+    assert "timed out" in h.servers[0].error and fleet.is_out(urls[0])
 
 
 def test_health_probes_the_servers_concurrently(make_server, monkeypatch):

@@ -443,3 +443,29 @@ def test_a_fleet_with_every_server_down_is_one_line(make_server, monkeypatch):
         nbllm.models("vllm")
     text = one_line(caught.value)
     assert "no server answered" in text and all(u in text for u in urls)
+
+
+# ---- health and the listing speak one dialect -------------------------------------------------------
+
+
+def test_ollama_listing_marks_the_model_health_detects(httpx2_mock, monkeypatch):
+    """Two models running: both are loaded, and the default is the one health (and so a call) uses."""
+    monkeypatch.setenv("OLLAMA_BASE_URL", "http://ollama.test:11434")
+    nbllm.reinit()
+    httpx2_mock.get("http://ollama.test:11434/api/tags").respond(200, json={"models": [
+        {"name": "a:latest"}, {"name": "b:latest"}, {"name": "c:latest"}]})
+    httpx2_mock.get("http://ollama.test:11434/api/ps").respond(200, json={"models": [
+        {"name": "b:latest"}, {"name": "a:latest"}]})
+    frame = nbllm.models("ollama")
+    assert frame["loaded"].tolist() == [True, True, False]
+    assert default_of(frame) == ["b:latest"] == [nbllm.health_check(["ollama"])["ollama"].model_id]
+
+
+def test_llamacpp_router_mode_lists_per_model_state_without_asking_health(httpx2_mock, monkeypatch):
+    monkeypatch.setenv("LLAMACPP_BASE_URL", "http://llama.test:8080")
+    nbllm.reinit()
+    models = httpx2_mock.get("http://llama.test:8080/v1/models").respond(200, json={"data": [
+        {"id": "idle.gguf", "status": {"value": "unloaded"}}, {"id": "busy.gguf", "status": {"value": "loaded"}}]})
+    frame = nbllm.models("llamacpp")  # an unmocked /health request would fail the listing
+    assert models.call_count == 1
+    assert frame["loaded"].tolist() == [False, True] and default_of(frame) == ["busy.gguf"]

@@ -267,3 +267,23 @@ def test_cloud_providers_are_never_called(httpx2_mock, monkeypatch):
     assert httpx2_mock.calls.call_count == 0
     assert health["openai"].configured and health["openai"].connected is None and health["openai"].available
     assert health["grok"].status == "available" and health["anthropic"].status == "not configured"
+
+
+# ---- what health and nbllm.models() share (one parser per dialect) ------------------------------
+
+
+def test_llamacpp_router_mode_detects_the_loaded_model_not_the_first(httpx2_mock, monkeypatch):
+    point(monkeypatch, llamacpp=LLAMA)
+    httpx2_mock.get(LLAMA + "/health").respond(200, json={"status": "ok"})
+    httpx2_mock.get(LLAMA + "/v1/models").respond(200, json={"data": [
+        {"id": "idle.gguf", "status": {"value": "unloaded"}}, {"id": "busy.gguf", "status": {"value": "loaded"}}]})
+    h = probe("llamacpp")
+    assert h.connected and h.models == ["idle.gguf", "busy.gguf"] and h.model_id == "busy.gguf"
+
+
+def test_ollama_garbled_ps_leaves_the_server_up(httpx2_mock, monkeypatch):
+    point(monkeypatch, ollama=OLLAMA)
+    httpx2_mock.get(OLLAMA + "/api/tags").respond(200, json={"models": [{"name": "phi4"}, {"name": "qwen3:8b"}]})
+    httpx2_mock.get(OLLAMA + "/api/ps").respond(200, json={"models": 3})
+    h = probe("ollama")
+    assert h.connected is True and h.error is None and h.model_id == "phi4" and h.models == ["phi4", "qwen3:8b"]

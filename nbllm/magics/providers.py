@@ -14,12 +14,13 @@ to run code.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import ArgDecorator, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import ArgDecorator, magic_arguments
 
 from ..commands import Outcome, add_provider_arguments, has_action, run_providers
 from ..errors import scrub
@@ -57,7 +58,11 @@ class ProviderMagics(Magics):
         if _asks_for_help(line):  # the magic's parser has no -h: show what `%llm_providers?` shows
             print(self.llm_providers.__doc__)
             return
-        args = parse_argstring(self.llm_providers, line)
+        try:  # like a shell (and %%llm): quotes group words and are not kept (--label 'Lab vLLM')
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"Cannot read the options {line.strip()!r}: {exc}.") from None
+        args = self.llm_providers.parser.parse_args(argv)
         if args.panel:
             _show_panel()
             if not has_action(args):
@@ -66,8 +71,6 @@ class ProviderMagics(Magics):
 
 
 def _asks_for_help(line: str) -> bool:
-    import shlex
-
     try:
         words = shlex.split(line)
     except ValueError:  # unbalanced quotes: the parser reports them
