@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import AUTO, ProviderSpec, all_specs, parse_chain
+from .catalog import AUTO, ProviderSpec, all_specs, key_env_names, parse_chain
 from .config import config_warning, user_config_path
 from .errors import ConfigurationError, display_url, scrub
-from .settings_values import BadValue, decode, os_reason, to_urls
+from .settings_values import decode, os_reason, split_urls
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,8 +62,8 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "FILE_NAME", "KINDS", "PROTOCOLS", "ON_CHOICES", "Alias", "Endpoints", "endpoints_paths", "read_endpoints",
-    "endpoint_spec", "check_endpoint", "has_credentials", "check_alias_name", "alias_cycle", "holds", "write_endpoint",
-    "delete_endpoint", "write_alias", "delete_alias",
+    "endpoint_spec", "check_endpoint", "has_credentials", "borrowed_keys", "check_alias_name", "alias_cycle", "holds",
+    "write_endpoint", "delete_endpoint", "write_alias", "delete_alias",
 ]
 
 FILE_NAME = "nbllm.toml"
@@ -172,6 +172,13 @@ def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
         problems.append(f"{name!r} is already a provider of nbllm: choose another name "
                         f"(to move {name} elsewhere, set {name.upper()}_BASE_URL)")
         fatal = True
+    else:
+        own = f"{name.upper()}_API_KEY"
+        owner = _key_owners().get(own)
+        if owner is not None:
+            problems.append(f"an endpoint named {name!r} would read {own}, {owner}'s key, as its own: choose "
+                            f"another name")
+            fatal = True
     for key in entry:
         if key == "api_key":
             problems.append(f"api_key is not read from this file (anyone who sees it sees the key): set "
@@ -216,6 +223,23 @@ def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
     return endpoint_spec(name, base_url, kind, protocol, key_env, model, label, source), problems
 
 
+def _key_owners(but: str = "") -> dict[str, str]:
+    """Each key variable of nbllm's built-in and plug-in providers → that provider (`but` left out)."""
+    owners: dict[str, str] = {}
+    for spec in all_specs():
+        if spec.origin != "file" and spec.name != but:
+            for var in key_env_names(spec):
+                owners.setdefault(var, spec.name)
+    return owners
+
+
+def borrowed_keys(spec: ProviderSpec) -> list[tuple[str, str]]:
+    """The key variables `spec` reads that belong to another provider, each with that provider
+    (`key_env = "OPENAI_API_KEY"`: this endpoint is sent the OpenAI key — worth saying aloud)."""
+    owners = _key_owners(but=spec.name)
+    return [(var, owners[var]) for var in key_env_names(spec) if var in owners]
+
+
 def has_credentials(url: str) -> bool:
     """Whether a URL (or a comma list of them) carries a `user:password@`, which never goes in a file."""
     return display_url(url) != url
@@ -231,11 +255,17 @@ def _base_url(value: Any, problems: list[str]) -> str | None:
     if not isinstance(value, str):
         problems.append('base_url must be a URL or a list of URLs, such as "http://host:8000/v1"')
         return None
-    try:
-        return ",".join(to_urls(value))
-    except BadValue as bad:
-        problems.append(f"base_url: {bad}")
+    good, bad = split_urls(value)  # lenient like {P}_BASE_URL: one typo does not take the fleet down
+    if not good:
+        if len(bad) == 1:
+            problems.append(f"base_url: {bad[0][1]}")
+        else:
+            problems.append("base_url: none of its entries is an http:// or https:// URL such as "
+                            "http://host:8000/v1")
         return None
+    for entry, why in bad:
+        problems.append(f"base_url lists {entry!r}, which is not a URL ({why}): it is left out")
+    return ",".join(good)
 
 
 def _key_env(value: Any, problems: list[str]) -> tuple[str, ...] | None:
@@ -357,7 +387,14 @@ def read_endpoints(env: Mapping[str, str], origin: Mapping[str, str] | None = No
             if not isinstance(entry, dict):
                 warn(f'{where}: expected a table with base_url = "..."; this entry is ignored.')
                 continue
+            wrong_here: list[str] = []
+            if path != user and "key_env" in entry:
+                entry = {k: v for k, v in entry.items() if k != "key_env"}
+                wrong_here.append(f"key_env is not read from the working directory's file (a project you cloned "
+                                  f"could send any of your keys to a server of its choice): move this entry to "
+                                  f"{user}, or set {name.upper()}_API_KEY")
             spec, wrong = check_endpoint(name, entry, str(path), reserved)
+            wrong = wrong_here + wrong
             if wrong:
                 tail = "this entry is ignored" if spec is None else "the rest of the entry is used"
                 warn(f"{where}: {'; '.join(wrong)}; {tail}.")
@@ -595,7 +632,7 @@ def _add_table(doc: Any, holder: Any, name: str, table: Any) -> None:
 
     body, end = _end_of(holder)
     index = _index(doc.body, holder)
-    follows = _last_line(doc.body[index + 1:], len(doc.body) - index - 1) is not None
+    follows = any(not isinstance(v, Null) for _, v in doc.body[index + 1:])
     start = end
     while follows and start > 0 and body[start - 1][0] is None and isinstance(body[start - 1][1], (Comment, Null)):
         start -= 1

@@ -35,7 +35,7 @@ from typing import Any
 __all__ = [
     "NbllmError", "ConfigurationError", "ModelError", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
     "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "display_url",
-    "remember_secrets", "detached", "scrub_library_logs",
+    "remember_secrets", "detached", "scrub_library_logs", "server_failed",
 ]
 
 MASK = "***"
@@ -135,6 +135,13 @@ def detached(exc: BaseException) -> BaseException:
     return exc.with_traceback(None)
 
 
+def server_failed(status: int | None) -> bool:
+    """Whether an HTTP outcome says the server itself failed — nothing answered (None), 408 or a
+    5xx — rather than that the request was wrong (400/401/403/404) or too many (429). The one rule
+    behind fallback chains (`ModelError.moves_on`), health's "down" and fleet failover."""
+    return status is None or status == 408 or status >= 500
+
+
 class BadValue(ValueError):
     """A setting's text is not in the accepted form; `str()` is the explanation ("expected …").
     Internal to the settings reader, which turns it into one warning and uses the default."""
@@ -179,7 +186,7 @@ class ModelError(NbllmError, RuntimeError):
         """Whether another provider (a fallback chain) or another server (a fleet) may answer instead:
         nothing answered, a timeout, a cut reply, 408, 429 or 5xx. A 400/401/403/404 means the request
         itself is wrong for this provider: trying elsewhere would hide that."""
-        return self.status is None or self.status in (408, 429) or self.status >= 500
+        return server_failed(self.status) or self.status == 429
 
     def __reduce__(self) -> Any:  # picklable (multiprocessing, nbclient) with every fact kept
         return (_rebuild_model_error, (type(self), self.provider, self.reason, self.url, self.hint,

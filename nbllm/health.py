@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from .catalog import ProviderSpec, how_to_enable, key_names
 from .config import ProviderSettings
-from .errors import ConfigurationError, ServerCrashed, display_url, scrub
+from .errors import ConfigurationError, ServerCrashed, display_url, scrub, server_failed
 from . import fleet, probes
 
 NOT_STARTED = "starts on first use"
@@ -73,9 +73,7 @@ class ProviderHealth:
         """Nothing usable answered (refused, timed out, 408 or 5xx): a fallback chain may skip it. A 401,
         404 or 429 is not "down": the server is there and says what is wrong, which a call should report
         (or, for a 429, move on from at once)."""
-        status = self.http_status
-        return self.enabled and self.configured and self.connected is False and (
-            status is None or status == 408 or status >= 500)
+        return self.enabled and self.configured and self.connected is False and server_failed(self.http_status)
 
     @property
     def status(self) -> str:

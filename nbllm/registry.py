@@ -56,6 +56,7 @@ class ProviderRegistry:
         self.endpoints_paths: tuple[Path, ...] = ()
         """The endpoints files read: the user's (beside the config file), then the working directory's."""
         self.endpoint_problems: tuple[str, ...] = ()
+        self._overlay = _Overlay()
         self.reinit()
 
     # ---- loading ------------------------------------------------------------
@@ -69,6 +70,7 @@ class ProviderRegistry:
             for spec in found.specs:
                 catalog.register_provider(spec, replace=True)
             self.aliases = dict(found.aliases)
+            self._overlay.apply(self.aliases)
             self.endpoints_paths = found.paths
             self.endpoint_problems = found.problems
             self._origin = origin
@@ -221,6 +223,8 @@ class ProviderRegistry:
                                  "model": model, "label": label}
         entry = {k: v for k, v in entry.items() if v is not None}
         spec, problems = endpoints.check_endpoint(name, entry, credentials=True)
+        if problems:  # a face is strict: a typo in a fleet is refused, not saved without that server
+            spec = None
         if spec is not None and save and endpoints.has_credentials(spec.base_url):
             prefix = spec.env_prefix
             spec, problems = None, [f"keys and passwords never go in nbllm.toml: give the base URL without "
@@ -233,12 +237,19 @@ class ProviderRegistry:
         with self._lock:
             if save:
                 path = self._file_for("providers", name)
+                if key_env and path != self.endpoints_paths[0]:
+                    raise ConfigurationError(
+                        f"Cannot save key_env for endpoint {name!r}: [providers.{name}] is in {path}, the working "
+                        f"directory's file, where key_env is not read (a cloned project could send your keys "
+                        f"anywhere). Move the entry to {self.endpoints_paths[0]}, set {spec.env_prefix}_API_KEY, "
+                        f"or add it with save=False for this process.")
                 urls = spec.base_url.split(",")
                 written = {"base_url": urls[0] if len(urls) == 1 else urls, "kind": spec.kind,
                            "protocol": "anthropic" if spec.builder == "anthropic" else "openai",
                            "key_env": key_env.strip() if key_env else None, "model": model, "label": label}
                 endpoints.write_endpoint(path, name, written)
                 spec = replace(spec, extra={**spec.extra, "file": str(path)})
+            self._overlay.set_spec(name, None if save else spec)
             catalog.register_provider(spec, replace=True)
             self._settings[name] = load_provider_settings(spec, self._env, self._origin, self._user_config)
             self._remember_secrets()
@@ -262,6 +273,7 @@ class ProviderRegistry:
                 valid = ", ".join(mine) if mine else "none yet (add one with nbllm.add_provider)"
                 raise ConfigurationError(f"No endpoint named {name!r} to remove. Your endpoints: {valid}.")
             removed = [p for p in files if endpoints.delete_endpoint(p, key)]
+            self._overlay.remove_spec(key, kept_in_files=not save)
             catalog.unregister_provider(key)
             self._settings.pop(key, None)
             self._changed()
@@ -297,6 +309,7 @@ class ProviderRegistry:
                 endpoints.write_alias(path, name, alias.target, alias.on)
                 alias = Alias(alias.name, alias.target, alias.on, str(path))
             self.aliases[name] = alias
+            self._overlay.set_alias(name, None if save else alias)
             self._changed()
         return alias
 
@@ -308,10 +321,29 @@ class ProviderRegistry:
             if key not in self.aliases and not files:
                 valid = ", ".join(sorted(self.aliases)) or "none yet (make one with nbllm.alias)"
                 raise ConfigurationError(f"No alias named {name!r} to remove. Aliases: {valid}.")
+            users = self.aliases_naming(key)
+            if users:
+                raise ConfigurationError(
+                    f"Cannot remove alias {key!r}: {', '.join(users)} {'names' if len(users) == 1 else 'name'} it; "
+                    f"point {'it' if len(users) == 1 else 'them'} elsewhere or remove "
+                    f"{'it' if len(users) == 1 else 'them'} first.")
             removed = [p for p in files if endpoints.delete_alias(p, key)]
+            self._overlay.remove_alias(key, kept_in_files=not save)
             self.aliases.pop(key, None)
             self._changed()
         return removed
+
+    def aliases_naming(self, name: str) -> list[str]:
+        """The other aliases whose target names `name` (alone, with a model or in a chain), sorted."""
+        found = []
+        for other, alias in self.aliases.items():
+            try:
+                links = catalog.parse_chain(alias.target)
+            except ConfigurationError:
+                continue
+            if other != name and any(link.provider == name for link in links):
+                found.append(other)
+        return sorted(found)
 
     def endpoint_files(self) -> list[tuple[Path, bool]]:
         """The endpoints files and whether each exists (for `--list`)."""
@@ -391,6 +423,64 @@ class ProviderRegistry:
         configured = [n for n in enabled if self.is_configured(n)]
         available = None if health is None else sum(1 for h in health.values() if h.available)
         return StatusSummary(len(names), len(enabled), len(configured), available)
+
+
+class _Overlay:
+    """What this process changed with `save=False`: endpoints and aliases added, and names removed.
+
+    `reinit()` re-reads the files and then applies this on top, so a change "for this process"
+    lasts for the process (a default naming it included), not only until the next re-read.
+    A saved change of a name drops what the overlay held for it: the file says it now.
+    """
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ProviderSpec] = {}
+        self.aliases: dict[str, Alias] = {}
+        self.gone_specs: set[str] = set()
+        self.gone_aliases: set[str] = set()
+
+    def set_spec(self, name: str, spec: ProviderSpec | None) -> None:
+        self.gone_specs.discard(name)
+        if spec is None:
+            self.specs.pop(name, None)
+        else:
+            self.specs[name] = spec
+
+    def remove_spec(self, name: str, kept_in_files: bool) -> None:
+        self.specs.pop(name, None)
+        if kept_in_files:
+            self.gone_specs.add(name)
+        else:
+            self.gone_specs.discard(name)
+
+    def set_alias(self, name: str, alias: Alias | None) -> None:
+        self.gone_aliases.discard(name)
+        if alias is None:
+            self.aliases.pop(name, None)
+        else:
+            self.aliases[name] = alias
+
+    def remove_alias(self, name: str, kept_in_files: bool) -> None:
+        self.aliases.pop(name, None)
+        if kept_in_files:
+            self.gone_aliases.add(name)
+        else:
+            self.gone_aliases.discard(name)
+
+    def apply(self, aliases: dict[str, Alias]) -> None:
+        """Re-make this process's changes over what the files just gave (the catalog and `aliases`)."""
+        for name in self.gone_specs:
+            if name in catalog.provider_names() and catalog.get_spec(name).origin == "file":
+                catalog.unregister_provider(name)
+        for name, spec in self.specs.items():
+            current = catalog.get_spec(name) if name in catalog.provider_names() else None
+            if current is None or current.origin == "file":  # never over a built-in or plug-in provider
+                catalog.register_provider(spec, replace=True)
+                aliases.pop(name, None)
+        for name in self.gone_aliases:
+            aliases.pop(name, None)
+        names = set(catalog.provider_names())
+        aliases.update({n: a for n, a in self.aliases.items() if n not in names})
 
 
 _registry: ProviderRegistry | None = None

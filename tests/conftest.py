@@ -90,6 +90,44 @@ def run_cell(shell: Any, cell: str) -> tuple[Any, list[dict[str, Any]], str]:
     return result, publisher.outputs, captured.stdout + captured.stderr
 
 
+def reread() -> list[str]:
+    """`nbllm.reinit()`, returning the nbllm warnings it gave."""
+    import warnings
+
+    import nbllm
+    from nbllm.config import NbllmConfigWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.reinit()
+    return [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`nbllm providers ARGV` in this process: its exit code, stdout and stderr."""
+    from nbllm.cli import main
+
+    code = main(["providers", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def endpoint_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The user's endpoints file and the working directory's, in directories of their own
+    (`clean_env` puts the config file and the working directory both in tmp_path)."""
+    user_dir, work = tmp_path / "config", tmp_path / "work"
+    user_dir.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("NBLLM_CONFIG", str(user_dir / "config.json"))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    for name in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL", "GPU_ENABLED", "LAB_TOKEN", "LAB_API_KEY", "BOX_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    reset_nbllm()
+    return user_dir / "nbllm.toml", work / "nbllm.toml"
+
+
 def _closed_port_url() -> str:
     import socket
 

@@ -3,45 +3,21 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
-from conftest import nbllm_shell, reset_nbllm, run_cell
+from conftest import cli, nbllm_shell, reread, reset_nbllm, run_cell
 
 import nbllm
-from nbllm.cli import main
-from nbllm.config import NbllmConfigWarning
 from nbllm.errors import ConfigurationError
 from nbllm.routing import alias_problem
 from nbllm.registry import get_registry
 
 
 @pytest.fixture(autouse=True)
-def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    user_dir, work = tmp_path / "config", tmp_path / "work"
-    user_dir.mkdir()
-    work.mkdir()
-    monkeypatch.setenv("NBLLM_CONFIG", str(user_dir / "config.json"))
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
-    for name in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL", "GPU_ENABLED"):
-        monkeypatch.delenv(name, raising=False)
-    reset_nbllm()
-    return user_dir / "nbllm.toml", work / "nbllm.toml"
-
-
-def reread() -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        nbllm.reinit()
-    return [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["providers", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def files(endpoint_files: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The user file and the working directory's file, apart (conftest's `endpoint_files`)."""
+    return endpoint_files
 
 
 # ---- four ways in, and they persist ----------------------------------------------------
@@ -121,7 +97,17 @@ def test_set_for_this_process_only(files):
     nbllm.alias("fast", "openai", save=False)
     assert nbllm.aliases() == {"fast": "openai"} and not user_file.exists()
     reread()
-    assert nbllm.aliases() == {}
+    assert nbllm.aliases() == {"fast": "openai"} and not user_file.exists()  # re-reading the files keeps it
+    user_file.write_text('[aliases]\nslow = "ollama"\n')
+    reread()
+    nbllm.unalias("slow", save=False)  # a removal for this process only lasts through reinit too
+    reread()
+    assert nbllm.aliases() == {"fast": "openai"} and 'slow = "ollama"' in user_file.read_text()
+    nbllm.alias("fast", "embedded")  # saved now: the file's value is the one kept
+    reread()
+    assert nbllm.aliases() == {"fast": "embedded"}
+    reset_nbllm()  # a new process
+    assert nbllm.aliases() == {"fast": "embedded", "slow": "ollama"}
 
 
 def test_comments_survive_alias_changes(files, capsys):
@@ -338,3 +324,46 @@ def test_an_alias_to_a_removed_endpoint_says_so(files, capsys):
     nbllm.remove_provider("gpu")
     note = alias_problem("box")
     assert "'gpu'" in note and "alias 'box'" in note and "\n" not in note
+
+
+# ---- unalias and the default ---------------------------------------------------------
+
+def test_unalias_of_an_alias_other_aliases_name_is_refused(files, capsys):
+    nbllm.alias("fast", "embedded")
+    nbllm.alias("best", "fast")
+    nbllm.alias("safe", "openai,fast")
+    with pytest.raises(ConfigurationError) as raised:
+        nbllm.unalias("fast")
+    message = str(raised.value)
+    assert "best" in message and "safe" in message and "\n" not in message
+    assert nbllm.aliases()["fast"] == "embedded"
+    code, _, err = cli(capsys, "--unalias", "fast")
+    assert code == 2 and "best" in err and len(err.strip().splitlines()) == 1
+    nbllm.unalias("best")
+    nbllm.unalias("safe")
+    nbllm.unalias("fast")
+    assert nbllm.aliases() == {}
+
+
+def test_unalias_of_the_default_falls_back_to_auto_with_one_warning(files):
+    import warnings
+
+    from nbllm.config import NbllmConfigWarning
+
+    nbllm.alias("fast", "embedded")
+    nbllm.use("fast")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.unalias("fast")
+    said = [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+    assert nbllm.current().provider == "auto" and len(said) == 1 and "'fast'" in said[0], said
+
+
+def test_unalias_says_when_the_saved_default_was_cleared(files, capsys):
+    nbllm.alias("fast", "embedded")
+    nbllm.alias("slow", "embedded")
+    nbllm.use("fast", save=True)
+    code, out, _ = cli(capsys, "--unalias", "slow")
+    assert code == 0 and "saved default" not in out
+    code, out, _ = cli(capsys, "--unalias", "fast")
+    assert code == 0 and "fast was the saved default: cleared (choose another with --use NAME)" in out, out

@@ -4,51 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 from pathlib import Path
 
 import pytest
-from conftest import nbllm_shell, reset_nbllm, run_cell
+from conftest import cli, nbllm_shell, reread, reset_nbllm, run_cell
 
 import nbllm
 from nbllm import catalog
-from nbllm.cli import main
-from nbllm.config import NbllmConfigWarning
 from nbllm.errors import ConfigurationError
 from nbllm.registry import get_registry
 
 
 @pytest.fixture(autouse=True)
-def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """The user file and the working directory's file live apart (conftest puts both in tmp_path)."""
-    user_dir, work = tmp_path / "config", tmp_path / "work"
-    user_dir.mkdir()
-    work.mkdir()
-    monkeypatch.setenv("NBLLM_CONFIG", str(user_dir / "config.json"))
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
-    for name in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL", "GPU_ENABLED", "LAB_TOKEN", "BOX_MODEL"):
-        monkeypatch.delenv(name, raising=False)
-    reset_nbllm()
-    return user_dir / "nbllm.toml", work / "nbllm.toml"
-
-
-def reread() -> list[str]:
-    """`nbllm.reinit()`, returning the nbllm warnings it gave."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        nbllm.reinit()
-    return [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+def files(endpoint_files: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The user file and the working directory's file, apart (conftest's `endpoint_files`)."""
+    return endpoint_files
 
 
 def auth(request: dict) -> str | None:
     return {k.lower(): v for k, v in request["headers"].items()}.get("authorization")
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["providers", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ---- adding, four ways, then answering ----------------------------------------------------
@@ -166,6 +140,8 @@ def test_save_false_lasts_for_this_process(files):
     nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1", save=False)
     assert "gpu" in nbllm.providers() and not user_file.exists()
     reread()
+    assert "gpu" in nbllm.providers() and not user_file.exists()  # re-reading the files keeps it
+    reset_nbllm()  # a new process
     assert "gpu" not in nbllm.providers()
 
 
@@ -365,7 +341,8 @@ def test_a_url_password_is_never_written_to_the_file(files, capsys):
     assert "without user:password@" in err and "SECRET_API_KEY" in err and "SECRET_BASE_URL" in err
     assert "sk-secret-pw" not in out + err and not user_file.exists() and "secret" not in nbllm.providers()
     with nbllm_shell() as shell:
-        _, _, out = run_cell(shell, "%llm_providers --add secret --base-url http://user:sk-secret-pw-123@127.0.0.1:9/v1")
+        url = "http://user:sk-secret-pw-123@127.0.0.1:9/v1"
+        _, _, out = run_cell(shell, f"%llm_providers --add secret --base-url {url}")
         assert "UsageError" in out and "SECRET_API_KEY" in out and "sk-secret-pw" not in out
     with pytest.raises(ConfigurationError, match="never go in nbllm.toml") as raised:
         nbllm.add_provider("secret", base_url="http://user:sk-secret-pw-123@127.0.0.1:9/v1")
@@ -553,3 +530,167 @@ def test_auto_probes_a_local_endpoint(files, fake_server):
     nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
     answer = nbllm.ask("who answers?")  # the default is auto; nothing else local answers in tests
     assert answer.provider == "gpu" and answer.text == "Echo: who answers?"
+
+
+# ---- key_env only from the user's own file ------------------------------------------------
+
+def _keys_seen(server) -> list[str]:
+    """Every Authorization header the server was sent, by any request (probes, listings, chats)."""
+    return [a for a in (auth(r) for r in server.requests) if a]
+
+
+def test_key_env_in_the_working_directorys_file_never_sends_that_key(files, fake_server, capsys, monkeypatch):
+    """A cloned repo's nbllm.toml must not route the user's OpenAI key to a host of its choice."""
+    user_file, work_file = files
+    secret = "sk-openai-secret-7a7a7a7a"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    work_file.write_text(f'[providers.lab]\nbase_url = "{fake_server.url}/v1"\nkey_env = "OPENAI_API_KEY"\n')
+    said = reread()
+    assert len(said) == 1, said
+    assert str(work_file) in said[0] and "[providers.lab]" in said[0] and "key_env" in said[0]
+    assert str(user_file) in said[0] and "LAB_API_KEY" in said[0] and secret not in said[0]
+    assert get_registry().spec("lab").key_env == () and not get_registry().settings("lab").has_key
+    assert nbllm.health_check()["lab"].available  # the rest of the entry is used
+    code, out, _ = cli(capsys, "--status")
+    assert code == 0 and "lab" in out
+    assert "fake-model" in set(nbllm.models("lab")["model"])
+    nbllm.ask("hi", provider="lab")
+    monkeypatch.setenv("OPENAI_ENABLED", "false")  # the key stays set; auto now probes local servers
+    reread()
+    answer = nbllm.ask("who?", provider="auto")
+    assert answer.provider == "lab"
+    assert fake_server.requests and _keys_seen(fake_server) == [], _keys_seen(fake_server)
+    assert secret not in json.dumps(fake_server.requests)
+    # The same entry in the user's own file is the user's choice: that key is sent.
+    work_file.unlink()
+    user_file.write_text(f'[providers.lab]\nbase_url = "{fake_server.url}/v1"\nkey_env = "OPENAI_API_KEY"\n')
+    assert reread() == []
+    nbllm.health_check(["lab"])
+    assert _keys_seen(fake_server) and set(_keys_seen(fake_server)) == {f"Bearer {secret}"}
+
+
+@pytest.mark.parametrize("name, key", [("xai", "XAI_API_KEY"), ("google", "GOOGLE_API_KEY")])
+def test_an_endpoint_may_not_be_named_so_it_reads_another_providers_key(files, fake_server, monkeypatch, name, key):
+    """`[providers.xai]` would read XAI_API_KEY (grok's key) as its own NAME_API_KEY."""
+    _, work_file = files
+    monkeypatch.setenv(key, "sk-other-secret-3b3b3b3b")
+    work_file.write_text(f'[providers.{name}]\nbase_url = "{fake_server.url}/v1"\n')
+    said = reread()
+    assert len(said) == 1 and f"[providers.{name}]" in said[0] and key in said[0] and "ignored" in said[0]
+    assert name not in nbllm.providers()
+    nbllm.health_check()
+    assert _keys_seen(fake_server) == []
+    with pytest.raises(ConfigurationError, match=key):
+        nbllm.add_provider(name, base_url=fake_server.url + "/v1")
+
+
+def test_add_with_another_providers_key_says_where_that_key_goes(files, fake_server, capsys):
+    code, out, err = cli(capsys, "--add", "lab", "--base-url", fake_server.url + "/v1", "--key-env", "OPENAI_API_KEY")
+    assert code == 0, err
+    assert "lab will receive OPENAI_API_KEY (openai's key)" in out
+    code, out, err = cli(capsys, "--add", "box", "--base-url", fake_server.url + "/v1", "--key-env", "LAB_TOKEN")
+    assert code == 0 and "will receive" not in out
+    assert get_registry().spec("lab").key_env == ("OPENAI_API_KEY",)
+
+
+def test_key_env_cannot_be_saved_where_it_would_not_be_read(files, fake_server):
+    user_file, work_file = files
+    work_file.write_text(f'[providers.lab]\nbase_url = "{fake_server.url}/v1"\n')
+    reread()
+    with pytest.raises(ConfigurationError, match="key_env") as raised:
+        nbllm.add_provider("lab", base_url=fake_server.url + "/v1", key_env="LAB_TOKEN")
+    assert str(user_file) in str(raised.value) and "LAB_API_KEY" in str(raised.value)
+    assert "key_env" not in work_file.read_text()
+    nbllm.add_provider("lab", base_url=fake_server.url + "/v1", key_env="LAB_TOKEN", save=False)
+    assert get_registry().spec("lab").key_env == ("LAB_TOKEN",)
+
+
+# ---- save=False lasts for the process: reinit keeps it ------------------------------------
+
+def test_save_false_survives_reinit_with_the_default_naming_it(files, fake_server):
+    user_file, _ = files
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1", save=False)
+    nbllm.use("gpu")
+    assert reread() == []
+    assert "gpu" in nbllm.providers() and nbllm.current().provider == "gpu" and not user_file.exists()
+    assert nbllm.ask("x").provider == "gpu"
+    # A removal for this process only lasts through reinit too, while the file keeps the entry.
+    nbllm.add_provider("box", base_url=fake_server.url + "/v1")
+    nbllm.remove_provider("box", save=False)
+    reread()
+    assert "box" not in nbllm.providers() and "[providers.box]" in user_file.read_text()
+    nbllm.add_provider("box", base_url=fake_server.url + "/v1")  # saved again: back for good
+    reread()
+    assert "box" in nbllm.providers()
+    reset_nbllm()  # a new process has only what the files hold
+    assert "gpu" not in nbllm.providers() and "box" in nbllm.providers()
+
+
+# ---- a fleet list in the file is as lenient as {P}_BASE_URL --------------------------------
+
+def test_one_bad_url_in_a_file_fleet_is_left_out_with_one_warning(files, fake_server, make_server):
+    user_file, _ = files
+    other = make_server()
+    user_file.write_text(f'[providers.fleet]\nbase_url = ["{fake_server.url}/v1", "ftp://typo", "{other.url}/v1"]\n'
+                         f'[providers.none]\nbase_url = ["ftp://a", "nope"]\n')
+    said = reread()
+    assert len(said) == 2, said
+    fleet_line = next(s for s in said if "[providers.fleet]" in s)
+    assert "'ftp://typo'" in fleet_line and "left out" in fleet_line and "rest of the entry" in fleet_line
+    assert get_registry().settings("fleet").servers == (fake_server.url + "/v1", other.url + "/v1")
+    assert "fleet" in nbllm.providers() and "none" not in nbllm.providers()
+    assert "ignored" in next(s for s in said if "[providers.none]" in s)
+    with pytest.raises(ConfigurationError, match="'ftp://typo'"):  # a face's --base-url stays strict
+        nbllm.add_provider("typo", base_url=f"{fake_server.url}/v1,ftp://typo")
+    assert "typo" not in nbllm.providers()
+
+
+# ---- a 401 names the variable the key came from ---------------------------------------------
+
+def test_a_refused_key_set_through_key_env_names_that_variable(files, fake_server, monkeypatch):
+    from nbllm.errors import ModelError
+
+    monkeypatch.setenv("LAB_TOKEN", "lab-token-wrong-1234")
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1", key_env="LAB_TOKEN", model="m")
+    fake_server.set(mode="error", status=401)
+    with pytest.raises(ModelError) as raised:
+        nbllm.ask("x", provider="gpu")
+    assert "GPU_API_KEY" in str(raised.value) and "LAB_TOKEN" in str(raised.value)
+    assert "lab-token-wrong" not in str(raised.value)
+
+
+# ---- the default after a removal or disable -------------------------------------------------
+
+def test_a_default_that_no_longer_resolves_falls_back_to_auto_with_one_warning(files, fake_server):
+    import warnings
+
+    from nbllm.config import NbllmConfigWarning
+
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
+    nbllm.alias("fast", "gpu")
+    nbllm.use("fast")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.remove_provider("gpu")  # the default names it only through the alias
+    said = [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+    assert nbllm.current().provider == "auto"
+    assert len(said) == 1 and "'fast'" in said[0] and "'auto'" in said[0], said
+    nbllm.ask("x")  # asks work again
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
+    nbllm.alias("solo", "gpu")
+    nbllm.use("solo")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nbllm.disable("gpu")
+    said = [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
+    assert nbllm.current().provider == "auto" and len(said) == 1 and "'solo'" in said[0]
+
+
+def test_remove_says_when_the_saved_default_was_cleared(files, capsys):
+    nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
+    nbllm.add_provider("box", base_url="http://127.0.0.1:9/v1")
+    nbllm.use("gpu", save=True)
+    code, out, err = cli(capsys, "--remove", "box")
+    assert code == 0 and "saved default" not in out
+    code, out, err = cli(capsys, "--remove", "gpu")
+    assert code == 0 and "gpu was the saved default: cleared (choose another with --use NAME)" in out, out
