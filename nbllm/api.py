@@ -120,12 +120,12 @@ def enable(name: str, save: bool = False) -> None:
 
 
 def disable(name: str, save: bool = False) -> None:
-    """Disable a provider; if it was the default, the default falls back to auto."""
+    """Disable a provider; a default that no longer works without it (named directly, through an
+    alias or as a chain with nothing else usable) falls back to auto, with one warning."""
     registry = get_registry()
     spec = registry.spec(name)
     registry.disable(spec.name, save=save)
-    if session.current().provider == spec.name:
-        session.use(AUTO)
+    _recheck_default(spec.name, "disabled")
 
 
 def reinit() -> None:
@@ -220,7 +220,9 @@ def add_provider(name: str, base_url: str, key_env: str | None = None, kind: str
 
     `kind="local"` is probed and its model detected; `kind="cloud"` needs a key and a `model`.
     `save=True` writes it to the endpoints file (`nbllm.toml` beside the user config file, or
-    the working directory's if that one already holds it); else it lasts for this process.
+    the working directory's if that one already holds it — where `key_env` is not read, so it
+    is refused there); else it lasts for this process (`reinit()` included). `key_env` naming
+    another provider's key (`OPENAI_API_KEY`) sends that key to this endpoint.
     """
     get_registry().add_endpoint(name, base_url, key_env=key_env, kind=kind, protocol=protocol, model=model,
                                 label=label, save=save)
@@ -228,8 +230,8 @@ def add_provider(name: str, base_url: str, key_env: str | None = None, kind: str
 
 def remove_provider(name: str, save: bool = True) -> list[str]:
     """Remove one of your own providers (from every endpoints file holding it, when `save`);
-    returns those files. A built-in provider cannot be removed: `disable` it. A default naming
-    it becomes `auto`; with `save`, a saved default naming it is cleared too."""
+    returns those files. A built-in provider cannot be removed: `disable` it. A default that no
+    longer works without it becomes `auto`; with `save`, a saved default naming it is cleared too."""
     registry = get_registry()
     removed = registry.remove_endpoint(name, save=save)
     _default_left(name, save)
@@ -246,7 +248,8 @@ def alias(name: str, target: str, on: str = "transient", save: bool = True) -> N
 
 def unalias(name: str, save: bool = True) -> list[str]:
     """Forget alias `name` (and remove it from the endpoints files, when `save`); returns those files.
-    A default naming it becomes `auto`; with `save`, a saved default naming it is cleared too."""
+    An alias that other aliases name is not removed (the error names them). A default that no
+    longer works becomes `auto`; with `save`, a saved default naming it is cleared too."""
     removed = get_registry().remove_alias(name, save=save)
     _default_left(name, save)
     return [str(path) for path in removed]
@@ -258,16 +261,27 @@ def aliases() -> dict[str, str]:
 
 
 def _default_left(name: str, save: bool) -> None:
-    """The kernel-wide default named what was just removed: it becomes `auto`, as after `disable`.
-    A removal that is saved clears a saved default naming it too (else every later process warns)."""
-    from .catalog import parse_chain
-
-    key = (name or "").strip().lower()
+    """After `name` was removed: a saved removal clears a saved default naming it (else every later
+    process warns), and the kernel-wide default is checked again (`_recheck_default`)."""
     if save:
-        get_registry().forget_saved_default(key)
-    try:
-        links = parse_chain(session.current().provider)
-    except ConfigurationError:
+        get_registry().forget_saved_default((name or "").strip().lower())
+    _recheck_default((name or "").strip().lower(), "removed")
+
+
+def _recheck_default(gone: str, what: str) -> None:
+    """After a removal or a disable: if the kernel-wide default no longer resolves — also when it names
+    what went only through an alias (`best` → `fast` → a removed endpoint) — it becomes `auto`, with
+    one warning; else every later ask would fail with the same error."""
+    current = session.current()
+    if current.provider == AUTO:
         return
-    if any(link.provider == key for link in links):
+    try:
+        session.selection_for(current.provider, current.model)
+    except ConfigurationError as exc:
+        from .catalog import parse_chain
+
+        named = any(link.provider == gone for link in parse_chain(current.provider))
+        why = f"{gone!r} was {what}" if named else str(exc).split(". Valid providers:")[0].rstrip(".")
         session.use(AUTO)
+        config_warning(f"nbllm: the default {current.provider!r} no longer works ({why}); using {AUTO!r}. "
+                       "Choose another with nbllm.use(NAME) or %llm_providers --use NAME.")

@@ -410,21 +410,40 @@ def _add(args: argparse.Namespace) -> Outcome:
              f"{display_url(spec.base_url)} (saved to {path})",
              f"use it with -p {spec.name}; it reads {prefix}_API_KEY, {prefix}_MODEL, {prefix}_BASE_URL and the "
              f"other {prefix}_* variables"]
+    from .endpoints import borrowed_keys
+
+    borrowed = borrowed_keys(spec)
+    for variable, owner in borrowed:  # the user may mean it; they should see it said
+        lines.append(f"note: {spec.name} will receive {variable} ({owner}'s key) with every request and probe")
     for variable in (f"{prefix}_BASE_URL", f"{prefix}_MODEL"):
         if registry.env_value(variable) is not None:
             lines.append(f"note: {variable} in the environment wins over the file")
     data = {"provider": spec.name, "added": not existed, "file": path, "kind": spec.kind,
-            "protocol": protocol.lower(), "base_url": display_url(spec.base_url)}
+            "protocol": protocol.lower(), "base_url": display_url(spec.base_url),
+            "receives_keys_of": {variable: owner for variable, owner in borrowed}}
     return Outcome("\n".join(lines), data=data)
 
 
 def _remove(name: str) -> Outcome:
     from . import api, session
 
-    files = api.remove_provider(name)
     key = name.strip().lower()
+    was_saved = _saved_default_uses(key)
+    files = api.remove_provider(name)
     where = f"removed from {' and '.join(files)}" if files else "removed from this process (no file held it)"
-    return Outcome(f"{key} {where}\ndefault: {session.current()}", data={"provider": key, "files": files})
+    lines = [f"{key} {where}", *_cleared_note(key, was_saved), f"default: {session.current()}"]
+    return Outcome("\n".join(lines), data={"provider": key, "files": files, "saved_default_cleared": was_saved})
+
+
+def _saved_default_uses(key: str) -> bool:
+    """Asked before a removal: afterwards the saved default has been cleared and cannot say so."""
+    from .registry import get_registry
+
+    return get_registry().saved_default_uses(key)
+
+
+def _cleared_note(key: str, was_saved: bool) -> list[str]:
+    return [f"{key} was the saved default: cleared (choose another with --use NAME)"] if was_saved else []
 
 
 def _alias(name: str, target: str, on: str) -> Outcome:
@@ -448,7 +467,9 @@ def _alias(name: str, target: str, on: str) -> Outcome:
 def _unalias(name: str) -> Outcome:
     from . import api
 
-    files = api.unalias(name)
     key = name.strip().lower()
+    was_saved = _saved_default_uses(key)
+    files = api.unalias(name)
     where = f"removed from {' and '.join(files)}" if files else "removed from this process (no file held it)"
-    return Outcome(f"alias {key} {where}", data={"alias": key, "files": files})
+    lines = [f"alias {key} {where}", *_cleared_note(key, was_saved)]
+    return Outcome("\n".join(lines), data={"alias": key, "files": files, "saved_default_cleared": was_saved})

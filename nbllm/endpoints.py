@@ -13,6 +13,7 @@ server). Why TOML: people edit it by hand, and nbllm's own changes (`--add`, `--
     kind = "local"                          # "local" (default: probed, model detected) or "cloud"
     protocol = "openai"                     # "openai" (default) or "anthropic"
     key_env = "LAB_TOKEN"                   # optional: another variable holding the key
+                                            #   (read only from the user's file, not ./nbllm.toml)
     model = "qwen3-8b"                      # optional for local (detected); required for cloud
     label = "Lab GPU"                       # optional: the name tables show
 
@@ -29,8 +30,18 @@ An endpoint is a provider like the built-in ones: it reads its `{NAME}_*` variab
 file) and shows in status, health, `--list` and the panel. A `model` written here is a
 choice like `GPU_MODEL`: it wins over the model a local server reports. Keys and passwords
 never go in this file: an `api_key` entry, or a `user:password@` in base_url, is ignored
-with a warning (the URL is used without it), and nbllm refuses to write one. A bad entry
-is one warning naming the file, the entry and what is wrong, and that entry is ignored; a
+with a warning (the URL is used without it), and nbllm refuses to write one.
+
+`key_env` is read only from the user's own file: a `./nbllm.toml` comes with whatever
+project is in the working directory (a cloned repository), and `key_env = "OPENAI_API_KEY"`
+there would send that key to a host of the project's choice at the first probe. There it
+is one warning and ignored (the endpoint still reads its own `{NAME}_API_KEY`). For the
+same reason no endpoint may take a name whose `{NAME}_API_KEY` is another provider's key
+(`xai`, `google`).
+
+A bad entry is one warning naming the file, the entry and what is wrong, and that entry is
+ignored; a fleet list with a bad URL in it is as lenient as `{NAME}_BASE_URL`: that URL is
+named in the warning and left out, and the entry is ignored only when no URL is left. A
 file that is not valid TOML is one warning with its line and column, and the whole file
 is ignored.
 
@@ -49,6 +60,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .catalog import AUTO, ProviderSpec, all_specs, key_env_names, parse_chain
 from .config import config_warning, user_config_path
@@ -63,7 +75,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "FILE_NAME", "KINDS", "PROTOCOLS", "ON_CHOICES", "Alias", "Endpoints", "endpoints_paths", "read_endpoints",
     "endpoint_spec", "check_endpoint", "has_credentials", "borrowed_keys", "check_alias_name", "alias_cycle", "holds",
-    "write_endpoint", "delete_endpoint", "write_alias", "delete_alias",
+    "write_endpoint", "write_alias", "delete_entry",
 ]
 
 FILE_NAME = "nbllm.toml"
@@ -354,6 +366,11 @@ def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
                       "fix that line (every entry in it is ignored until then).")
 
 
+def _servers(spec: ProviderSpec) -> set[str]:
+    """Where an endpoint's requests (and its key) go: scheme, host and port of each server."""
+    return {f"{p.scheme}://{p.hostname}:{p.port}" for p in (urlsplit(u.strip()) for u in spec.base_url.split(","))}
+
+
 def read_endpoints(env: Mapping[str, str], origin: Mapping[str, str] | None = None,
                    cwd: str | os.PathLike[str] | None = None) -> Endpoints:
     """Both endpoints files, checked; never raises. Each bad entry is one warning (and in `.problems`)."""
@@ -398,6 +415,12 @@ def read_endpoints(env: Mapping[str, str], origin: Mapping[str, str] | None = No
             if wrong:
                 tail = "this entry is ignored" if spec is None else "the rest of the entry is used"
                 warn(f"{where}: {'; '.join(wrong)}; {tail}.")
+            keyed = name in specs and [k for k in key_env_names(specs[name]) if (env.get(k) or "").strip()]
+            if spec is not None and path != user and keyed and _servers(specs[name]) != _servers(spec):
+                warn(f"{where}: it moves your endpoint {name!r} from {user} to other servers "
+                     f"({display_url(spec.base_url)}), which would receive its key ({keyed[0]}); "
+                     f"yours is kept. Change the address in {user} if you mean it.")
+                continue
             if spec is not None:
                 specs[name] = spec
         aliases = data.get("aliases", {})
@@ -717,12 +740,14 @@ def write_endpoint(path: Path, name: str, entry: Mapping[str, Any]) -> bool:
     return new
 
 
-def delete_endpoint(path: Path, name: str) -> bool:
-    """Remove `[providers.NAME]` from the file; False if it was not there."""
-    if not holds(path, "providers", name):
+def delete_entry(path: Path, section: str, name: str) -> bool:
+    """Remove `[providers.NAME]` or alias `NAME` (`section` "providers" or "aliases") from the file;
+    False if it was not there."""
+    if not holds(path, section, name):
         return False
-    _edit(path, f"remove [providers.{name}] from", lambda doc: _delete(doc, "providers", name),
-          lambda data: data["providers"].pop(name))
+    what = f"[providers.{name}]" if section == "providers" else f"alias {name}"
+    _edit(path, f"remove {what} from", lambda doc: _delete(doc, section, name),
+          lambda data: data[section].pop(name))
     return True
 
 
@@ -764,10 +789,3 @@ def write_alias(path: Path, name: str, target: str, on: str = "transient") -> No
     _edit(path, f"set alias {name} in", change, expect)
 
 
-def delete_alias(path: Path, name: str) -> bool:
-    """Remove alias `name` from the file; False if it was not there."""
-    if not holds(path, "aliases", name):
-        return False
-    _edit(path, f"remove alias {name} from", lambda doc: _delete(doc, "aliases", name),
-          lambda data: data["aliases"].pop(name))
-    return True

@@ -25,7 +25,7 @@ import asyncio
 import json
 from typing import Any
 
-from .catalog import ProviderSpec
+from .catalog import ProviderSpec, key_names
 from .errors import ModelError, scrub
 from .probes import describe_http_error
 
@@ -65,7 +65,7 @@ def _http(exc: Any, provider: str, url: str | None, spec: ProviderSpec | None) -
     prefix = _prefix(provider, spec)
     hint = None
     if status in (401, 403):
-        hint = f"check {prefix}_API_KEY"
+        hint = f"check {key_names(spec) if spec is not None else prefix + '_API_KEY'}"  # key_env's too
         message = f"HTTP {status}: the server refused the credentials" + (f" ({body[:200]})" if body else "")
     elif status == 404:
         hint = f"check the model name ({prefix}_MODEL) and base URL ({prefix}_BASE_URL)"

@@ -4,7 +4,8 @@ One `ProviderRegistry` per process (`get_registry()`); `reinit()` re-reads the
 environment, `.env` and the endpoints files (`nbllm.endpoints`: the user's own
 providers, registered in the catalog with origin "file", and aliases). Choices made
 with `save=True` go to the user config file, which environment variables override;
-endpoints and aliases added with `save=True` go to an endpoints file. It holds
+endpoints and aliases added with `save=True` go to an endpoints file, and those added or
+removed with `save=False` last for the process (`reinit()` re-applies them). It holds
 settings and does not choose: what a name means (`auto`, detected models, aliases)
 is `routing`'s job, which watches `generation` to forget what it learnt under
 older settings.
@@ -249,7 +250,7 @@ class ProviderRegistry:
                            "key_env": key_env.strip() if key_env else None, "model": model, "label": label}
                 endpoints.write_endpoint(path, name, written)
                 spec = replace(spec, extra={**spec.extra, "file": str(path)})
-            self._overlay.set_spec(name, None if save else spec)
+            self._overlay.specs.set(name, None if save else spec)
             catalog.register_provider(spec, replace=True)
             self._settings[name] = load_provider_settings(spec, self._env, self._origin, self._user_config)
             self._remember_secrets()
@@ -272,8 +273,8 @@ class ProviderRegistry:
                 mine = [s.name for s in current.values() if s.origin == "file"]
                 valid = ", ".join(mine) if mine else "none yet (add one with nbllm.add_provider)"
                 raise ConfigurationError(f"No endpoint named {name!r} to remove. Your endpoints: {valid}.")
-            removed = [p for p in files if endpoints.delete_endpoint(p, key)]
-            self._overlay.remove_spec(key, kept_in_files=not save)
+            removed = [p for p in files if endpoints.delete_entry(p, "providers", key)]
+            self._overlay.specs.remove(key, kept_in_files=not save)
             catalog.unregister_provider(key)
             self._settings.pop(key, None)
             self._changed()
@@ -309,7 +310,7 @@ class ProviderRegistry:
                 endpoints.write_alias(path, name, alias.target, alias.on)
                 alias = Alias(alias.name, alias.target, alias.on, str(path))
             self.aliases[name] = alias
-            self._overlay.set_alias(name, None if save else alias)
+            self._overlay.aliases.set(name, None if save else alias)
             self._changed()
         return alias
 
@@ -327,8 +328,8 @@ class ProviderRegistry:
                     f"Cannot remove alias {key!r}: {', '.join(users)} {'names' if len(users) == 1 else 'name'} it; "
                     f"point {'it' if len(users) == 1 else 'them'} elsewhere or remove "
                     f"{'it' if len(users) == 1 else 'them'} first.")
-            removed = [p for p in files if endpoints.delete_alias(p, key)]
-            self._overlay.remove_alias(key, kept_in_files=not save)
+            removed = [p for p in files if endpoints.delete_entry(p, "aliases", key)]
+            self._overlay.aliases.remove(key, kept_in_files=not save)
             self.aliases.pop(key, None)
             self._changed()
         return removed
@@ -425,6 +426,29 @@ class ProviderRegistry:
         return StatusSummary(len(names), len(enabled), len(configured), available)
 
 
+class _Kept:
+    """One kind of thing (endpoints or aliases) this process set or removed with `save=False`."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+        self.gone: set[str] = set()
+
+    def set(self, name: str, value: Any | None) -> None:
+        """`value` set for this process (None: a saved change, which the file now says)."""
+        self.gone.discard(name)
+        if value is None:
+            self.items.pop(name, None)
+        else:
+            self.items[name] = value
+
+    def remove(self, name: str, kept_in_files: bool) -> None:
+        self.items.pop(name, None)
+        if kept_in_files:
+            self.gone.add(name)
+        else:
+            self.gone.discard(name)
+
+
 class _Overlay:
     """What this process changed with `save=False`: endpoints and aliases added, and names removed.
 
@@ -434,53 +458,32 @@ class _Overlay:
     """
 
     def __init__(self) -> None:
-        self.specs: dict[str, ProviderSpec] = {}
-        self.aliases: dict[str, Alias] = {}
-        self.gone_specs: set[str] = set()
-        self.gone_aliases: set[str] = set()
-
-    def set_spec(self, name: str, spec: ProviderSpec | None) -> None:
-        self.gone_specs.discard(name)
-        if spec is None:
-            self.specs.pop(name, None)
-        else:
-            self.specs[name] = spec
-
-    def remove_spec(self, name: str, kept_in_files: bool) -> None:
-        self.specs.pop(name, None)
-        if kept_in_files:
-            self.gone_specs.add(name)
-        else:
-            self.gone_specs.discard(name)
-
-    def set_alias(self, name: str, alias: Alias | None) -> None:
-        self.gone_aliases.discard(name)
-        if alias is None:
-            self.aliases.pop(name, None)
-        else:
-            self.aliases[name] = alias
-
-    def remove_alias(self, name: str, kept_in_files: bool) -> None:
-        self.aliases.pop(name, None)
-        if kept_in_files:
-            self.gone_aliases.add(name)
-        else:
-            self.gone_aliases.discard(name)
+        self.specs = _Kept()
+        self.aliases = _Kept()
 
     def apply(self, aliases: dict[str, Alias]) -> None:
         """Re-make this process's changes over what the files just gave (the catalog and `aliases`)."""
-        for name in self.gone_specs:
+        for name in self.specs.gone:
             if name in catalog.provider_names() and catalog.get_spec(name).origin == "file":
                 catalog.unregister_provider(name)
-        for name, spec in self.specs.items():
+        for name, spec in self.specs.items.items():
             current = catalog.get_spec(name) if name in catalog.provider_names() else None
             if current is None or current.origin == "file":  # never over a built-in or plug-in provider
                 catalog.register_provider(spec, replace=True)
                 aliases.pop(name, None)
-        for name in self.gone_aliases:
+        for name in self.aliases.gone:
             aliases.pop(name, None)
         names = set(catalog.provider_names())
-        aliases.update({n: a for n, a in self.aliases.items() if n not in names})
+        aliases.update({n: a for n, a in self.aliases.items.items() if n not in names})
+        for name in list(self.aliases.items):
+            loop = endpoints.alias_cycle(name, aliases) if name in aliases else None
+            if loop:  # the files now close a loop with it: the file's aliases stay, this one goes
+                aliases.pop(name, None)
+                self.aliases.items.pop(name, None)
+                from .config import config_warning
+
+                config_warning(f"nbllm: alias {name!r} (set for this process) would now make a loop with the "
+                               f"endpoints files ({' → '.join(loop)}); it is dropped.")
 
 
 _registry: ProviderRegistry | None = None

@@ -367,3 +367,13 @@ def test_unalias_says_when_the_saved_default_was_cleared(files, capsys):
     assert code == 0 and "saved default" not in out
     code, out, _ = cli(capsys, "--unalias", "fast")
     assert code == 0 and "fast was the saved default: cleared (choose another with --use NAME)" in out, out
+
+
+def test_a_process_alias_that_the_files_turn_into_a_loop_is_dropped_with_one_warning(files):
+    user_file, _ = files
+    nbllm.alias("a", "embedded")
+    nbllm.alias("b", "a", save=False)
+    user_file.write_text('[aliases]\na = "b"\n')
+    said = reread()
+    assert len(said) == 1 and "'b'" in said[0] and "loop" in said[0], said
+    assert nbllm.aliases() == {"a": "b"}

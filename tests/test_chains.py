@@ -363,3 +363,52 @@ def test_compare_says_who_answered_a_chain_and_counts_an_alias_of_a_provider_onc
     nbllm.alias("fast", "llamacpp:fake-model")
     frame = nbllm.compare("hi", providers=["lmstudio,llamacpp"])
     assert list(frame["provider"]) == ["llamacpp"]
+
+
+# ---- every face takes every kind of name -----------------------------------------------------
+
+
+def test_the_command_line_uses_and_tests_chains_aliases_and_provider_colon_model(two, capsys):
+    from nbllm.cli import main
+
+    nbllm.alias("fast", "llamacpp:fake-model")
+    assert main(["providers", "--use", "lmstudio,llamacpp"]) == 0
+    assert "default: lmstudio,llamacpp" in capsys.readouterr().out
+    assert main(["providers", "--use", "ollama:qwen3:8b"]) == 0
+    assert "default: ollama (qwen3:8b)" in capsys.readouterr().out
+    assert main(["providers", "--test", "fast", "--timeout", "2"]) == 0
+    assert "llamacpp: answering" in capsys.readouterr().out
+    assert main(["providers", "--test", "lmstudio,llamacpp", "--timeout", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "lmstudio: answering" in out and "llamacpp: answering" in out
+    assert main(["providers", "--use", "lmstudio,nosuch"]) == 2
+    assert "Invalid LLM provider 'nosuch'" in capsys.readouterr().err
+
+
+def test_the_magic_uses_an_alias_and_the_next_cell_follows_it(two):
+    nbllm.alias("fast", "llamacpp:small")
+    with nbllm_shell() as shell:
+        run_cell(shell, "%llm_providers --use fast")
+        assert nbllm.current().provider == "fast"
+        _, _, printed = run_cell(shell, "%%llm -o out\nhi")
+        assert shell.user_ns["out"] == "Echo: hi"
+    assert two[1].chat_requests()[-1]["body"]["model"] == "small"
+
+
+def test_the_panel_shows_a_chain_default_and_keeps_it(two):
+    nbllm.use("lmstudio,llamacpp")
+    panel = nbllm.panel()
+    try:
+        assert panel.wait(10)
+        assert panel.provider_select.value == "lmstudio,llamacpp"
+        assert nbllm.current().provider == "lmstudio,llamacpp"  # showing it changed nothing
+    finally:
+        panel.close()
+
+
+def test_an_endpoint_added_by_api_answers_map_and_compare(two, fake_server):
+    nbllm.add_provider("gpu", base_url=fake_server.url + "/v1", save=False)
+    assert list(nbllm.map(["a", "b"], "Say {}", provider="gpu")) == ["Echo: Say a", "Echo: Say b"]
+    frame = nbllm.compare("hi", providers=["gpu", "gpu:other-model", "llamacpp"])
+    assert list(frame["provider"]) == ["gpu", "gpu", "llamacpp"] and frame["error"].isna().all()
+    assert list(frame["model"])[:2] == ["fake-model", "other-model"]

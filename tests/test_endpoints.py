@@ -559,14 +559,15 @@ def test_key_env_in_the_working_directorys_file_never_sends_that_key(files, fake
     reread()
     answer = nbllm.ask("who?", provider="auto")
     assert answer.provider == "lab"
-    assert fake_server.requests and _keys_seen(fake_server) == [], _keys_seen(fake_server)
+    assert len(fake_server.requests) >= 5 and not any(secret in a for a in _keys_seen(fake_server))
     assert secret not in json.dumps(fake_server.requests)
     # The same entry in the user's own file is the user's choice: that key is sent.
     work_file.unlink()
     user_file.write_text(f'[providers.lab]\nbase_url = "{fake_server.url}/v1"\nkey_env = "OPENAI_API_KEY"\n')
     assert reread() == []
+    fake_server.requests.clear()
     nbllm.health_check(["lab"])
-    assert _keys_seen(fake_server) and set(_keys_seen(fake_server)) == {f"Bearer {secret}"}
+    assert set(_keys_seen(fake_server)) == {f"Bearer {secret}"}
 
 
 @pytest.mark.parametrize("name, key", [("xai", "XAI_API_KEY"), ("google", "GOOGLE_API_KEY")])
@@ -579,7 +580,7 @@ def test_an_endpoint_may_not_be_named_so_it_reads_another_providers_key(files, f
     assert len(said) == 1 and f"[providers.{name}]" in said[0] and key in said[0] and "ignored" in said[0]
     assert name not in nbllm.providers()
     nbllm.health_check()
-    assert _keys_seen(fake_server) == []
+    assert not fake_server.requests  # nothing of that name exists to be probed
     with pytest.raises(ConfigurationError, match=key):
         nbllm.add_provider(name, base_url=fake_server.url + "/v1")
 
@@ -675,7 +676,6 @@ def test_a_default_that_no_longer_resolves_falls_back_to_auto_with_one_warning(f
     said = [str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)]
     assert nbllm.current().provider == "auto"
     assert len(said) == 1 and "'fast'" in said[0] and "'auto'" in said[0], said
-    nbllm.ask("x")  # asks work again
     nbllm.add_provider("gpu", base_url=fake_server.url + "/v1")
     nbllm.alias("solo", "gpu")
     nbllm.use("solo")
@@ -694,3 +694,18 @@ def test_remove_says_when_the_saved_default_was_cleared(files, capsys):
     assert code == 0 and "saved default" not in out
     code, out, err = cli(capsys, "--remove", "gpu")
     assert code == 0 and "gpu was the saved default: cleared (choose another with --use NAME)" in out, out
+
+
+def test_the_working_directorys_file_cannot_move_a_keyed_endpoint_elsewhere(files, fake_server, make_server,
+                                                                           monkeypatch):
+    """A cloned project's nbllm.toml must not redirect your endpoint, and with it your key, to its server."""
+    user_file, work_file = files
+    thief = make_server(reply="stolen")
+    monkeypatch.setenv("GPU_API_KEY", "sk-gpu-secret-0123456789abcdef")
+    user_file.write_text(f'[providers.gpu]\nbase_url = "{fake_server.url}/v1"\n')
+    work_file.write_text(f'[providers.gpu]\nbase_url = "{thief.url}/v1"\n')
+    problems = reread()
+    assert len(problems) == 1 and "moves your endpoint 'gpu'" in problems[0] and "GPU_API_KEY" in problems[0]
+    assert nbllm.ask("x", provider="gpu").text == "Echo: x"
+    nbllm.health_check()
+    assert thief.requests == []
