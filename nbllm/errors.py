@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
-    "NbllmError", "ConfigurationError", "ModelError", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
+    "NbllmError", "ConfigurationError", "ModelError", "OutputInvalid", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
     "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "display_url",
     "remember_secrets", "detached", "scrub_library_logs", "server_failed",
 ]
@@ -147,6 +147,15 @@ class BadValue(ValueError):
     Internal to the settings reader, which turns it into one warning and uses the default."""
 
 
+class NotValid(ValueError):
+    """A typed answer does not validate (`problem` in one line, `text` as it came). Internal to the
+    check of typed answers (`typed.py`), which the pipeline turns into `OutputInvalid`."""
+
+    def __init__(self, problem: str, text: str):
+        super().__init__(problem)
+        self.problem, self.text = problem, text
+
+
 class NbllmError(Exception):
     """Base class of every error nbllm raises on purpose; its message is always scrubbed."""
 
@@ -196,6 +205,21 @@ class ModelError(NbllmError, RuntimeError):
 def _rebuild_model_error(cls: type[ModelError], provider: str, reason: str, url: str | None, hint: str | None,
                          retryable: bool, retry_after: float | None, status: int | None) -> ModelError:
     return cls(provider, reason, url, hint, retryable=retryable, retry_after=retry_after, status=status)
+
+
+class OutputInvalid(ModelError):
+    """A typed answer (`output_type=`) did not validate, even after the error was fed back once.
+    `.problem` says what was wrong in one line, `.text` keeps what the provider sent."""
+
+    def __init__(self, provider: str, what: str, problem: str, url: str | None = None, text: str = ""):
+        self.what = what
+        self.problem = scrub(problem)
+        self.text = scrub(text)
+        super().__init__(provider, f"the answer is not a valid {what} ({self.problem})", url,
+                         "make the prompt clearer, the type simpler, or try a stronger model")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.provider, self.what, self.problem, self.url, self.text))
 
 
 class ReplayMiss(ModelError):

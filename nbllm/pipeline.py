@@ -45,9 +45,9 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import calllog, replay, routing
+from . import calllog, replay, routing, typed
 from .catalog import AUTO, Link
-from .errors import ModelError, NbllmError, detached
+from .errors import ModelError, NbllmError, NotValid, OutputInvalid, detached
 from .failures import describe_failure
 from .registry import get_registry
 from .request import OPTIONS, Answer, Call, Fallback, Notice, Request, Target, describe, for_provider, link_call
@@ -139,43 +139,67 @@ async def _crash_report(target: Target, error: ModelError) -> ModelError:
     return error
 
 
-def _finish(answer: Answer, response: Any, call: Call, sent: list[Any], target: Target) -> Answer:
-    usage = getattr(response, "usage", None)
-    if usage is not None and (usage.input_tokens or usage.output_tokens):  # 0/0: the server sent no usage
-        answer.input_tokens = usage.input_tokens
-        answer.output_tokens = usage.output_tokens
+def _finish(answer: Answer, responses: Any, call: Call, sent: list[Any], target: Target) -> Answer:
+    """Usage and cost of the reply (or replies: a typed answer's retry counts too), and chat memory."""
+    responses = responses if isinstance(responses, list) else [responses]
+    usages = [r.usage for r in responses if getattr(r, "usage", None) is not None]
+    if any(u.input_tokens or u.output_tokens for u in usages):  # 0/0: the server sent no usage
+        answer.input_tokens = sum(u.input_tokens or 0 for u in usages)
+        answer.output_tokens = sum(u.output_tokens or 0 for u in usages)
     answer.cost_usd = None
     if target.priced:  # a self-hosted server behind OPENAI_BASE_URL is not charged OpenAI's prices
         try:
-            answer.cost_usd = float(response.cost().total_price)
+            answer.cost_usd = sum(float(r.cost().total_price) for r in responses)
         except Exception:  # prices are unknown for this model
             answer.cost_usd = None
-    answer.messages = [sent[-1], response]
+    answer.messages = [sent[-1], responses[-1]]
     if call.request.chat is not None and answer.ok:
         call.request.chat.extend(answer.messages)
     return answer
 
 
 async def _attempt(call: Call, target: Target) -> Answer:
-    """One request, no retry; raises a described ModelError."""
+    """One request (two for a typed answer whose first reply did not validate: the problem is fed
+    back once), no retry; raises a described ModelError (`OutputInvalid` for a reply that stays invalid)."""
     from pydantic_ai.direct import model_request
 
     model, options = _model_and_options(call, target, streamed=False)
     messages = _request_messages(call)
+    plan = typed.plan_for(call.request.output_type) if call.request.output_type is not None else None
+    parameters = None
+    if plan is not None:
+        parameters, extra = plan.parameters(model, target.spec)
+        options.update(extra)
     started = time.perf_counter()
-    failure: ModelError | None = None
-    try:
-        response = await model_request(model, messages, model_settings=options)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        failure = _failed(exc, target, options["timeout"])
-    if failure is not None:  # raised outside the except: the SDK's exception is not chained
-        raise await _crash_report(target, failure)
-    text = "".join(part.content for part in response.parts if getattr(part, "part_kind", "") == "text")
+    responses: list[Any] = []
+    output = None
+    while True:
+        failure: ModelError | None = None
+        try:
+            response = await model_request(model, messages, model_settings=options,
+                                           model_request_parameters=parameters)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failure = _failed(exc, target, options["timeout"])
+        if failure is not None:  # raised outside the except: the SDK's exception is not chained
+            raise await _crash_report(target, failure)
+        responses.append(response)
+        if plan is None:
+            text = "".join(part.content for part in response.parts if getattr(part, "part_kind", "") == "text")
+            break
+        invalid: NotValid | None = None
+        try:
+            output, text = plan.parse(response)
+            break
+        except NotValid as exc:
+            invalid = exc
+        if len(responses) == 2:
+            raise OutputInvalid(target.provider, plan.name, invalid.problem, target.url, invalid.text)
+        messages = [*messages, response, plan.retry_request(response, invalid.problem)]
     answer = Answer(text, target.provider, target.model, (time.perf_counter() - started) * 1000,
-                    reason=target.reason)
-    return _finish(answer, response, call, messages, target)
+                    reason=target.reason, output=output)
+    return _finish(answer, responses, call, messages, target)
 
 
 class _Attempts:
@@ -267,6 +291,8 @@ def _replayed(hit: replay.Recording, call: Call, started: float) -> Answer:
     answer = Answer(hit.text, hit.provider, hit.model, (time.perf_counter() - started) * 1000,
                     hit.input_tokens, hit.output_tokens, reason="replayed from the cache", cost_usd=hit.cost_usd,
                     cached=True)
+    if call.request.output_type is not None:  # the recorded JSON, validated again as the type asked for
+        answer.output = typed.plan_for(call.request.output_type).parse_text(hit.text)
     usage = RequestUsage(input_tokens=hit.input_tokens or 0, output_tokens=hit.output_tokens or 0)
     answer.messages = [ModelRequest(parts=[UserPromptPart(call.prompt)], instructions=call.request.system or None),
                        ModelResponse(parts=[TextPart(hit.text)], usage=usage, model_name=hit.model)]

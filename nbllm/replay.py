@@ -260,6 +260,10 @@ def recorder(call: Any) -> Recorder | None:
         "system": request.system or None, "temperature": temperature, "max_tokens": max_tokens,
         "history": _transcript(list(request.chat.messages)) if request.chat is not None else [],
     }
+    if request.output_type is not None:  # a typed answer is another question: its schema is part of the key
+        from .typed import schema_key
+
+        asked["output"] = schema_key(request.output_type)
     return Recorder(call.cache_mode, asked)
 
 

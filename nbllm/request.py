@@ -27,7 +27,7 @@ __all__ = [
     "describe", "for_provider", "link_call",
 ]
 
-OPTIONS = ("model", "system", "temperature", "max_tokens", "timeout", "chat", "cache")
+OPTIONS = ("model", "system", "temperature", "max_tokens", "timeout", "chat", "cache", "output_type")
 """The per-call options every asking function takes (besides `provider`)."""
 
 _NUMBERS = {fld.attr: fld for fld in FIELDS if fld.attr in ("temperature", "max_tokens", "timeout", "max_retries")}
@@ -64,6 +64,8 @@ class Answer:
     attempts: int = 1
     fallbacks: list[Fallback] = field(default_factory=list)
     """The links of a fallback chain passed over before `provider` answered (or before it failed)."""
+    output: Any = None
+    """With `output_type=`: the validated value (`text` keeps the JSON it came as); else None."""
 
     @property
     def ok(self) -> bool:
@@ -96,6 +98,8 @@ class Request:
     chat: Conversation | None = field(default=None, compare=False)
     cache: str | None = None
     """Replay-cache mode for this call ("record" | "replay" | "off"); None: the global mode."""
+    output_type: Any = field(default=None, compare=False)
+    """A type the answer must validate as (pydantic model, dataclass, TypedDict, Literal, list, scalar)."""
     retry: RetryPolicy = RetryPolicy()
 
     def numbers(self, settings: ProviderSettings) -> dict[str, Any]:
@@ -223,6 +227,13 @@ def _described(prompt: str, where: str, provider: str | None, retry: RetryPolicy
                max_retries: int | None, options: dict[str, Any]) -> Call:
     check_prompt(prompt)
     check_options(options, where)
+    if options.get("output_type") is not None:
+        from .typed import plan_for
+
+        plan_for(options["output_type"])  # a type pydantic cannot describe: one error now
+        if kind == "stream":
+            raise ConfigurationError("A typed answer (output_type=) is validated whole, so it cannot stream: "
+                                     "use nbllm.ask(..., output_type=...).")
     if max_retries is not None:
         check_options({"max_retries": max_retries}, where, ("max_retries",))
         retry = replace(retry or RetryPolicy(), retries=max_retries)
