@@ -197,6 +197,11 @@ class ModelError(NbllmError, RuntimeError):
         itself is wrong for this provider: trying elsewhere would hide that."""
         return server_failed(self.status) or self.status == 429
 
+    @property
+    def nothing_answered(self) -> bool:
+        """No usable reply came at all (refused, unreachable, garbage): a chain skips the provider a while."""
+        return self.status is None and not self.retryable
+
     def __reduce__(self) -> Any:  # picklable (multiprocessing, nbclient) with every fact kept
         return (_rebuild_model_error, (type(self), self.provider, self.reason, self.url, self.hint,
                                        self.retryable, self.retry_after, self.status))
@@ -217,6 +222,14 @@ class OutputInvalid(ModelError):
         self.text = scrub(text)
         super().__init__(provider, f"the answer is not a valid {what} ({self.problem})", url,
                          "make the prompt clearer, the type simpler, or try a stronger model")
+
+    @property
+    def moves_on(self) -> bool:  # the server answered; what it said was wrong: another provider or
+        return False              # server would not make the question clearer, and none is taken out
+
+    @property
+    def nothing_answered(self) -> bool:
+        return False
 
     def __reduce__(self) -> Any:
         return (type(self), (self.provider, self.what, self.problem, self.url, self.text))

@@ -246,7 +246,7 @@ class _Attempts:
                 return True
         delay = _retry_wait(self.call, self.target, error, self.retries) if retry else None
         if delay is None:
-            if retry and error.status is None and not error.retryable:  # nothing answered: chains skip it a while
+            if retry and error.nothing_answered:  # a chain skips it for a while
                 routing.mark_down(self.target.provider, error.reason)
             return False
         self.retries += 1

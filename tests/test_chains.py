@@ -412,3 +412,29 @@ def test_an_endpoint_added_by_api_answers_map_and_compare(two, fake_server):
     frame = nbllm.compare("hi", providers=["gpu", "gpu:other-model", "llamacpp"])
     assert list(frame["provider"]) == ["gpu", "gpu", "llamacpp"] and frame["error"].isna().all()
     assert list(frame["model"])[:2] == ["fake-model", "other-model"]
+
+
+def test_an_invalid_typed_answer_stops_the_chain_and_takes_no_server_out(two, make_server, monkeypatch):
+    from pydantic import BaseModel
+
+    from nbllm import fleet
+    from nbllm.errors import OutputInvalid
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    a, b = two
+    a.set(reply='{"name": "Ann"}')  # valid JSON, but no age: invalid twice
+    with pytest.raises(OutputInvalid) as caught:
+        nbllm.ask("who?", provider="lmstudio,llamacpp", output_type=Person)
+    assert caught.value.text == '{"name": "Ann"}' and b.chat_requests() == []
+    assert nbllm.ask("who?", provider="lmstudio,llamacpp").provider == "lmstudio"  # not marked down
+    servers = [make_server(reply='{"name": "Bo"}') for _ in range(2)]
+    monkeypatch.setenv("VLLM_BASE_URL", ",".join(s.url + "/v1" for s in servers))
+    monkeypatch.setenv("VLLM_MODEL", "m")
+    reset_nbllm()
+    with pytest.raises(OutputInvalid):
+        nbllm.ask("who?", provider="vllm", output_type=Person)
+    assert not any(fleet.is_out(s.url + "/v1") for s in servers)
+    assert sum(len(s.chat_requests()) for s in servers) == 2  # the first reply and its one retry
