@@ -145,6 +145,21 @@ def _problem(exc: Any) -> str:
     return "; ".join(parts) + more
 
 
+def _pydantic_ready(output_type: Any) -> Any:
+    """`typing.TypedDict` as the `typing_extensions` one pydantic needs before Python 3.12 (the
+    values are plain dicts either way); any other type as it is."""
+    import sys
+    import typing
+
+    if sys.version_info >= (3, 12) or not typing.is_typeddict(output_type) \
+            or type(output_type).__module__ != "typing":
+        return output_type
+    import typing_extensions
+
+    hints = typing.get_type_hints(output_type, include_extras=True)
+    return typing_extensions.TypedDict(output_type.__name__, hints, total=output_type.__total__)
+
+
 @functools.lru_cache(maxsize=128)
 def _plan(output_type: Any) -> OutputPlan:
     from pydantic import TypeAdapter, create_model
@@ -153,7 +168,7 @@ def _plan(output_type: Any) -> OutputPlan:
     from .errors import ConfigurationError
 
     try:
-        adapter = TypeAdapter(output_type)
+        adapter = TypeAdapter(_pydantic_ready(output_type))
         schema = adapter.json_schema()
     except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
         raise ConfigurationError(f"output_type={output_type!r} cannot be used: pydantic cannot describe it "
