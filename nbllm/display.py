@@ -23,6 +23,7 @@ from .errors import CellError, Interrupted
 
 __all__ = [
     "FORMATS", "AnswerView", "CellError", "Interrupted", "Converted", "convert", "extract_code", "footer", "rich_frontend",
+    "typed", "table_rows",
 ]
 
 FORMATS = ("markdown", "text", "code", "json", "html")
@@ -78,6 +79,72 @@ def convert(text: str, fmt: str) -> Converted:
             return Converted(text, {"text/plain": text}, problem)
         return Converted(value, {"application/json": value, "text/plain": pformat(value)})
     return Converted(text, _plain_bundle(text, fmt))
+
+
+CELL_WIDTH = 60
+"""Characters of one cell in a typed answer's text/plain table (the HTML table and the value keep all)."""
+
+
+def _cell_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def table_rows(value: Any) -> tuple[list[str], list[list[str]]] | None:
+    """A typed answer as (header, rows): `field | value` for one object, one row per item (a column
+    per field) for a list of objects, `# | value` for a list of plain values; None for a plain value."""
+    from pydantic_core import to_jsonable_python
+
+    data = to_jsonable_python(value, by_alias=True, serialize_unknown=True)
+    if isinstance(data, dict):
+        return ["field", "value"], [[str(key), _cell_text(item)] for key, item in data.items()]
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        header: list[str] = []
+        for item in data:
+            header.extend(str(key) for key in item if str(key) not in header)
+        return header, [[_cell_text(item.get(key)) if key in item else "" for key in header] for item in data]
+    if isinstance(data, list):
+        return ["#", "value"], [[str(i), _cell_text(item)] for i, item in enumerate(data)]
+    return None
+
+
+def _plain_table(header: list[str], rows: list[list[str]]) -> str:
+    def fit(text: str) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+
+    cells = [[fit(c) for c in header], *[[fit(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]], title: str | None) -> str:
+    import html
+
+    esc = html.escape
+    caption = f"<caption>{esc(title)}</caption>" if title else ""
+    head = "".join(f"<th>{esc(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (f'<table class="nbllm-typed">{caption}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def typed(value: Any, fmt: str = "markdown", title: str | None = None) -> Converted:
+    """A validated answer (`--schema`) shown as a small table; `fmt` "text" sends only text/plain."""
+    table = table_rows(value)
+    if table is None:
+        import html
+
+        plain = value if isinstance(value, str) else pformat(value)
+        bundle = {"text/plain": plain, "text/html": f"<code>{html.escape(plain)}</code>"}
+    else:
+        bundle = {"text/plain": _plain_table(*table), "text/html": _html_table(*table, title)}
+    if fmt == "text":
+        bundle = {"text/plain": bundle["text/plain"]}
+    return Converted(value, bundle)
 
 
 def footer(meta: dict[str, Any]) -> str:

@@ -12,6 +12,13 @@ providers that *answered* (agreement among answers); `confidence_asked` divides
 by the weight of all providers *asked*, so every failure or timeout lowers it.
 With no answer at all the result has `decision=None`, both confidences 0 and a
 `message` that says why; it does not raise.
+
+With `output_type=X` (a typed answer, see nbllm.typed) `compare` adds `output` (the validated
+value) and `valid` (False when the answer did not validate or the provider failed; `error` says
+why; `answer` is then the raw text) and `answer` is the value's JSON. `consensus` votes on the
+values — their JSON with sorted keys, exactly: validation already settled the form, and casefolding
+a name or a label would merge answers that differ — and only valid answers vote; `output` holds
+the winning value.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline, routing
-from .errors import ConfigurationError
+from .errors import ConfigurationError, OutputInvalid
 from .pipeline import Call
 from .health import NOT_STARTED
 from .catalog import AUTO
@@ -36,9 +43,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "compare", "compare_async", "consensus", "consensus_async", "ConsensusResult", "normalise", "COMPARE_COLUMNS",
+    "TYPED_COLUMNS", "value_json",
 ]
 
 COMPARE_COLUMNS = ["provider", "model", "answer", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "error"]
+TYPED_COLUMNS = ["provider", "model", "answer", "output", "valid", "latency_ms", "input_tokens", "output_tokens",
+                 "cost_usd", "error"]
+"""`compare(..., output_type=X)`'s columns: `output` is the validated value, `valid` whether there is one."""
 
 
 # ---- fan-out ---------------------------------------------------------------------------
@@ -79,14 +90,31 @@ async def _targets(names: list[str] | None) -> list[tuple[str, str | None]]:
     return available
 
 
+def value_json(value: Any, sort_keys: bool = False) -> str:
+    """A validated value as JSON text (its fields by their JSON names); what cannot be JSON, as text."""
+    import json
+
+    from pydantic_core import to_jsonable_python
+
+    return json.dumps(to_jsonable_python(value, by_alias=True, serialize_unknown=True), ensure_ascii=False,
+                      sort_keys=sort_keys)
+
+
 async def _one(call: Call) -> dict[str, Any]:
     started = time.perf_counter()
-    row: dict[str, Any] = dict.fromkeys(COMPARE_COLUMNS)
+    typed = call.request.output_type is not None
+    row: dict[str, Any] = dict.fromkeys(TYPED_COLUMNS if typed else COMPARE_COLUMNS)
     row.update(provider=call.provider, model=call.model or "", answer="")
+    if typed:
+        row["valid"] = False
     try:
         answer = await pipeline.answer(call)
     except asyncio.CancelledError:
         raise
+    except OutputInvalid as exc:  # it answered, but not with a valid value: the text and the reason are kept
+        row.update(answer=exc.text, latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                   error=f"not a valid {exc.what}: {exc.problem}")
+        return row
     except Exception as exc:  # a failure is a row, never an exception
         row.update(latency_ms=round((time.perf_counter() - started) * 1000, 1), error=str(exc) or type(exc).__name__)
         return row
@@ -95,6 +123,8 @@ async def _one(call: Call) -> dict[str, Any]:
         input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, cost_usd=answer.cost_usd,
         error=answer.error,
     )
+    if typed and answer.ok:
+        row.update(answer=value_json(answer.output), output=answer.output, valid=True)
     return row
 
 
@@ -115,7 +145,11 @@ def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
 
     from .store import cast_usage
 
-    return cast_usage(pd.DataFrame(rows, columns=COMPARE_COLUMNS))
+    typed = bool(rows) and "valid" in rows[0]
+    frame = cast_usage(pd.DataFrame(rows, columns=TYPED_COLUMNS if typed else COMPARE_COLUMNS))
+    if typed:
+        frame["valid"] = frame["valid"].astype(bool)
+    return frame
 
 
 # ---- compare -----------------------------------------------------------------------------
@@ -125,7 +159,9 @@ def compare(prompt: str, providers: str | list[str] | None = None, **options: An
     """Ask several providers at once; one row each: provider, model, answer, latency_ms, tokens, cost_usd, error.
 
     `providers`: names (a list, or "a,b"); None asks every available provider.
-    `options` are those of `nbllm.ask` (system, temperature, max_tokens, timeout, model, cache).
+    `options` are those of `nbllm.ask` (system, temperature, max_tokens, timeout, model, cache, output_type).
+    With `output_type=X` there are two more columns, `output` (the validated value) and `valid`
+    (which providers produced a valid X); `answer` is the value's JSON, or the raw text when invalid.
     """
     return _frame(bridge.run(_fan_out(prompt, providers, options)))
 
@@ -180,6 +216,8 @@ class ConsensusResult:
     message: str
     tie: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    output: Any = None
+    """With `output_type=`: the winning validated value (`decision` is its JSON); else None."""
 
     @property
     def ok(self) -> bool:
@@ -201,7 +239,7 @@ class ConsensusResult:
             return self.message
         failed = f"; failed: {', '.join(self.failed)}" if self.failed else ""
         tie = " (tie)" if self.tie else ""
-        return (f"confidence {self.confidence:.2f}{tie} — weight {_w(self.votes[normalise(self.decision)])} of "
+        return (f"confidence {self.confidence:.2f}{tie} — weight {_w(max(self.votes.values()))} of "
                 f"{_w(self.weight_answered)} that answered; {self.confidence_asked:.2f} of all "
                 f"{_w(self.weight_asked)} asked{failed}")
 
@@ -244,12 +282,18 @@ def _vote(prompt: str, rows: list[dict[str, Any]]) -> ConsensusResult:
     answers: dict[str, str] = {}
     failed: dict[str, str] = {}
     table: list[dict[str, Any]] = []
+    outputs: dict[str, Any] = {}
     weight_asked = weight_answered = 0.0
     for row in rows:
         weight = registry.settings(row["provider"]).weight
         weight_asked += weight
         text = row["answer"] or ""
-        key = normalise(text) if not row["error"] else ""
+        if "valid" in row:  # typed: the value votes, exactly; an invalid answer does not
+            key = value_json(row["output"], sort_keys=True) if row["valid"] else ""
+            if key:
+                outputs.setdefault(key, row["output"])
+        else:
+            key = normalise(text) if not row["error"] else ""
         if row["error"] or not key:
             failed[row["provider"]] = row["error"] or "empty answer"
         else:
@@ -272,7 +316,7 @@ def _vote(prompt: str, rows: list[dict[str, Any]]) -> ConsensusResult:
     confidence = best / weight_answered if weight_answered else 0.0
     confidence_asked = best / weight_asked if weight_asked else 0.0
     result = ConsensusResult(prompt, first_text[winner], confidence, confidence_asked, answers, failed, votes,
-                             weight_answered, weight_asked, "", tie, table)
+                             weight_answered, weight_asked, "", tie, table, outputs.get(winner))
     result.message = f"{result.decision} ({result._summary()})"
     return result
 
@@ -280,7 +324,8 @@ def _vote(prompt: str, rows: list[dict[str, Any]]) -> ConsensusResult:
 def consensus(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
     """Ask several providers at once and take a vote weighted by each provider's `{P}_WEIGHT`.
 
-    Answers are compared after `normalise`. Never raises for a provider that fails;
+    Answers are compared after `normalise`; with `output_type=X`, the validated values are
+    compared exactly (invalid answers do not vote) and `.output` is the winning value. Never raises for a provider that fails;
     with no answer at all, `decision` is None and `message` says why.
     """
     return _vote(prompt, bridge.run(_fan_out(prompt, providers, options)))

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pandas as pd
 import pytest
+from pydantic import BaseModel
 
 import nbllm
 from nbllm.errors import ConfigurationError
-from nbllm.multi import COMPARE_COLUMNS, ConsensusResult, normalise
+from nbllm.multi import COMPARE_COLUMNS, TYPED_COLUMNS, ConsensusResult, normalise
 
 from conftest import reset_nbllm
 
@@ -245,3 +247,53 @@ def test_compare_with_the_embedded_model(make_server, monkeypatch):
     frame = result.to_frame().set_index("provider")
     assert pd.isna(frame.loc["embedded", "error"]) and frame.loc["embedded", "answer"].strip()
     assert result.decision is not None and result.weight_asked == 2.0
+
+
+# ---- typed answers (output_type=) ----------------------------------------------------------
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+def test_compare_with_output_type_says_which_providers_are_valid(make_server, monkeypatch):
+    servers = {
+        "lmstudio": make_server(reply='{"name": "Paris", "population": 2100000}'),
+        "ollama": make_server(reply='{"name": "Paris", "population": "many"}'),  # invalid, twice
+        "llamacpp": make_server(mode="error", status=500),
+    }
+    point(monkeypatch, servers)
+    df = nbllm.compare("capital of France?", providers=list(LOCAL), output_type=City)
+    assert list(df.columns) == TYPED_COLUMNS and df["valid"].dtype == bool
+    assert list(df["valid"]) == [True, False, False]
+    rows = df.set_index("provider")
+    assert rows.loc["lmstudio", "output"] == City(name="Paris", population=2100000)
+    assert json.loads(rows.loc["lmstudio", "answer"]) == {"name": "Paris", "population": 2100000}
+    assert pd.isna(rows.loc["lmstudio", "error"])
+    assert rows.loc["ollama", "answer"] == '{"name": "Paris", "population": "many"}'  # the raw text, kept
+    assert rows.loc["ollama", "error"].startswith("not a valid City: population: Input should be a valid integer")
+    assert rows.loc["ollama", "output"] is None
+    assert "HTTP 500" in rows.loc["llamacpp", "error"]
+    assert len(servers["ollama"].chat_requests()) == 2  # asked again once with the problem
+    lmstudio_body = servers["lmstudio"].chat_requests()[-1]["body"]
+    assert lmstudio_body["response_format"]["json_schema"]["schema"]["required"] == ["name", "population"]
+    assert list(nbllm.compare("x", providers=["lmstudio"]).columns) == COMPARE_COLUMNS  # untyped: as before
+
+
+def test_consensus_with_output_type_votes_on_the_values(make_server, monkeypatch):
+    servers = {
+        "lmstudio": make_server(reply='{"name": "Paris", "population": 2}'),
+        "ollama": make_server(reply='{ "population": 2,\n "name": "Paris" }'),  # same value, other spelling
+        "llamacpp": make_server(reply='{"name": "paris", "population": 2}'),  # another value: case is kept
+    }
+    point(monkeypatch, servers, LMSTUDIO_WEIGHT="0.5", OLLAMA_WEIGHT="0.5", LLAMACPP_WEIGHT="0.9")
+    result = nbllm.consensus("?", providers=list(LOCAL), output_type=City)
+    assert result.output == City(name="Paris", population=2)
+    assert json.loads(result.decision) == {"name": "Paris", "population": 2}
+    assert result.confidence == pytest.approx(1 / 1.9) and len(result.votes) == 2
+    assert list(result.to_frame()["agrees"]) == [True, True, False]
+    servers["llamacpp"].set(reply="not json")
+    result = nbllm.consensus("?", providers=list(LOCAL), output_type=City)
+    assert "llamacpp" in result.failed and "not a valid City" in result.failed["llamacpp"]
+    assert result.confidence == 1.0 and result.confidence_asked == pytest.approx(1 / 1.9)

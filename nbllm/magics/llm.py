@@ -26,6 +26,7 @@ __all__ = ["LLMMagics", "split_line"]
 
 _TOKEN = re.compile(r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\s"'])+""")
 _PROVIDER_LIST = re.compile(r"[\w.\-]+(?:,[\w.\-]+)+")
+_NAME = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*")  # `--schema Person`: a class's name, not a quick form
 
 
 def _unquote(token: str) -> str:
@@ -111,6 +112,10 @@ class LLMMagics(Magics):
     @argument("-f", "--format", choices=FORMATS, default=None,
               help="markdown (default), text, code (into the next cell), json (parsed object), html")
     @argument("-o", "--out", metavar="NAME", help="store the answer (text, or parsed object) in variable NAME")
+    @argument("--schema", metavar="NAME",
+              help="validate the answer into NAME, a pydantic model, dataclass or TypedDict of the notebook, or a "
+                   "quick form such as \"name: str, age: int, tags: list[str]\" (also list[str], "
+                   "Literal['a', 'b']); -o gets the object, shown as a table; not streamed, no -f json/code")
     @argument("--chat", action="store_true", help="continue the kernel's conversation (nbllm.conversation())")
     @argument("--reset", action="store_true", help="clear the conversation first (alone: just clear it)")
     @argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming it")
@@ -129,13 +134,20 @@ class LLMMagics(Magics):
         `{{` and `}}` are literal braces; anything that does not resolve (JSON, code) is
         sent as written. The answer streams into one display whose metadata records the
         provider, model, token usage and latency. `%llm question` returns the answer
-        (a parsed object with -f json) instead of displaying it. (IPython reads a line with
+        (a parsed object with -f json, the validated object with --schema) instead of
+        displaying it. With `--schema NAME` the answer is asked for as that type and
+        validated whole (one retry feeds the error back); `-o` gets the object, the display
+        is a table; an answer that stays invalid is one line and its text is kept (in -o's
+        variable). (IPython reads a line with
         an apostrophe that ends in `?` as a help request: use the cell form for those.)
         """
         args, prompt = self._arguments(line, cell)
         fmt = args.format or self.default_format
         if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
             raise UsageError(f"-o needs a variable name, not {args.out!r}.")
+        if args.schema is not None and args.format in ("code", "json"):
+            raise UsageError(f"--schema validates the answer into an object: leave out -f {args.format} "
+                             "(-f text shows its table as plain text).")
         from ..session import conversation
 
         if args.reset:
@@ -150,8 +162,13 @@ class LLMMagics(Magics):
         if self.interpolate and not args.raw:
             prompt = interpolate(prompt, self._namespace())
         options = self._call_options(args, conversation() if args.chat else None)
+        if args.schema is not None:
+            options["output_type"] = self._schema(args.schema)
         if args.compare is not None or args.consensus is not None:
             return _many(self.shell, args, prompt, options, show=cell is not None)
+        if args.schema is not None:
+            fmt = fmt if fmt in ("markdown", "text", "html") else "markdown"
+            return self._ask_typed(self._describe(prompt, options, "ask"), fmt, args, line=cell is None)
         streaming = cell is not None and self.stream and not args.no_stream
         call = self._describe(prompt, options, "stream" if streaming else "ask")
         if cell is None:
@@ -199,6 +216,15 @@ class LLMMagics(Magics):
         }
         return {key: value for key, value in options.items() if value is not None}
 
+    def _schema(self, text: str) -> Any:
+        """The output type `--schema` names: a class of the notebook or a quick form (read, never run)."""
+        from ..schemas import resolve_schema
+
+        try:
+            return resolve_schema(text, self._namespace())
+        except NbllmError as exc:
+            raise CellError(str(exc)) from None
+
     # --- one provider --------------------------------------------------------------
     @staticmethod
     def _ask(call: Any) -> Any:
@@ -211,6 +237,46 @@ class LLMMagics(Magics):
             raise CellError(str(exc)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted, the request was cancelled") from None
+
+    def _ask_typed(self, call: Any, fmt: str, args: Namespace, line: bool) -> Any:
+        """`--schema`: the validated object into -o and a table; an invalid answer shown as its text."""
+        from ..calls import ask
+        from ..display import Converted, typed
+        from ..errors import OutputInvalid
+        from ..pipeline import Answer
+        from ..schemas import schema_name
+
+        invalid: OutputInvalid | None = None
+        try:
+            answer = ask(call)
+        except OutputInvalid as exc:
+            invalid = exc
+            answer = Answer(exc.text, exc.provider, call.model or "", error=str(exc))
+        except NbllmError as exc:
+            raise CellError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted, the request was cancelled") from None
+        self.last_answer = answer
+        output_type = call.request.output_type
+        metadata = {**answer.metadata(), "format": fmt, "schema": args.schema}
+        if invalid is None:
+            named = isinstance(output_type, type) and _NAME.fullmatch(args.schema.strip()) is not None
+            shown = typed(answer.output, fmt, title=schema_name(output_type) if named else None)
+            value = answer.output
+        else:
+            shown = Converted(answer.text, {"text/plain": answer.text})
+            value = answer.text
+        if not line:
+            view = AnswerView(fmt, rich=rich_frontend(self.shell), show_footer=self.show_footer)
+            view.finish(shown, metadata, streamed=False)
+        self._keep(value, args.out, fmt, invalid is None)
+        if invalid is not None:
+            if args.out:
+                kept = f"; the text it sent is kept in {args.out}"
+            else:
+                kept = "; its text is shown above" if not line and answer.text else "; -o NAME keeps its text"
+            raise CellError(f"{invalid}{kept}")
+        return value if line else None
 
     def _ask_line(self, call: Any, fmt: str, out: str | None) -> Any:
         answer = self._ask(call)
