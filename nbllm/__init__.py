@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     # many providers at once, the call log and the replay cache
     "compare": "multi", "consensus": "multi", "map": "batch", "history": "calllog", "cache": "replay",
     "compare_async": "multi", "consensus_async": "multi", "map_async": "batch", "Failed": "batch",
+    # typed answers over DataFrames
+    "classify": "batch", "extract": "batch", "classify_async": "batch", "extract_async": "batch",
 }
 # Module names never equal an exported name: importing a submodule sets an attribute
 # of the same name on the package, which would shadow the function.

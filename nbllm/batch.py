@@ -1,8 +1,10 @@
-"""`nbllm.map`: one prompt per value of a list or Series, concurrently, nothing lost.
+"""`nbllm.map`: one prompt per value of a list or Series (or row of a DataFrame), concurrently, nothing lost.
 
-- Template: `{value}` or `{}` stands for the value; `{{` / `}}` are literal braces;
-  any other brace is left as it is. The value is inserted once and never parsed,
-  so a value full of braces (code, JSON) is sent exactly as it is.
+- Template: `{value}` or `{}` stands for the value, `{index}` for the row label; `{{` /
+  `}}` are literal braces; any other brace is left as it is. For a DataFrame, `{column}`
+  is the row's value of that column and a name that is no column is one error before
+  anything is sent (frames.py has the rules, NaN included). Values are inserted once and
+  never parsed, so a value full of braces (code, JSON) is sent exactly as it is.
 - Concurrency: `concurrency` workers on nbllm's loop take the inputs in order, so
   at most that many requests are in flight and memory does not grow with the input.
 - Retries: each input is retried on HTTP 429 and 5xx, timeouts and replies cut off,
@@ -15,6 +17,11 @@
   input order. An answer is its text; a failure is a `Failed` value carrying the
   error — never dropped, never stopping the rest. `failures(result)` lists them.
   `result.attrs["nbllm"]` has counts, tokens, cost and elapsed time.
+- Typed results (`output_type=X`): a DataFrame with the input's index, one typed column
+  per field of X (a pydantic model, dataclass or TypedDict; `output` for any other type)
+  and `_error` — None, or why that row has no value (its fields are NA). Its
+  `attrs["nbllm"]` has rows, ok, failed, skipped, interrupted, invalid, tokens, cost,
+  elapsed and `valid_rate` (ok / rows sent). `classify` and `extract` are built on it.
 - Ctrl-C: in-flight requests are cancelled and `MapInterrupted` (a
   KeyboardInterrupt) is raised; its `.partial` is the Series with every finished
   result, the unfinished ones marked `Failed(kind="interrupted")`. `last_partial()`
@@ -25,38 +32,39 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline
-from .errors import ConfigurationError, MapInterrupted
+from .errors import ConfigurationError, MapInterrupted, OutputInvalid
+from .frames import ERROR, Shape, Slot, Template, as_literal, checked_labels, frame, record_template
 from .pipeline import Call
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["map", "map_async", "Failed", "MapInterrupted", "failures", "last_partial", "render"]
-
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{value\}|\{\}")
+__all__ = ["map", "map_async", "classify", "classify_async", "extract", "extract_async", "Failed", "MapInterrupted",
+           "failures", "last_partial", "render"]
 
 
 @dataclass(frozen=True)
 class Failed:
     """An input whose answer could not be had: what went wrong, after how many attempts.
 
-    `kind`: "error" (the provider failed), "missing" (the input was None/NaN; nothing
-    was sent) or "interrupted" (Ctrl-C came first). Falsy, so `result[result.map(bool)]`
-    keeps the answers.
+    `kind`: "error" (the provider failed), "invalid" (a typed answer did not validate;
+    `text` keeps what was sent back), "missing" (the input was None/NaN; nothing was
+    sent) or "interrupted" (Ctrl-C came first). Falsy, so `result[result.map(bool)]`
+    keeps the answers. `reason` is the one line a typed result's `_error` shows.
     """
 
     error: str
     attempts: int = 0
     kind: str = "error"
+    reason: str = ""
+    text: str | None = None
 
     def __bool__(self) -> bool:
         return False
@@ -67,31 +75,31 @@ class Failed:
     __repr__ = __str__
 
 
-_last_partial: "pd.Series | None" = None
+_last_partial: "pd.Series | pd.DataFrame | None" = None
+
+_MISSING = Failed("the input is missing (None/NaN); nothing was sent", 0, "missing",
+                  "the input is missing (None/NaN); nothing was sent")
+_INTERRUPTED = Failed("interrupted before it finished", 0, "interrupted", "interrupted before it finished")
 
 
-def last_partial() -> "pd.Series | None":
+def last_partial() -> "pd.Series | pd.DataFrame | None":
     """The partial result of the last interrupted `map` (None if none was interrupted)."""
     return _last_partial
 
 
-def render(template: str, value: Any) -> str:
-    """The prompt for one value: `{value}`/`{}` replaced, `{{`/`}}` made single, the rest untouched."""
-
-    def substitute(match: re.Match[str]) -> str:
-        token = match.group(0)
-        return {"{{": "{", "}}": "}"}.get(token, str(value))
-
-    return _PLACEHOLDER.sub(substitute, template)
+def render(template: str, value: Any, label: Any = None) -> str:
+    """The prompt for one value: `{value}`/`{}` replaced (and `{index}` by `label`), `{{`/`}}` made single,
+    the rest untouched."""
+    return Template.parse(template).fill(value, label)
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return isinstance(value, float) and math.isnan(value) or value is getattr(_pd(), "NA", object())
-    except Exception:
-        return False
+def _failed(exc: Exception) -> Failed:
+    """A call's failure as a value: the full message, and the one line a typed result's `_error` shows."""
+    attempts = getattr(exc, "attempts", 1)
+    if isinstance(exc, OutputInvalid):
+        return Failed(str(exc), attempts, "invalid", f"invalid output: {exc.problem}", exc.text)
+    message = str(exc) or type(exc).__name__
+    return Failed(message, attempts, "error", " ".join(message.split()))
 
 
 def _pd() -> Any:
@@ -119,7 +127,7 @@ async def _attempts(plan: _Plan, prompt: str) -> Any:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return Failed(str(exc) or type(exc).__name__, getattr(exc, "attempts", 1))
+        return _failed(exc)
 
 
 async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
@@ -131,7 +139,7 @@ async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
         for position in positions:  # a shared iterator: each position is taken once
             prompt = plan.prompts[position]
             if prompt is None:
-                await done.put((position, Failed("the input is missing (None/NaN); nothing was sent", 0, "missing")))
+                await done.put((position, _MISSING))
                 continue
             await done.put((position, await _attempts(plan, prompt)))
 
@@ -145,32 +153,77 @@ async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
         await asyncio.gather(*workers, return_exceptions=True)
 
 
-def _plan(values: Any, template: str, provider: str | None, concurrency: int, retry: RetryPolicy,
-          options: dict[str, Any]) -> tuple[_Plan, Any]:
-    """Check the arguments (one clear error each, before anything is sent) and render the prompts."""
+@dataclass(frozen=True)
+class _Ask:
+    """What a run asks of each row and what its result is: `where` names the function in errors,
+    `shape` (with `output_type`) makes typed columns, `labels` makes classify's Categorical Series."""
+
+    where: str
+    template: str | Template
+    output_type: Any = None
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def shape(self) -> Shape | None:
+        return Shape.of(self.output_type) if self.output_type is not None else None
+
+
+def _rows(values: Any, where: str) -> Any:
+    """The input as a Series or DataFrame (a list becomes a Series with a RangeIndex)."""
     pd = _pd()
-    if isinstance(values, pd.Series):
-        index = values.index
+    if isinstance(values, (pd.Series, pd.DataFrame)):
+        return values
+    if hasattr(values, "__iter__") and not isinstance(values, (str, bytes, dict)):
+        import numpy as np
+
         items = list(values)
-    elif hasattr(values, "__iter__") and not isinstance(values, (str, bytes, dict)):
-        items = list(values)
-        index = pd.RangeIndex(len(items))
-    else:
-        raise ConfigurationError(f"map() takes a list or a pandas Series of values, not {type(values).__name__}.")
-    if not isinstance(template, str) or not _PLACEHOLDER.search(template.replace("{{", "").replace("}}", "")):
+        cells = np.empty(len(items), dtype=object)
+        for position, item in enumerate(items):  # each item one cell, even a list or a tuple
+            cells[position] = item
+        return pd.Series(cells, dtype=object)
+    raise ConfigurationError(f"{where}() takes a list or a pandas Series of values, or a DataFrame of rows, "
+                             f"not {type(values).__name__}.")
+
+
+def _template(data: Any, ask: _Ask) -> Template:
+    """The template parsed for this input; one clear error when it cannot fill a prompt per row."""
+    pd = _pd()
+    frame_input = isinstance(data, pd.DataFrame)
+    template = ask.template
+    if not isinstance(template, Template):
+        if not isinstance(template, str):
+            raise ConfigurationError(f"The template must be text, not {type(template).__name__}.")
+        constants = {"labels": ", ".join(ask.labels)} if ask.labels else None
+        template = Template.parse(template, list(data.columns) if frame_input else None, constants)
+    kinds = {slot.kind for slot in template.slots}
+    if frame_input and "column" not in kinds:
+        raise ConfigurationError("The template names no column, so every row would get the same prompt: "
+                                 "put {column} where each row's value goes (columns: "
+                                 f"{', '.join(str(c) for c in data.columns) or 'none'}).")
+    if not frame_input and "value" not in kinds:
         raise ConfigurationError("The template needs a {value} (or {}) placeholder where each value goes, "
                                  "e.g. 'Summarise: {value}'. Write {{ and }} for literal braces.")
+    return template
+
+
+def _plan(values: Any, ask: _Ask, provider: str | None, concurrency: int, retry: RetryPolicy,
+          options: dict[str, Any]) -> tuple[_Plan, Any]:
+    """Check the arguments (one clear error each, before anything is sent) and render the prompts."""
+    data = _rows(values, ask.where)
+    template = _template(data, ask)
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigurationError(f"concurrency={concurrency!r}: give a whole number of at least 1.")
     if retry.retries is not None and (not isinstance(retry.retries, int) or retry.retries < 0):
         raise ConfigurationError(f"retries={retry.retries!r}: give a whole number of at least 0, or None.")
     for name in ("chat", "max_retries"):
         if name in options:
-            raise ConfigurationError(f"map() does not take {name}=: each input is its own call (use retries=).")
-    prompts = [None if _is_missing(v) else render(template, v) for v in items]
+            raise ConfigurationError(f"{ask.where}() does not take {name}=: each input is its own call (use retries=).")
+    if ask.output_type is not None:
+        options = {**options, "output_type": ask.output_type}
+    prompts, index = template.prompts(data)
     first = next((p for p in prompts if p), None)
     # Described once (options checked once), with the first real prompt; every input reuses it.
-    call = pipeline.describe(first or template, "map", provider, retry, **options) if prompts else None
+    call = pipeline.describe(first or "(no prompt)", ask.where, provider, retry, **options) if prompts else None
     return _Plan(prompts, call, concurrency), index
 
 
@@ -193,7 +246,7 @@ def _series(index: Any, results: list[Any], started: float, interrupted: bool) -
     stats = {"ok": 0, "failed": 0, "interrupted": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
     for item in results:
         if item is None:
-            item = Failed("interrupted before it finished", 0, "interrupted")
+            item = _INTERRUPTED
         if isinstance(item, Failed):
             stats["interrupted" if item.kind == "interrupted" else "failed"] += 1
             values.append(item)
@@ -209,14 +262,59 @@ def _series(index: Any, results: list[Any], started: float, interrupted: bool) -
     return series
 
 
+_SKIP = {"missing": "skipped", "interrupted": "interrupted"}
+
+
+def _typed(shape: Shape, index: Any, results: list[Any], started: float, interrupted: bool) -> "pd.DataFrame":
+    """A typed run's DataFrame: the fields of each answer in its row, NA and `_error` where there is none."""
+    outputs: list[Any] = []
+    errors: list[str | None] = []
+    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "invalid": 0,
+             "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+    for item in results:
+        if item is None:
+            item = _INTERRUPTED
+        if isinstance(item, Failed):
+            stats[_SKIP.get(item.kind, "failed")] += 1
+            stats["invalid"] += item.kind == "invalid"
+            outputs.append(None)
+            errors.append(item.reason or item.error)
+            continue
+        stats["ok"] += 1
+        stats["input_tokens"] += item.input_tokens or 0
+        stats["output_tokens"] += item.output_tokens or 0
+        stats["cost_usd"] += item.cost_usd or 0.0
+        outputs.append(item.output)
+        errors.append(None)
+    result = frame(shape, index, outputs, errors)
+    sent = stats["ok"] + stats["failed"]
+    result.attrs["nbllm"] = {**stats, "cost_usd": round(stats["cost_usd"], 6),
+                             "elapsed_s": round(time.perf_counter() - started, 3),
+                             "valid_rate": round(stats["ok"] / sent, 4) if sent else None,
+                             "was_interrupted": interrupted}
+    return result
+
+
+def _labelled(typed: "pd.DataFrame") -> "pd.Series":
+    """classify's result: the label column alone (Categorical), its failures listed in attrs."""
+    series = typed["output"].rename("label")
+    errors = typed[ERROR]
+    failed = errors.notna()
+    series.attrs["nbllm"] = {**typed.attrs["nbllm"],
+                             "errors": list(zip(errors.index[failed], errors[failed]))}
+    return series
+
+
 class _Run:
     """The bookkeeping `map` and `map_async` share: results by position, progress bar, and
-    (as a context around the consuming loop) the partial Series when Ctrl-C or a cancel stops it."""
+    (as a context around the consuming loop) the partial result when Ctrl-C or a cancel stops it."""
 
-    def __init__(self, values: Any, template: str, provider: str | None, concurrency: int, retry: RetryPolicy,
+    def __init__(self, values: Any, ask: _Ask, provider: str | None, concurrency: int, retry: RetryPolicy,
                  options: dict[str, Any], progress: bool):
         self.started = time.perf_counter()
-        self.plan, self.index = _plan(values, template, provider, concurrency, retry, options)
+        self.ask = ask
+        self.shape = ask.shape  # a type that cannot be columns: one error before anything is sent
+        self.plan, self.index = _plan(values, ask, provider, concurrency, retry, options)
         self.results: list[Any] = [None] * len(self.plan.prompts)
         self.progress = progress
         self.bar: Any = None
@@ -226,11 +324,14 @@ class _Run:
         if self.bar is not None:
             self.bar.update(1)
 
-    def series(self, interrupted: bool = False) -> "pd.Series":
-        return _series(self.index, self.results, self.started, interrupted)
+    def result(self, interrupted: bool = False) -> "pd.Series | pd.DataFrame":
+        if self.shape is None:
+            return _series(self.index, self.results, self.started, interrupted)
+        typed = _typed(self.shape, self.index, self.results, self.started, interrupted)
+        return _labelled(typed) if self.ask.labels else typed
 
     def __enter__(self) -> "_Run":
-        self.bar = _progress(len(self.results), self.progress)
+        self.bar = _progress(len(self.results), self.progress, f"nbllm.{self.ask.where}")
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
@@ -239,21 +340,23 @@ class _Run:
             self.bar.close()
         if exc is None or not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError, bridge.Cancelled)):
             return
-        _last_partial = self.series(interrupted=True)
+        _last_partial = self.result(interrupted=True)
         if isinstance(exc, KeyboardInterrupt):
-            raise MapInterrupted(_last_partial) from None
+            stopped = MapInterrupted([_INTERRUPTED if r is None else r for r in self.results])  # counts per row
+            stopped.partial = _last_partial
+            raise stopped from None
         # a cancelled task stays cancelled; last_partial() keeps what finished
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, desc: str = "nbllm.map") -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as notebook_tqdm
 
     if issubclass(tqdm, notebook_tqdm):
-        return _NotebookBar(tqdm(total=total, desc="nbllm.map", unit="prompt", display=False))
-    return tqdm(total=total, desc="nbllm.map", unit="prompt")
+        return _NotebookBar(tqdm(total=total, desc=desc, unit="prompt", display=False))
+    return tqdm(total=total, desc=desc, unit="prompt")
 
 
 class _NotebookBar:
@@ -275,37 +378,130 @@ class _NotebookBar:
             self.handle.update(self.bar.container)
 
 
-def map(values: Any, template: str, provider: str | None = None, concurrency: int = 8, retries: int | None = None,
-        *, progress: bool = True, backoff: float = 0.5, max_wait: float = 60.0, **options: Any) -> "pd.Series":
-    """Ask once per value, `concurrency` at a time; a Series of answers (or `Failed`) aligned with the input.
-
-    `options` are those of `nbllm.ask` (model, system, temperature, max_tokens, timeout, cache).
-    """
-    run = _Run(values, template, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
+def _run(values: Any, ask: _Ask, provider: str | None, concurrency: int, retries: int | None, progress: bool,
+         backoff: float, max_wait: float, options: dict[str, Any]) -> Any:
+    run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
     if run.results:
         run.plan = bridge.run(_route(run.plan))
         with run:
             for position, result in bridge.iterate(_results(run.plan)):
                 run.add(position, result)
-    return run.series()
+    return run.result()
 
 
-async def map_async(values: Any, template: str, provider: str | None = None, concurrency: int = 8,
-                    retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
-                    max_wait: float = 60.0, **options: Any) -> "pd.Series":
-    """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished."""
-    run = _Run(values, template, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
+async def _run_async(values: Any, ask: _Ask, provider: str | None, concurrency: int, retries: int | None,
+                     progress: bool, backoff: float, max_wait: float, options: dict[str, Any]) -> Any:
+    run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
     if run.results:
         run.plan = await bridge.run_async(_route(run.plan))
         with run:
             async for position, result in bridge.aiterate(_results(run.plan)):
                 run.add(position, result)
-    return run.series()
+    return run.result()
 
 
-def failures(result: "pd.Series") -> "pd.DataFrame":
-    """The failed inputs of a `map` result: index, kind, attempts, error."""
+def map(values: Any, template: str, provider: str | None = None, concurrency: int = 8, retries: int | None = None,
+        *, progress: bool = True, backoff: float = 0.5, max_wait: float = 60.0, output_type: Any = None,
+        **options: Any) -> "pd.Series | pd.DataFrame":
+    """Ask once per value (or DataFrame row), `concurrency` at a time, aligned with the input.
+
+    Without `output_type`: a Series of answers (or `Failed`). With it: a DataFrame of typed
+    columns plus `_error` (see the module docstring). `options` are those of `nbllm.ask`
+    (model, system, temperature, max_tokens, timeout, cache).
+    """
+    return _run(values, _Ask("map", template, output_type), provider, concurrency, retries, progress, backoff,
+                max_wait, options)
+
+
+async def map_async(values: Any, template: str, provider: str | None = None, concurrency: int = 8,
+                    retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
+                    max_wait: float = 60.0, output_type: Any = None, **options: Any) -> "pd.Series | pd.DataFrame":
+    """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished."""
+    return await _run_async(values, _Ask("map", template, output_type), provider, concurrency, retries, progress,
+                            backoff, max_wait, options)
+
+
+# ---- classify and extract -----------------------------------------------------------------------
+
+
+def _classify_ask(data: Any, labels: Any, template: str | None) -> _Ask:
+    labels = checked_labels(labels)
+    if template is None:
+        template = _default(data, lambda kind: f"Classify this {kind} as exactly one of: {', '.join(labels)}.",
+                            "classify")
+    return _Ask("classify", template, as_literal(labels), tuple(labels))
+
+
+def _extract_ask(data: Any, output_type: Any, template: str | None) -> _Ask:
+    shape = Shape.of(output_type) if output_type is not None else None
+    if shape is None or not shape.structured:
+        raise ConfigurationError(f"extract() takes a pydantic model, a dataclass or a TypedDict, not {output_type!r}; "
+                                 "for one value per row use map(..., output_type=...).")
+    if template is None:
+        template = _default(data, lambda kind: f"Extract the fields of {output_type.__name__} from this {kind}.",
+                            "extract")
+    return _Ask("extract", template, output_type)
+
+
+def _default(data: Any, instruction: Callable[[str], str], where: str) -> Template:
+    """The template when none is given: the text itself for a Series, every column as `name: value` for a DataFrame
+    (built as parts, so braces in labels or column names are never read as placeholders)."""
+    data = _rows(data, where)
+    if isinstance(data, _pd().DataFrame):
+        return record_template(list(data.columns), instruction("record"))
+    return Template((instruction("text") + "\n\n", Slot("value")))
+
+
+def classify(values: Any, labels: Any, template: str | None = None, provider: str | None = None,
+             concurrency: int = 8, retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
+             max_wait: float = 60.0, **options: Any) -> "pd.Series":
+    """One of `labels` per value (or DataFrame row): a Categorical Series with exactly those categories.
+
+    An answer outside the labels is a failure (NA), never a new label; `attrs["nbllm"]["errors"]`
+    lists each failed row as (label, reason), `failures(result)` as a table. Without a template a
+    Series value is sent after "Classify this text as exactly one of: …", a DataFrame row as
+    `name: value` lines; a template of your own may use `{labels}` (the labels, comma-separated).
+    """
+    return _run(values, _classify_ask(values, labels, template), provider, concurrency, retries, progress, backoff,
+                max_wait, options)
+
+
+async def classify_async(values: Any, labels: Any, template: str | None = None, provider: str | None = None,
+                         concurrency: int = 8, retries: int | None = None, *, progress: bool = True,
+                         backoff: float = 0.5, max_wait: float = 60.0, **options: Any) -> "pd.Series":
+    """`classify` for `await`."""
+    return await _run_async(values, _classify_ask(values, labels, template), provider, concurrency, retries,
+                            progress, backoff, max_wait, options)
+
+
+def extract(values: Any, output_type: Any, template: str | None = None, provider: str | None = None,
+            concurrency: int = 8, retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
+            max_wait: float = 60.0, **options: Any) -> "pd.DataFrame":
+    """The fields of `output_type` (a pydantic model, dataclass or TypedDict) from each value or row:
+    `map(..., output_type=...)`'s DataFrame (typed columns plus `_error`). Without a template the
+    text (or every column as `name: value` lines) follows "Extract the fields of … from this …"."""
+    return _run(values, _extract_ask(values, output_type, template), provider, concurrency, retries, progress,
+                backoff, max_wait, options)
+
+
+async def extract_async(values: Any, output_type: Any, template: str | None = None, provider: str | None = None,
+                        concurrency: int = 8, retries: int | None = None, *, progress: bool = True,
+                        backoff: float = 0.5, max_wait: float = 60.0, **options: Any) -> "pd.DataFrame":
+    """`extract` for `await`."""
+    return await _run_async(values, _extract_ask(values, output_type, template), provider, concurrency, retries,
+                            progress, backoff, max_wait, options)
+
+
+def failures(result: "pd.Series | pd.DataFrame") -> "pd.DataFrame":
+    """The failed inputs of a result: index, kind, attempts, error for `map`'s text Series;
+    index and error for a typed DataFrame (its `_error`) or a `classify` Series."""
     pd = _pd()
+    if isinstance(result, pd.DataFrame) and ERROR in result.columns:
+        errors = result[ERROR]
+        return pd.DataFrame({"error": errors[errors.notna()]}).rename_axis("index")
+    listed = result.attrs.get("nbllm", {}).get("errors") if isinstance(result, pd.Series) else None
+    if listed is not None:
+        return pd.DataFrame(listed, columns=["index", "error"]).set_index("index")
     rows = [{"index": i, "kind": v.kind, "attempts": v.attempts, "error": v.error}
             for i, v in result.items() if isinstance(v, Failed)]
     return pd.DataFrame(rows, columns=["index", "kind", "attempts", "error"]).set_index("index")

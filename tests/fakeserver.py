@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["FakeLLMServer", "Behaviour"]
@@ -49,6 +50,13 @@ class Behaviour:
     included), the rest wait their turn; 0 means no limit.
     `die_after`: the server dies (see `FakeLLMServer.die`) when its Nth chat request
     arrives, which is dropped unanswered; 0 means never.
+    `replies`: the answer text per chat request instead of the echo — a function of the
+    request's user messages joined by blank lines (the prompt alone on a first request; a
+    validation retry adds its feedback after it) or a list cycled in arrival order. `reply`
+    wins when both are set.
+    `tool_calls`: a request that offers tools is answered with a call of the tool named by
+    its `tool_choice` (else its first tool), the reply text as the call's arguments — as a
+    server does when a client asks for tool output.
     """
 
     mode: str = "ok"
@@ -71,6 +79,8 @@ class Behaviour:
     seed: int = 0
     slots: int = 0
     die_after: int = 0
+    replies: Callable[[str], str] | list[str] | None = None
+    tool_calls: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -85,6 +95,7 @@ class FakeLLMServer:
         self._rng = random.Random(self.behaviour.seed)
         self.requests: list[dict[str, Any]] = []
         self._chat_count = 0
+        self._replied = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.dead = threading.Event()
@@ -108,6 +119,8 @@ class FakeLLMServer:
                 setattr(self.behaviour, key, value)
             if "fail_first" in changes:
                 self._chat_count = 0
+            if "replies" in changes:
+                self._replied = 0
             if "seed" in changes:
                 self._rng = random.Random(self.behaviour.seed)
             if "slots" in changes:
@@ -120,6 +133,7 @@ class FakeLLMServer:
             self._rng = random.Random(self.behaviour.seed)
             self.requests.clear()
             self._chat_count = 0
+            self._replied = 0
             self._slots = None
             self.peak_busy = 0
 
@@ -187,7 +201,31 @@ class FakeLLMServer:
         content = last.get("content", "")
         if isinstance(content, list):
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        replies = self.behaviour.replies
+        if callable(replies):
+            return replies("\n\n".join(_text(m.get("content")) for m in messages if m.get("role") == "user"))
+        if replies:
+            with self._lock:
+                turn, self._replied = self._replied, self._replied + 1
+            return replies[turn % len(replies)]
         return f"Echo: {content}"
+
+
+def _tool_called(body: dict[str, Any]) -> str | None:
+    """The tool a request asks to be called: the one its `tool_choice` names, else its first; None without tools."""
+    tools = body.get("tools") or []
+    if not tools:
+        return None
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("function", {}).get("name"):
+        return choice["function"]["name"]
+    return tools[0].get("function", {}).get("name")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
 
 
 def _slots(count: int) -> threading.Semaphore | None:
@@ -354,9 +392,15 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if body.get("stream"):
                 return self._stream(text, model)
             words = text.split(" ")
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            tool = _tool_called(body) if b.tool_calls else None
+            if tool is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": f"call_{len(server.requests)}", "type": "function",
+                     "function": {"name": tool, "arguments": text}}]}
             payload = {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool else "stop"}],
                 "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)},
             }
             if b.mode in ("cut", "trickle"):
