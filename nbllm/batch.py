@@ -240,52 +240,45 @@ async def _route(plan: _Plan) -> _Plan:
     return plan
 
 
+_SKIP = {"missing": "skipped", "interrupted": "interrupted"}
+
+
+def _tally(results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Each input's answer or `Failed` (an unfinished one: interrupted), and the counts, tokens and cost."""
+    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "invalid": 0,
+             "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+    items = []
+    for item in results:
+        item = _INTERRUPTED if item is None else item
+        if isinstance(item, Failed):
+            stats[_SKIP.get(item.kind, "failed")] += 1
+            stats["invalid"] += item.kind == "invalid"
+        else:
+            stats["ok"] += 1
+            stats["input_tokens"] += item.input_tokens or 0
+            stats["output_tokens"] += item.output_tokens or 0
+            stats["cost_usd"] += item.cost_usd or 0.0
+        items.append(item)
+    return items, stats
+
+
 def _series(index: Any, results: list[Any], started: float, interrupted: bool) -> "pd.Series":
     pd = _pd()
-    values: list[Any] = []
-    stats = {"ok": 0, "failed": 0, "interrupted": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-    for item in results:
-        if item is None:
-            item = _INTERRUPTED
-        if isinstance(item, Failed):
-            stats["interrupted" if item.kind == "interrupted" else "failed"] += 1
-            values.append(item)
-            continue
-        stats["ok"] += 1
-        stats["input_tokens"] += item.input_tokens or 0
-        stats["output_tokens"] += item.output_tokens or 0
-        stats["cost_usd"] += item.cost_usd or 0.0
-        values.append(item.text)
+    items, stats = _tally(results)
+    values = [item if isinstance(item, Failed) else item.text for item in items]
     series = pd.Series(values, index=index, dtype=object, name="answer")
-    series.attrs["nbllm"] = {**stats, "elapsed_s": round(time.perf_counter() - started, 3),
-                             "was_interrupted": interrupted}
+    counts = {key: stats[key] for key in ("ok", "failed", "interrupted", "input_tokens", "output_tokens")}
+    counts["failed"] += stats["skipped"]  # a text map counts a skipped (missing) input among the failed
+    series.attrs["nbllm"] = {**counts, "cost_usd": stats["cost_usd"],
+                             "elapsed_s": round(time.perf_counter() - started, 3), "was_interrupted": interrupted}
     return series
-
-
-_SKIP = {"missing": "skipped", "interrupted": "interrupted"}
 
 
 def _typed(shape: Shape, index: Any, results: list[Any], started: float, interrupted: bool) -> "pd.DataFrame":
     """A typed run's DataFrame: the fields of each answer in its row, NA and `_error` where there is none."""
-    outputs: list[Any] = []
-    errors: list[str | None] = []
-    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "invalid": 0,
-             "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-    for item in results:
-        if item is None:
-            item = _INTERRUPTED
-        if isinstance(item, Failed):
-            stats[_SKIP.get(item.kind, "failed")] += 1
-            stats["invalid"] += item.kind == "invalid"
-            outputs.append(None)
-            errors.append(item.reason or item.error)
-            continue
-        stats["ok"] += 1
-        stats["input_tokens"] += item.input_tokens or 0
-        stats["output_tokens"] += item.output_tokens or 0
-        stats["cost_usd"] += item.cost_usd or 0.0
-        outputs.append(item.output)
-        errors.append(None)
+    items, stats = _tally(results)
+    outputs = [None if isinstance(item, Failed) else item.output for item in items]
+    errors = [(item.reason or item.error) if isinstance(item, Failed) else None for item in items]
     result = frame(shape, index, outputs, errors)
     sent = stats["ok"] + stats["failed"]
     result.attrs["nbllm"] = {**stats, "cost_usd": round(stats["cost_usd"], 6),
