@@ -139,20 +139,26 @@ def _problem(exc: Any) -> str:
     errors = exc.errors(include_url=False)
     parts = []
     for error in errors[:3]:
-        where = ".".join(str(x) for x in error.get("loc", ()) if x != "response") or "the answer"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        where = ".".join(str(x) for x in error.get("loc", ()) if x != "response")
+        message = error.get("msg", "invalid")
+        parts.append(f"{where}: {message}" if where else message)
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(parts) + more
 
 
 def _pydantic_ready(output_type: Any) -> Any:
     """`typing.TypedDict` as the `typing_extensions` one pydantic needs before Python 3.12 (the
-    values are plain dicts either way); any other type as it is."""
+    values are plain dicts either way), also as the item of a `list[...]`; any other type as it is."""
     import sys
     import typing
 
-    if sys.version_info >= (3, 12) or not typing.is_typeddict(output_type) \
-            or type(output_type).__module__ != "typing":
+    if sys.version_info >= (3, 12):
+        return output_type
+    if typing.get_origin(output_type) is list and len(typing.get_args(output_type)) == 1:
+        item = typing.get_args(output_type)[0]
+        ready = _pydantic_ready(item)
+        return output_type if ready is item else list[ready]  # type: ignore[valid-type]
+    if not typing.is_typeddict(output_type) or type(output_type).__module__ != "typing":
         return output_type
     import typing_extensions
 
@@ -168,16 +174,17 @@ def _plan(output_type: Any) -> OutputPlan:
     from .errors import ConfigurationError
 
     try:
-        adapter = TypeAdapter(_pydantic_ready(output_type))
+        ready = _pydantic_ready(output_type)
+        adapter = TypeAdapter(ready)
         schema = adapter.json_schema()
-    except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
+    except (PydanticSchemaGenerationError, PydanticUserError, TypeError, NameError) as exc:
         raise ConfigurationError(f"output_type={output_type!r} cannot be used: pydantic cannot describe it "
                                  f"({str(exc).splitlines()[0]}). Give a pydantic model, a dataclass, a TypedDict, "
                                  "Literal[...], list[...], int, float, bool or str.") from None
     name = getattr(output_type, "__name__", None) or "answer"
     if schema.get("type") == "object" and "properties" in schema:
         return OutputPlan(output_type, name, schema, False, adapter)
-    wrapper = create_model("Answer", response=(output_type, ...))
+    wrapper = create_model("Answer", response=(ready, ...))
     wrapper_adapter = TypeAdapter(wrapper)
     return OutputPlan(output_type, name, wrapper_adapter.json_schema(), True, wrapper_adapter)
 
