@@ -65,6 +65,9 @@ class Failed:
     kind: str = "error"
     reason: str = ""
     text: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    """What the failed attempt still spent (an invalid typed answer was generated, and retried once)."""
 
     def __bool__(self) -> bool:
         return False
@@ -97,7 +100,8 @@ def _failed(exc: Exception) -> Failed:
     """A call's failure as a value: the full message, and the one line a typed result's `_error` shows."""
     attempts = getattr(exc, "attempts", 1)
     if isinstance(exc, OutputInvalid):
-        return Failed(str(exc), attempts, "invalid", f"invalid output: {exc.problem}", exc.text)
+        return Failed(str(exc), attempts, "invalid", f"invalid output: {exc.problem}", exc.text,
+                      exc.input_tokens or 0, exc.output_tokens or 0)
     message = str(exc) or type(exc).__name__
     return Failed(message, attempts, "error", " ".join(message.split()))
 
@@ -255,9 +259,9 @@ def _tally(results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
             stats["invalid"] += item.kind == "invalid"
         else:
             stats["ok"] += 1
-            stats["input_tokens"] += item.input_tokens or 0
-            stats["output_tokens"] += item.output_tokens or 0
             stats["cost_usd"] += item.cost_usd or 0.0
+        stats["input_tokens"] += item.input_tokens or 0
+        stats["output_tokens"] += item.output_tokens or 0
         items.append(item)
     return items, stats
 

@@ -216,10 +216,12 @@ class OutputInvalid(ModelError):
     """A typed answer (`output_type=`) did not validate, even after the error was fed back once.
     `.problem` says what was wrong in one line, `.text` keeps what the provider sent."""
 
-    def __init__(self, provider: str, what: str, problem: str, url: str | None = None, text: str = ""):
+    def __init__(self, provider: str, what: str, problem: str, url: str | None = None, text: str = "",
+                 input_tokens: int | None = None, output_tokens: int | None = None):
         self.what = what
         self.problem = scrub(problem)
         self.text = scrub(text)
+        self.input_tokens, self.output_tokens = input_tokens, output_tokens  # spent on the invalid replies too
         super().__init__(provider, f"the answer is not a valid {what} ({self.problem})", url,
                          "make the prompt clearer, the type simpler, or try a stronger model")
 
@@ -232,7 +234,8 @@ class OutputInvalid(ModelError):
         return False
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.provider, self.what, self.problem, self.url, self.text))
+        return (type(self), (self.provider, self.what, self.problem, self.url, self.text, self.input_tokens,
+                             self.output_tokens))
 
 
 class ReplayMiss(ModelError):

@@ -195,7 +195,10 @@ async def _attempt(call: Call, target: Target) -> Answer:
         except NotValid as exc:
             invalid = exc
         if len(responses) == 2:
-            raise OutputInvalid(target.provider, plan.name, invalid.problem, target.url, invalid.text)
+            spent = _finish(Answer("", target.provider, target.model, error="invalid"), responses, call, messages,
+                            target)  # (an answer with an error adds nothing to chat memory)
+            raise OutputInvalid(target.provider, plan.name, invalid.problem, target.url, invalid.text,
+                                spent.input_tokens, spent.output_tokens)
         messages = [*messages, response, plan.retry_request(response, invalid.problem)]
     answer = Answer(text, target.provider, target.model, (time.perf_counter() - started) * 1000,
                     reason=target.reason, output=output)

@@ -314,3 +314,18 @@ def test_ctrl_c_during_a_typed_map_keeps_the_finished_rows(lms):
     done = partial["_error"].isna()
     assert 0 < done.sum() < 40 and (partial.loc[done, "x"] == partial.index[done]).all()
     assert f"{done.sum()} of 40 finished" in str(info.value)
+
+
+def test_an_invalid_row_still_counts_the_tokens_it_spent(lms):
+    from pydantic import BaseModel
+
+    class Item(BaseModel):
+        name: str
+        price: int
+
+    lms.set(reply='{"name": "x"}')  # never valid: two replies per row, each with usage
+    result = nbllm.map(["a", "b"], "Price of {}", provider="lmstudio", output_type=Item)
+    stats = result.attrs["nbllm"]
+    assert stats["invalid"] == 2 and stats["ok"] == 0
+    assert stats["input_tokens"] > 0 and stats["output_tokens"] > 0
+    assert len(lms.chat_requests()) == 4
