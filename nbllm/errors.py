@@ -184,11 +184,21 @@ class ModelError(NbllmError, RuntimeError):
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
-        where = f" at {self.url}" if url else ""
-        text = f"{provider}{where}: {self.reason}"
-        if hint:
-            text += f" — {hint}"
-        super().__init__(text)
+        super().__init__(self._sentence())
+
+    def _sentence(self) -> str:
+        where = f" at {self.url}" if self.url else ""
+        return f"{self.provider}{where}: {self.reason}" + (f" — {self.hint}" if self.hint else "")
+
+    def with_note(self, note: str) -> "ModelError":
+        """A copy whose hint ends with `note` (e.g. which links of a chain were tried first), every
+        other fact and the class kept."""
+        import copy
+
+        again = copy.copy(self)
+        again.hint = f"{self.hint} {note}" if self.hint else note
+        again.args = (scrub(again._sentence()),)
+        return again
 
     @property
     def moves_on(self) -> bool:
@@ -217,13 +227,15 @@ class OutputInvalid(ModelError):
     `.problem` says what was wrong in one line, `.text` keeps what the provider sent."""
 
     def __init__(self, provider: str, what: str, problem: str, url: str | None = None, text: str = "",
-                 input_tokens: int | None = None, output_tokens: int | None = None):
+                 input_tokens: int | None = None, output_tokens: int | None = None, cost_usd: float | None = None,
+                 model: str = "", hint: str | None = None):
         self.what = what
         self.problem = scrub(problem)
         self.text = scrub(text)
-        self.input_tokens, self.output_tokens = input_tokens, output_tokens  # spent on the invalid replies too
+        # What the replies spent (an invalid answer costs tokens too) and which model sent them.
+        self.input_tokens, self.output_tokens, self.cost_usd, self.model = input_tokens, output_tokens, cost_usd, model
         super().__init__(provider, f"the answer is not a valid {what} ({self.problem})", url,
-                         "make the prompt clearer, the type simpler, or try a stronger model")
+                         hint or "make the prompt clearer, the type simpler, or try a stronger model")
 
     @property
     def moves_on(self) -> bool:  # the server answered; what it said was wrong: another provider or
@@ -235,7 +247,7 @@ class OutputInvalid(ModelError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.provider, self.what, self.problem, self.url, self.text, self.input_tokens,
-                             self.output_tokens))
+                             self.output_tokens, self.cost_usd, self.model, self.hint))
 
 
 class ReplayMiss(ModelError):

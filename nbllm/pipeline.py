@@ -164,7 +164,7 @@ async def _attempt(call: Call, target: Target) -> Answer:
     from pydantic_ai.direct import model_request
 
     model, options = _model_and_options(call, target, streamed=False)
-    messages = _request_messages(call)
+    messages = asked = _request_messages(call)
     plan = typed.plan_for(call.request.output_type) if call.request.output_type is not None else None
     parameters = None
     if plan is not None:
@@ -194,15 +194,31 @@ async def _attempt(call: Call, target: Target) -> Answer:
             break
         except NotValid as exc:
             invalid = exc
-        if len(responses) == 2:
-            spent = _finish(Answer("", target.provider, target.model, error="invalid"), responses, call, messages,
+        cut = getattr(response, "finish_reason", None) == "length"  # a retry would be cut off the same way
+        if len(responses) == 2 or cut:
+            spent = _finish(Answer("", target.provider, target.model, error="invalid"), responses, call, asked,
                             target)  # (an answer with an error adds nothing to chat memory)
-            raise OutputInvalid(target.provider, plan.name, invalid.problem, target.url, invalid.text,
-                                spent.input_tokens, spent.output_tokens)
+            problem = (f"it was cut off at max_tokens={options['max_tokens']} before the JSON was complete"
+                       if cut else invalid.problem)
+            hint = "raise max_tokens (or max_tokens=)" if cut else None
+            raise OutputInvalid(target.provider, plan.name, problem, target.url, invalid.text, spent.input_tokens,
+                                spent.output_tokens, spent.cost_usd, target.model, hint)
         messages = [*messages, response, plan.retry_request(response, invalid.problem)]
     answer = Answer(text, target.provider, target.model, (time.perf_counter() - started) * 1000,
                     reason=target.reason, output=output)
-    return _finish(answer, responses, call, messages, target)
+    answer.attempts = len(responses)
+    if plan is not None:  # memory keeps the question and the answer as text (a tool call would need its return)
+        responses[-1] = _as_text(responses[-1], text)
+    return _finish(answer, responses, call, asked, target)
+
+
+def _as_text(response: Any, text: str) -> Any:
+    """`response` with its parts replaced by the answer's JSON as one text part (usage and model kept)."""
+    from dataclasses import replace as replaced
+
+    from pydantic_ai.messages import TextPart
+
+    return replaced(response, parts=[TextPart(text)])
 
 
 class _Attempts:
@@ -268,7 +284,7 @@ async def _retrying(call: Call, target: Target) -> Answer:
         except ModelError as exc:
             error = exc
         else:
-            answer.attempts = plan.requests
+            answer.attempts += plan.requests - 1  # (a typed answer's validation retry is a request too)
             plan.answered()
             return answer
         if not await plan.again(error):
@@ -343,8 +359,10 @@ async def _answer_one(call: Call, target: Target, logged: Call, fallbacks: list[
         if _moves_on(error, may_move_on):
             return Fallback(target.provider, _reason(error))
         error = _after(error, fallbacks)
-        failed = Answer("", target.provider, target.model, (time.perf_counter() - started) * 1000, error=str(error),
-                        fallbacks=list(fallbacks))
+        failed = Answer(getattr(error, "text", ""), target.provider, target.model,  # an invalid answer's text
+                        (time.perf_counter() - started) * 1000, getattr(error, "input_tokens", None),
+                        getattr(error, "output_tokens", None), error=str(error), fallbacks=list(fallbacks),
+                        cost_usd=getattr(error, "cost_usd", None))
         calllog.record(logged, failed, _logged_options(call, target))
         raise detached(error)
     result.fallbacks = list(fallbacks)
@@ -363,14 +381,10 @@ def _after(error: NbllmError, fallbacks: list[Fallback]) -> NbllmError:
     """The last link's error, saying which links were passed over before it, and why."""
     if not fallbacks:
         return error
-    before = "; ".join(str(f) for f in fallbacks)
+    note = f"(tried first: {'; '.join(str(f) for f in fallbacks)})"
     if isinstance(error, ModelError):
-        hint = f"{error.hint} " if error.hint else ""
-        again = type(error)(error.provider, error.reason, error.url, f"{hint}(tried first: {before})",
-                            retryable=error.retryable, retry_after=error.retry_after, status=error.status)
-        again.attempts = getattr(error, "attempts", 1)  # type: ignore[attr-defined]
-        return again
-    return type(error)(f"{error} (tried first: {before})")
+        return error.with_note(note)
+    return type(error)(f"{error} {note}")
 
 
 def _links(call: Call, fallbacks: list[Fallback]) -> Iterator[tuple[Link, Call, str | None]]:

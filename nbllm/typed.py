@@ -97,7 +97,17 @@ class OutputPlan:
         try:
             value = self.adapter.validate_json(body)
         except ValidationError as exc:
-            raise NotValid(_problem(exc), text) from None
+            problem: str | None = _problem(exc, self.wrapped)
+        else:
+            return value.response if self.wrapped else value
+        try:  # a raw newline inside a string (llama.cpp's grammar lets one through) is still the answer
+            loose = json.loads(body, strict=False)
+        except ValueError:
+            raise NotValid(problem, text) from None
+        try:
+            value = self.adapter.validate_python(loose)
+        except ValidationError as exc:
+            raise NotValid(_problem(exc, self.wrapped), text) from None
         return value.response if self.wrapped else value
 
     def retry_request(self, response: "ModelResponse", problem: str) -> "ModelRequest":
@@ -134,12 +144,16 @@ def _answer_text(response: "ModelResponse") -> str:
     return "".join(p.content for p in response.parts if isinstance(p, TextPart))
 
 
-def _problem(exc: Any) -> str:
+def _problem(exc: Any, wrapped: bool = False) -> str:
     """A validation error in one line: the first few fields and what each lacked."""
     errors = exc.errors(include_url=False)
     parts = []
     for error in errors[:3]:
-        where = ".".join(str(x) for x in error.get("loc", ()) if x != "response")
+        loc = tuple(error.get("loc", ()))
+        if wrapped and loc == ("response",) and error.get("type") == "missing":
+            parts.append('expected a JSON object {"response": ...}')
+            continue
+        where = ".".join(str(x) for x in (loc[1:] if wrapped else loc))
         message = error.get("msg", "invalid")
         parts.append(f"{where}: {message}" if where else message)
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
@@ -171,8 +185,14 @@ def _plan(output_type: Any) -> OutputPlan:
     from pydantic import TypeAdapter, create_model
     from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
+    import inspect
+
     from .errors import ConfigurationError
 
+    if inspect.isroutine(output_type) or inspect.isclass(output_type) and output_type.__module__ == "builtins" \
+            and output_type not in (str, int, float, bool, list, dict):
+        raise ConfigurationError(f"output_type={output_type!r} is not a type an answer can be: give a pydantic "
+                                 "model, a dataclass, a TypedDict, Literal[...], list[...], int, float, bool or str.")
     try:
         ready = _pydantic_ready(output_type)
         adapter = TypeAdapter(ready)

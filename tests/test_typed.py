@@ -204,7 +204,7 @@ def test_invalid_then_valid_is_two_requests_and_the_second_says_what_was_wrong(l
     feedback = second[-1]
     assert feedback["role"] == "user" and "age: Input should be a valid integer" in feedback["content"]
     assert sent[1]["body"]["response_format"] == sent[0]["body"]["response_format"]  # still constrained
-    assert answer.input_tokens == 14 and answer.attempts == 1  # both replies counted; one attempt of the policy
+    assert answer.input_tokens == 14 and answer.attempts == 2  # both replies counted: two requests were made
 
 
 @pytest.mark.parametrize("reply, problem", [
@@ -432,3 +432,56 @@ def test_the_embedded_model_extracts_a_model_from_ten_texts(monkeypatch):
         assert answer.ok and answer.provider == "embedded"
         assert Review.model_validate_json(answer.text) == answer.output
         assert answer.output.sentiment in ("positive", "negative") and isinstance(answer.output.stars, int)
+
+
+# ---- what a trial found ------------------------------------------------------------------------
+
+
+def test_chat_memory_keeps_the_question_and_the_answer_after_a_validation_retry(lmstudio):
+    lmstudio.set(replies=['{"name": "Ann", "age": "three"}', '{"name": "Ann", "age": 3}'])
+    chat = nbllm.conversation("typed")
+    chat.reset()
+    nbllm.ask("who is Ann?", provider="lmstudio", output_type=Person, chat=chat)
+    assert chat.turns() == [("user", "who is Ann?"), ("assistant", '{"name": "Ann", "age": 3}')]
+    lmstudio.set(replies=None, reply="three")
+    nbllm.ask("and how old?", provider="lmstudio", chat=chat)
+    sent = lmstudio.chat_requests()[-1]["body"]["messages"]
+    assert [m["content"] for m in sent] == ["who is Ann?", '{"name": "Ann", "age": 3}', "and how old?"]
+
+
+def test_an_answer_cut_off_by_max_tokens_says_so_and_is_not_retried(httpx2_mock, cloud_keys):
+    cut = _openai_reply('{"name": "Ann", "a')
+    cut["choices"][0]["finish_reason"] = "length"
+    route = httpx2_mock.post("https://api.openai.com/v1/chat/completions").respond(200, json=cut)
+    with pytest.raises(OutputInvalid) as caught:
+        nbllm.ask("Ann is 3.", provider="openai", output_type=Person, max_tokens=7)
+    error = caught.value
+    assert "cut off at max_tokens=7" in str(error) and "raise max_tokens" in str(error)
+    assert route.call_count == 1  # a retry would be cut off the same way
+    assert error.model == "gpt-5-mini" and error.input_tokens == 11
+
+
+def test_a_chain_whose_last_link_is_invalid_says_what_was_tried_first(lmstudio, monkeypatch):
+    from conftest import _closed_port_url
+
+    monkeypatch.setenv("LLAMACPP_BASE_URL", _closed_port_url())
+    monkeypatch.setenv("LLAMACPP_MODEL", "m")
+    reset_nbllm()
+    lmstudio.set(reply='{"name": "Ann"}')
+    with pytest.raises(OutputInvalid) as caught:
+        nbllm.ask("who?", provider="llamacpp,lmstudio", output_type=Person)
+    assert "tried first: llamacpp: connection refused" in str(caught.value)
+    assert caught.value.text == '{"name": "Ann"}' and caught.value.problem == "age: Field required"
+    row = nbllm.history().iloc[-1]
+    assert row["answer"] == '{"name": "Ann"}' and row["input_tokens"] > 0
+
+
+def test_a_raw_newline_inside_a_string_is_still_the_answer(lmstudio):
+    lmstudio.set(reply='{"name": "Ann\nLee", "age": 3}')  # what llama.cpp's string grammar lets through
+    assert nbllm.ask("who?", provider="lmstudio", output_type=Person).output == Person(name="Ann\nLee", age=3)
+
+
+@pytest.mark.parametrize("bad", [lambda: 1, print, object])
+def test_a_function_or_a_bare_object_is_not_an_output_type(bad):
+    with pytest.raises(ConfigurationError, match="is not a type an answer can be"):
+        nbllm.ask("x", output_type=bad)
