@@ -202,6 +202,9 @@ def _plan(output_type: Any) -> OutputPlan:
                                  f"({str(exc).splitlines()[0]}). Give a pydantic model, a dataclass, a TypedDict, "
                                  "Literal[...], list[...], int, float, bool or str.") from None
     name = getattr(output_type, "__name__", None) or "answer"
+    if schema.get("type") == "object" and schema.get("properties") == {}:  # e.g. pydantic's BaseModel itself
+        raise ConfigurationError(f"output_type={name} has no fields, so no answer can fill it: give a class "
+                                 "with the fields you want, e.g. class Person(BaseModel): name: str.")
     if schema.get("type") == "object" and "properties" in schema:
         return OutputPlan(output_type, name, schema, False, adapter)
     wrapper = create_model("Answer", response=(ready, ...))

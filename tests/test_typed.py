@@ -485,3 +485,9 @@ def test_a_raw_newline_inside_a_string_is_still_the_answer(lmstudio):
 def test_a_function_or_a_bare_object_is_not_an_output_type(bad):
     with pytest.raises(ConfigurationError, match="is not a type an answer can be"):
         nbllm.ask("x", output_type=bad)
+
+
+def test_a_model_without_fields_is_one_error_before_anything_is_sent(lmstudio):
+    with pytest.raises(ConfigurationError, match="has no fields"):
+        nbllm.ask("x", provider="lmstudio", output_type=BaseModel)
+    assert lmstudio.chat_requests() == []
