@@ -67,6 +67,7 @@ class Failed:
     text: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0
     """What the failed attempt still spent (an invalid typed answer was generated, and retried once)."""
 
     def __bool__(self) -> bool:
@@ -101,7 +102,7 @@ def _failed(exc: Exception) -> Failed:
     attempts = getattr(exc, "attempts", 1)
     if isinstance(exc, OutputInvalid):
         return Failed(str(exc), attempts, "invalid", f"invalid output: {exc.problem}", exc.text,
-                      exc.input_tokens or 0, exc.output_tokens or 0)
+                      exc.input_tokens or 0, exc.output_tokens or 0, exc.cost_usd or 0.0)
     message = str(exc) or type(exc).__name__
     return Failed(message, attempts, "error", " ".join(message.split()))
 
@@ -259,7 +260,7 @@ def _tally(results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
             stats["invalid"] += item.kind == "invalid"
         else:
             stats["ok"] += 1
-            stats["cost_usd"] += item.cost_usd or 0.0
+        stats["cost_usd"] += item.cost_usd or 0.0
         stats["input_tokens"] += item.input_tokens or 0
         stats["output_tokens"] += item.output_tokens or 0
         items.append(item)

@@ -13,17 +13,23 @@ Templates (`Template.parse`):
   whose used columns are *all* missing, is skipped (nothing is sent; the row is marked
   "missing"). In a row with some values present, a missing one renders as empty text.
 
+- `{name:spec}` and `{name!r}` (str.format's specs and conversions) are one error before
+  anything is sent: values are inserted as text, so format them in the data first.
+
 Columns (`Shape`, `frame`): a pydantic model, dataclass or TypedDict gives one column per
-field; any other output type one column, `output`. Each column is typed from its annotation
-so a failed row can hold NA: int → int64 (nullable Int64 when a row has no value), float →
-float64, bool → boolean, str → string, `Literal[...]` → Categorical with exactly those
-categories (in their order), anything else (lists, dicts, nested models) → object. `_error`
-is None or the one-line reason the row has no value.
+field, named as the answer's JSON names it (a model's alias: the quick form's `class`, not
+its attribute `class_`); any other output type one column, `output`. Each column's dtype comes
+from the annotation alone, never from the data, so every run (and `pd.concat` of runs) has the
+same dtypes and a failed row holds NA: int → Int64, float → float64, bool → boolean, str →
+string, date and datetime → datetime64[us] (aware datetimes in UTC: datetime64[us, UTC]),
+`Literal[...]` → Categorical with exactly those categories (in their order), anything else
+(lists, dicts, nested models) → object. Values that do not fit the dtype fall back to object.
+`_error` is a string column: NA, or the one-line reason the row has no value.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import datetime as _dt
 import difflib
 import math
 import re
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .schemas import class_fields
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,6 +53,8 @@ ERROR = "_error"
 
 _INNER = re.compile(r"\{([^{}\n]*)\}")
 _NAME_LIKE = re.compile(r"\s*[^\W\d]\w*(?:[ .\-]+\w+)*\s*")
+_FORMAT = re.compile(r"(?:![rsa])?(?::(?:.?[<>=^])?[-+ ]?z?#?0?\d*[,_]?(?:\.\d+)?[bcdeEfFgGnosxX%]?)?")
+"""What str.format allows after a field name: a conversion (`!r`) and a spec (`:.2f`, `:>10`, `:,`)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class Template:
         constants = dict(constants or {})
         parts: list[str | Slot] = []
         unknown: list[str] = []
+        formatted: list[tuple[str, str]] = []
         i, n = 0, len(template)
         while i < n:
             if template.startswith("{{", i) or template.startswith("}}", i):
@@ -93,10 +103,18 @@ class Template:
                 continue
             inner = match.group(1)
             slot = _slot(inner, columns is not None, by_name, constants)
-            if slot is None and columns is not None and (inner == "" or _NAME_LIKE.fullmatch(inner)):
+            field = None if slot is not None else _formatted(inner, columns is not None, by_name, constants)
+            if field is not None:
+                formatted.append((inner, field))
+            elif slot is None and columns is not None and (inner == "" or _NAME_LIKE.fullmatch(inner)):
                 unknown.append(inner)
             parts.append(slot if slot is not None else match.group(0))
             i = match.end()
+        if formatted:
+            shown = ", ".join(f"{{{field}}} for {{{inner}}}" for inner, field in dict.fromkeys(formatted))
+            raise ConfigurationError(f"Format specs are not supported in templates: write {shown} (values are "
+                                     "inserted as text; format them in the data first, and write {{ and }} "
+                                     "for literal braces).")
         if unknown:
             raise ConfigurationError(_unknown_columns(unknown, list(by_name)))
         return cls(tuple(_joined(parts)))
@@ -163,6 +181,22 @@ def _slot(inner: str, frame: bool, by_name: Mapping[str, Any], constants: Mappin
     return None
 
 
+def _formatted(inner: str, frame: bool, by_name: Mapping[str, Any], constants: Mapping[str, str]) -> str | None:
+    """The field of `{field!r}` / `{field:spec}` (str.format's forms), or None when `inner` is not one.
+
+    A field the template knows counts with any valid spec; an unknown name (a DataFrame's
+    template only) only with a spec without spaces, so `{x: 1}` (JSON-like text) stays as written."""
+    for at, char in enumerate(inner):
+        if char not in "!:" or not _FORMAT.fullmatch(inner, at):
+            continue
+        field = inner[:at]
+        if _slot(field, frame, by_name, constants) is not None:
+            return field or "value"
+        if frame and field.isidentifier() and not any(c.isspace() for c in inner):
+            return field
+    return None
+
+
 def _joined(parts: list[str | Slot]) -> list[str | Slot]:
     out: list[str | Slot] = []
     for part in parts:
@@ -224,49 +258,29 @@ class Shape:
     """How answers of an output type become columns: each (name, annotation), and how to read a field."""
 
     columns: tuple[tuple[str, Any], ...]
+    """(column name, annotation) per column."""
     structured: bool
+    attributes: tuple[str, ...] = ()
+    """Per column, the attribute (or a TypedDict's key) its value is read from."""
 
     @classmethod
     def of(cls, output_type: Any) -> "Shape":
-        fields = _fields(output_type)
+        fields = class_fields(output_type)
         if fields is None:
             return cls((("output", output_type),), False)
-        if ERROR in dict(fields):
+        if ERROR in [name for name, _, _ in fields]:
             raise ConfigurationError(f"{_type_name(output_type)} has a field named {ERROR}, the column map() "
                                      "uses for each row's failure; rename the field.")
-        return cls(tuple(fields), True)
+        return cls(tuple((name, annotation) for name, _, annotation in fields), True,
+                   tuple(attribute for _, attribute, _ in fields))
 
     def values(self, output: Any) -> list[Any]:
         """One value per column from one validated output."""
         if not self.structured:
             return [output]
         if isinstance(output, Mapping):
-            return [output.get(name) for name, _ in self.columns]
-        return [getattr(output, name, None) for name, _ in self.columns]
-
-
-def _fields(output_type: Any) -> list[tuple[str, Any]] | None:
-    """(name, annotation) of a pydantic model, dataclass or TypedDict; None for any other type."""
-    if not isinstance(output_type, type):
-        return None
-    model_fields = getattr(output_type, "model_fields", None)
-    if isinstance(model_fields, dict) and hasattr(output_type, "model_validate"):
-        return [(name, info.annotation) for name, info in model_fields.items()]
-    if dataclasses.is_dataclass(output_type) or _is_typeddict(output_type):
-        try:
-            hints = typing.get_type_hints(output_type)
-        except Exception:
-            hints = {}
-        names = [f.name for f in dataclasses.fields(output_type)] if dataclasses.is_dataclass(output_type) \
-            else list(getattr(output_type, "__annotations__", hints))
-        return [(name, hints.get(name, Any)) for name in names]
-    return None
-
-
-def _is_typeddict(output_type: type) -> bool:
-    """typing's or typing_extensions' TypedDict (pydantic needs the latter before Python 3.12)."""
-    return typing.is_typeddict(output_type) or (issubclass(output_type, dict) and hasattr(output_type, "__total__")
-                                                and hasattr(output_type, "__required_keys__"))
+            return [output.get(key) for key in self.attributes]
+        return [getattr(output, attribute, None) for attribute in self.attributes]
 
 
 def _type_name(output_type: Any) -> str:
@@ -310,10 +324,10 @@ def column(values: list[Any], annotation: Any, index: Any) -> "pd.Series":
     try:
         if categories is not None:
             return pd.Series(pd.Categorical(values, categories=categories), index=index)
+        if bare in (_dt.date, _dt.datetime):
+            return _times(values, index)
         dtype = _DTYPES.get(bare)
         if dtype is not None:
-            if bare is int and all(v is not None for v in values):
-                dtype = "int64"
             return pd.Series(values, index=index, dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         pass
@@ -326,6 +340,19 @@ def column(values: list[Any], annotation: Any, index: Any) -> "pd.Series":
 _DTYPES: dict[Any, str] = {int: "Int64", float: "float64", bool: "boolean", str: "string"}
 
 
+def _times(values: list[Any], index: Any) -> "pd.Series":
+    """Dates and datetimes as datetime64[us] (microseconds: what Python's datetime holds); aware ones
+    in UTC. Naive and aware values mixed, or a year pandas cannot hold, raise (→ object)."""
+    import pandas as pd
+
+    aware = {isinstance(v, _dt.datetime) and v.tzinfo is not None for v in values if isinstance(v, _dt.date)}
+    if len(aware) > 1:
+        raise ValueError("naive and aware times in one column")
+    utc = aware == {True}
+    stamps = pd.to_datetime(pd.Series(values, index=index, dtype=object), utc=utc)
+    return stamps.astype("datetime64[us, UTC]" if utc else "datetime64[us]")
+
+
 def frame(shape: Shape, index: Any, outputs: list[Any], errors: list[str | None]) -> "pd.DataFrame":
     """The typed DataFrame for one run: a row per input (in place, NA fields when `errors` says why), plus `_error`."""
     import pandas as pd
@@ -335,7 +362,7 @@ def frame(shape: Shape, index: Any, outputs: list[Any], errors: list[str | None]
     data: dict[str, Any] = {}
     for position, (name, annotation) in enumerate(shape.columns):
         data[name] = column([row[position] for row in rows], annotation, index)
-    data[ERROR] = column(list(errors), Any, index)
+    data[ERROR] = column(list(errors), str, index)
     return pd.DataFrame(data, index=index)
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline, routing
 from .errors import ConfigurationError, OutputInvalid
-from .pipeline import Call
+from .pipeline import Answer, Call
 from .health import NOT_STARTED
 from .catalog import AUTO
 from .registry import get_registry
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "compare", "compare_async", "consensus", "consensus_async", "ConsensusResult", "normalise", "COMPARE_COLUMNS",
-    "TYPED_COLUMNS", "value_json",
+    "TYPED_COLUMNS", "value_json", "invalid_answer",
 ]
 
 COMPARE_COLUMNS = ["provider", "model", "answer", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "error"]
@@ -100,6 +100,15 @@ def value_json(value: Any, sort_keys: bool = False) -> str:
                       sort_keys=sort_keys)
 
 
+def invalid_answer(exc: OutputInvalid, call: Call, latency_ms: float, error: str | None = None) -> Answer:
+    """An answer that stayed invalid, as a failed Answer: the text it sent, the model that sent it and
+    what its replies spent (they cost tokens too). compare's row and `%%llm --schema` both read it."""
+    return Answer(exc.text, exc.provider, getattr(exc, "model", None) or call.model or "", latency_ms=latency_ms,
+                  input_tokens=getattr(exc, "input_tokens", None), output_tokens=getattr(exc, "output_tokens", None),
+                  cost_usd=getattr(exc, "cost_usd", None), error=error or str(exc), failure=exc,
+                  attempts=getattr(exc, "attempts", 1))
+
+
 async def _one(call: Call) -> dict[str, Any]:
     started = time.perf_counter()
     typed = call.request.output_type is not None
@@ -111,10 +120,9 @@ async def _one(call: Call) -> dict[str, Any]:
         answer = await pipeline.answer(call)
     except asyncio.CancelledError:
         raise
-    except OutputInvalid as exc:  # it answered, but not with a valid value: the text and the reason are kept
-        row.update(answer=exc.text, latency_ms=round((time.perf_counter() - started) * 1000, 1),
-                   error=f"not a valid {exc.what}: {exc.problem}")
-        return row
+    except OutputInvalid as exc:  # it answered, but not with a valid value: its text, usage and reason are kept
+        answer = invalid_answer(exc, call, (time.perf_counter() - started) * 1000,
+                                f"not a valid {exc.what}: {exc.problem}")
     except Exception as exc:  # a failure is a row, never an exception
         row.update(latency_ms=round((time.perf_counter() - started) * 1000, 1), error=str(exc) or type(exc).__name__)
         return row

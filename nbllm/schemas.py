@@ -31,7 +31,11 @@ from typing import Any, Literal, Optional, Union
 
 from .errors import ConfigurationError
 
-__all__ = ["quick_model", "quick_type", "resolve_schema", "is_schema", "schema_name", "SCALARS"]
+__all__ = ["quick_model", "quick_type", "resolve_schema", "is_schema", "schema_name", "SCALARS", "NAME", "is_name",
+           "is_class", "class_fields"]
+
+NAME = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*"
+"""A (dotted) Python name: `Person`, `models.Person`. `--schema NAME` looks it up; anything else is a quick form."""
 
 SCALARS: dict[str, Any] = {
     "str": str, "int": int, "float": float, "bool": bool, "date": _dt.date, "datetime": _dt.datetime,
@@ -44,7 +48,7 @@ KNOWN = (*SCALARS, *_GENERIC, "None")
 
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
-  | (?P<name>[^\W\d]\w*(?:\.[^\W\d]\w*)*)
+  | (?P<name>""" + NAME + r""")
   | (?P<string>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")
   | (?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
   | (?P<punct>[\[\],:|=])
@@ -86,23 +90,45 @@ def _problem(text: str, what: str) -> ConfigurationError:
                               "'name: str, age: int, tags: list[str]'.")
 
 
-def _is_class(value: Any) -> bool:
+def is_name(text: str) -> bool:
+    """Whether `text` is one (dotted) name, such as `Person` or `models.Person` (see NAME)."""
+    return re.fullmatch(NAME, text) is not None
+
+
+def is_class(value: Any) -> bool:
     """A class that pydantic can validate a JSON object into: a model, a dataclass or a TypedDict."""
     if not isinstance(value, type):
         return False
     from pydantic import BaseModel
     from typing_extensions import is_typeddict  # knows typing's and typing_extensions' TypedDicts
 
-    if dataclasses.is_dataclass(value) or is_typeddict(value):
-        return True
+    return dataclasses.is_dataclass(value) or is_typeddict(value) or issubclass(value, BaseModel)
 
-    return issubclass(value, BaseModel)
+
+def class_fields(value: Any) -> list[tuple[str, str, Any]] | None:
+    """(name, attribute, annotation) per field of a model, dataclass or TypedDict (None for any other
+    type). `name` is the field's JSON name — a model's alias, as the quick form keeps `class` for
+    the attribute `class_` — so tables and columns show what the answer's JSON says; `attribute`
+    reads the value (a key of a TypedDict's dict)."""
+    if not is_class(value):
+        return None
+    from pydantic import BaseModel
+
+    if issubclass(value, BaseModel):
+        return [(info.serialization_alias or name, name, info.annotation) for name, info in value.model_fields.items()]
+    try:
+        hints = typing.get_type_hints(value)
+    except Exception:  # a forward reference that does not resolve: the field is still a column
+        hints = {}
+    names = [f.name for f in dataclasses.fields(value)] if dataclasses.is_dataclass(value) \
+        else list(getattr(value, "__annotations__", hints))
+    return [(name, name, hints.get(name, Any)) for name in names]
 
 
 def is_schema(value: Any) -> bool:
     """Whether `value` can be an `output_type`: a model/dataclass/TypedDict class, a scalar type,
     or a typing form of them (`Literal[...]`, `list[X]`, `X | None`, `dict[str, X]`)."""
-    if any(value is scalar for scalar in SCALARS.values()) or _is_class(value):
+    if any(value is scalar for scalar in SCALARS.values()) or is_class(value):
         return True
     origin = typing.get_origin(value)
     return origin in (Literal, list, dict, Union, types.UnionType)
@@ -239,7 +265,7 @@ class _Reader:
         value = _lookup(name, self.namespace)
         if value is not None and is_schema(value):
             return value
-        classes = sorted(k for k, v in self.namespace.items() if not k.startswith("_") and _is_class(v))
+        classes = sorted(k for k, v in self.namespace.items() if not k.startswith("_") and is_class(v))
         known = [*KNOWN, *classes]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -365,7 +391,7 @@ def resolve_schema(name_or_text: Any, namespace: Mapping[str, Any] | None = None
                                  "class, a type such as list[str], or fields such as 'name: str, age: int'.")
     text = name_or_text.strip()
     namespace = namespace or {}
-    if re.fullmatch(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*", text) and _SPELLINGS.get(text, text) not in KNOWN:
+    if is_name(text) and _SPELLINGS.get(text, text) not in KNOWN:
         value = _lookup(text, namespace)
         if value is not None and is_schema(value):
             return value

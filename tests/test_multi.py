@@ -297,3 +297,16 @@ def test_consensus_with_output_type_votes_on_the_values(make_server, monkeypatch
     result = nbllm.consensus("?", providers=list(LOCAL), output_type=City)
     assert "llamacpp" in result.failed and "not a valid City" in result.failed["llamacpp"]
     assert result.confidence == 1.0 and result.confidence_asked == pytest.approx(1 / 1.9)
+
+
+def test_an_invalid_typed_row_keeps_its_model_and_the_tokens_it_spent(make_server, monkeypatch):
+    servers = {"lmstudio": make_server(reply='{"name": "Paris", "population": 2}'),
+               "ollama": make_server(reply='{"name": "Paris", "population": "many"}')}
+    point(monkeypatch, servers)
+    rows = nbllm.compare("?", providers=["lmstudio", "ollama"], output_type=City).set_index("provider")
+    valid, invalid = rows.loc["lmstudio"], rows.loc["ollama"]
+    assert not invalid["valid"] and invalid["model"] and invalid["model"] == valid["model"]  # the same fake model
+    # two replies (the answer and its one retry), each as much as the valid provider's one
+    assert invalid["input_tokens"] == 2 * valid["input_tokens"] > 0
+    assert invalid["output_tokens"] == 2 * valid["output_tokens"] > 0
+    assert invalid["latency_ms"] > 0

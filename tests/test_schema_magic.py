@@ -271,14 +271,18 @@ def test_line_form_returns_the_object(ip, local_provider):
 
 def test_an_answer_that_stays_invalid_is_one_line_and_keeps_the_text(ip, local_provider):
     local_provider.set(reply='{"name": "Ann", "age": "old"}')
+    ip.user_ns["p"] = Person(name="Old", age=1)  # an earlier cell's value must not pass for this one's
     result, outputs, text = run_cell(ip, "%%llm --schema Person -o p\nWho is Ann?")
     assert not result.success
     (line,) = text.strip().splitlines()
     assert line.startswith(f"nbllm: lmstudio at {local_provider.url}/v1: the answer is not a valid Person (age: ")
-    assert line.endswith("; the text it sent is kept in p") and SECRET not in text and "Traceback" not in text
-    assert ip.user_ns["p"] == '{"name": "Ann", "age": "old"}'
+    assert line.endswith("; p is None; its text is shown above") and SECRET not in text and "Traceback" not in text
+    assert ip.user_ns["p"] is None  # never the raw text: p.name would fail far from here
     assert outputs[-1]["data"] == {"text/plain": '{"name": "Ann", "age": "old"}'}
-    assert outputs[-1]["metadata"]["nbllm"]["error"].startswith("lmstudio at ")
+    meta = outputs[-1]["metadata"]["nbllm"]
+    assert meta["error"].startswith("lmstudio at ")
+    assert meta["model"] == "fake-model" and meta["latency_ms"] > 0 and meta["schema"] == "Person"
+    assert meta["usage"] == {"input_tokens": 14, "output_tokens": 8}  # both replies, as the valid case's 7 and 4
     first, second = sent(local_provider)  # the problem was fed back once
     assert "age" in second["messages"][-1]["content"]
 
@@ -299,8 +303,11 @@ def test_invalid_without_o_says_where_the_text_is(ip, local_provider):
     result, outputs, text = run_cell(ip, "%%llm --schema Person\nWho?")
     assert not result.success and text.strip().endswith("; its text is shown above")
     assert outputs[-1]["data"]["text/plain"] == "I cannot say."
-    result, _, text = run_cell(ip, "x = %llm --schema Person who")
-    assert not result.success and text.strip().endswith("; -o NAME keeps its text") and "x" not in ip.user_ns
+    result, outputs, text = run_cell(ip, "x = %llm --schema Person who")
+    assert not result.success and text.strip().endswith("; its text is shown above") and "x" not in ip.user_ns
+    assert outputs[-1]["data"]["text/plain"] == "I cannot say."  # the line form shows only an invalid answer
+    result, outputs, text = run_cell(ip, "%llm --schema Person -o y who")
+    assert text.strip().endswith("; y is None; its text is shown above") and ip.user_ns["y"] is None
 
 
 @pytest.mark.parametrize("cell, expected", [

@@ -100,6 +100,25 @@ def test_a_missing_column_is_one_error_naming_the_columns(template, expected):
         Template.parse(template, ["title", "author"])
 
 
+@pytest.mark.parametrize("template, columns, expected", [
+    ("cost {price:.2f} {t!r}", ["price", "t"], r"write \{price\} for \{price:\.2f\}, \{t\} for \{t!r\}"),
+    ("{price!s:>10}", ["price"], r"write \{price\} for \{price!s:>10\}"),
+    ("{unit price:,}", ["unit price"], r"write \{unit price\} for \{unit price:,\}"),
+    ("{other:.1%}", ["price"], r"write \{other\} for \{other:\.1%\}"),
+    ("{:.2f}", None, r"write \{value\} for \{:\.2f\}"),
+    ("{index!r} {value}", None, r"write \{index\} for \{index!r\}"),
+])
+def test_a_format_spec_is_one_error_naming_the_plain_placeholder(template, columns, expected):
+    with pytest.raises(ConfigurationError, match="Format specs are not supported in templates: " + expected):
+        Template.parse(template, columns)
+
+
+def test_braces_that_are_no_format_spec_stay_as_written():
+    template = Template.parse('{x: 1} {"a": 2} {a:b} {price}', ["price", "a:b"])
+    assert template.fill(row={"price": 3, "a:b": "col"}) == '{x: 1} {"a": 2} col 3'  # a column named a:b wins
+    assert Template.parse("{foo:.2f} {}").fill("v") == "{foo:.2f} v"  # a Series' unknown names stay as always
+
+
 def test_missing_values_skip_a_row_only_when_all_its_used_values_are():
     df = pd.DataFrame({"title": ["A", None, float("nan"), None], "body": ["b", "c", None, pd.NA],
                        "unused": [1, 2, 3, 4]}, index=list("wxyz"))
@@ -120,17 +139,55 @@ def test_columns_are_typed_and_a_failed_row_keeps_its_place_with_na():
     assert list(result.columns) == ["title", "stars", "score", "spam", "mood", "tags", "_error"]
     assert {c: str(t) for c, t in result.dtypes.items()} == {
         "title": "string", "stars": "Int64", "score": "float64", "spam": "boolean", "mood": "category",
-        "tags": "object", "_error": "object"}
+        "tags": "object", "_error": "string"}
     assert list(result["mood"].cat.categories) == ["happy", "angry", "meh"]
     assert result.loc["r1", "stars"] == 5 and result.loc["r3", "tags"] == ["a", "b"]
     assert result.loc["r2"].drop("_error").isna().all() and result.loc["r2", "_error"] == "invalid output: x"
-    assert result["_error"].tolist()[0] is None
+    assert result["_error"].isna().tolist() == [True, False, True]
 
 
-def test_ints_are_plain_int64_when_no_row_failed():
+def test_dtypes_come_from_the_annotations_never_from_the_data():
     result = frame(Shape.of(Point), pd.RangeIndex(2), [Point(1), Point(2, "b")], [None, None])
-    assert str(result["x"].dtype) == "int64" and str(result["label"].dtype) == "string"
+    assert str(result["x"].dtype) == "Int64" and str(result["label"].dtype) == "string"
     assert result["label"].isna().tolist() == [True, False]  # Optional[str] None is NA
+    good = Review(title="t", stars=5, score=2.5, spam=False, mood="meh", tags=[])
+    all_valid = frame(Shape.of(Review), pd.RangeIndex(2), [good, good], [None, None])
+    one_failed = frame(Shape.of(Review), pd.RangeIndex(2), [good, None], [None, "boom"])
+    assert dict(all_valid.dtypes) == dict(one_failed.dtypes)  # one run's dtypes are every run's
+    both = pd.concat([all_valid, one_failed], ignore_index=True)
+    assert dict(both.dtypes) == dict(all_valid.dtypes)
+    assert str(both["stars"].dtype) == "Int64" and str(both["_error"].dtype) == "string"
+
+
+def test_dates_and_datetimes_are_datetime64_columns():
+    import datetime as dt
+
+    class Event(BaseModel):
+        day: dt.date
+        at: Optional[dt.datetime]
+        utc: dt.datetime
+
+    zone = dt.timezone(dt.timedelta(hours=2))
+    events = [Event(day=dt.date(2024, 5, 1), at=dt.datetime(2024, 5, 1, 9, 30), utc=dt.datetime(2024, 5, 1, 9, tzinfo=zone)),
+              None]
+    result = frame(Shape.of(Event), pd.RangeIndex(2), events, [None, "boom"])
+    assert {c: str(t) for c, t in result.dtypes.items()} == {
+        "day": "datetime64[us]", "at": "datetime64[us]", "utc": "datetime64[us, UTC]", "_error": "string"}
+    assert result.loc[0, "day"] == pd.Timestamp("2024-05-01") and result.loc[0, "at"].minute == 30
+    assert result.loc[0, "utc"] == pd.Timestamp("2024-05-01 07:00", tz="UTC")
+    assert result.loc[1, ["day", "at", "utc"]].isna().all()
+
+
+def test_a_quick_form_alias_is_the_column_name_as_written():
+    from nbllm.display import table_rows
+    from nbllm.schemas import quick_model
+
+    model = quick_model("class: str, 'first name': int")
+    value = model.model_validate({"class": "A", "first name": 1})
+    result = frame(Shape.of(model), pd.RangeIndex(2), [value, None], [None, "boom"])
+    assert list(result.columns) == ["class", "first name", "_error"]
+    assert result.loc[0, "class"] == "A" and result.loc[0, "first name"] == 1
+    assert [row[0] for row in table_rows(value)[1]] == ["class", "first name"]  # the display's names too
 
 
 def test_typed_dicts_and_scalars():
@@ -181,7 +238,7 @@ def test_map_over_rows_with_an_output_type_gives_typed_columns_and_keeps_failure
     assert result.loc[100, "title"] == "good" and result.loc[100, "stars"] == 5 and result.loc[102, "spam"]
     assert str(result["stars"].dtype) == "Int64" and str(result["mood"].dtype) == "category"
     assert list(result["mood"].cat.categories) == ["happy", "angry", "meh"]
-    assert result["_error"][[100, 102]].tolist() == [None, None]
+    assert result["_error"][[100, 102]].isna().all() and str(result["_error"].dtype) == "string"
     assert result.loc[101, "_error"].startswith("invalid output: ") and "JSON" in result.loc[101, "_error"]
     assert "stars" in result.loc[103, "_error"] and "integer" in result.loc[103, "_error"]
     assert "missing" in result.loc[104, "_error"]
@@ -199,8 +256,8 @@ def test_map_over_rows_with_an_output_type_gives_typed_columns_and_keeps_failure
 def test_invalid_then_valid_is_one_good_row(lms):
     lms.set(replies=lambda p: review_json("second") if "not valid" in p else '{"title": "first"}')
     result = nbllm.map(["a"], "{value}", provider="lmstudio", output_type=Review, progress=False)
-    assert result["_error"].tolist() == [None] and result.loc[0, "title"] == "second"
-    assert str(result["stars"].dtype) == "int64"  # no failed row: plain ints
+    assert result["_error"].isna().all() and result.loc[0, "title"] == "second"
+    assert str(result["stars"].dtype) == "Int64"  # no failed row: the same dtype as a run with one
     assert len(lms.chat_requests()) == 2 and result.attrs["nbllm"]["valid_rate"] == 1.0
 
 
@@ -218,7 +275,7 @@ def test_a_provider_failure_is_a_row_error_and_text_map_is_unchanged(lms):
 def test_a_scalar_output_type_is_one_typed_column(lms):
     lms.set(replies=lambda p: json.dumps({"response": len(p)}))
     result = nbllm.map(["a", "bbb"], "{value}", provider="lmstudio", output_type=int, progress=False)
-    assert result["output"].tolist() == [1, 3] and str(result["output"].dtype) == "int64"
+    assert result["output"].tolist() == [1, 3] and str(result["output"].dtype) == "Int64"
 
 
 def test_a_bad_template_is_one_error_before_anything_is_sent(lms):
@@ -229,6 +286,10 @@ def test_a_bad_template_is_one_error_before_anything_is_sent(lms):
         nbllm.map(df, "{titl}: {body}", provider="lmstudio", output_type=Review)
     with pytest.raises(ConfigurationError, match="names no column"):
         nbllm.map(df, "Row {index}", provider="lmstudio")
+    with pytest.raises(ConfigurationError, match=r"Format specs are not supported.*write \{body\} for \{body!r\}"):
+        nbllm.map(df, "{title} {body!r}", provider="lmstudio", output_type=Review)
+    with pytest.raises(ConfigurationError, match=r"write \{value\} for \{value:>5\}"):
+        nbllm.map(["a"], "{value:>5}", provider="lmstudio")
     with pytest.raises(ConfigurationError, match="list or a pandas Series"):
         nbllm.classify("text", ["a", "b"], provider="lmstudio")
     with pytest.raises(ConfigurationError, match="pydantic model, a dataclass or a TypedDict"):
@@ -272,9 +333,10 @@ def test_classify_a_dataframe_shows_every_column_or_uses_the_template(lms):
 def test_extract_gives_the_typed_frame(lms):
     lms.set(replies=lambda p: json.dumps({"name": p.split("\n")[-1], "age": 30}))
     result = nbllm.extract(pd.Series(["Ann", "Bob"], index=["x", "y"]), Contact, provider="lmstudio", progress=False)
-    assert result.to_dict("index") == {"x": {"name": "Ann", "age": 30, "_error": None},
-                                       "y": {"name": "Bob", "age": 30, "_error": None}}
-    assert str(result["name"].dtype) == "string" and str(result["age"].dtype) == "int64"
+    assert result.drop(columns="_error").to_dict("index") == {"x": {"name": "Ann", "age": 30},
+                                                              "y": {"name": "Bob", "age": 30}}
+    assert result["_error"].isna().all()
+    assert str(result["name"].dtype) == "string" and str(result["age"].dtype) == "Int64"
     assert "Extract the fields of Contact from this text.\n\nAnn" in first_prompts(lms)
 
 

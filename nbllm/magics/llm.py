@@ -10,6 +10,7 @@ from __future__ import annotations
 import keyword
 import re
 import shlex
+import time
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
@@ -26,7 +27,6 @@ __all__ = ["LLMMagics", "split_line"]
 
 _TOKEN = re.compile(r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\s"'])+""")
 _PROVIDER_LIST = re.compile(r"[\w.\-]+(?:,[\w.\-]+)+")
-_NAME = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*")  # `--schema Person`: a class's name, not a quick form
 
 
 def _unquote(token: str) -> str:
@@ -115,7 +115,8 @@ class LLMMagics(Magics):
     @argument("--schema", metavar="NAME",
               help="validate the answer into NAME, a pydantic model, dataclass or TypedDict of the notebook, or a "
                    "quick form such as \"name: str, age: int, tags: list[str]\" (also list[str], "
-                   "Literal['a', 'b']); -o gets the object, shown as a table; not streamed, no -f json/code")
+                   "Literal['a', 'b']); -o gets the object (None if the answer stays invalid; its text is "
+                   "shown), shown as a table; not streamed, no -f json/code")
     @argument("--chat", action="store_true", help="continue the kernel's conversation (nbllm.conversation())")
     @argument("--reset", action="store_true", help="clear the conversation first (alone: just clear it)")
     @argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming it")
@@ -137,8 +138,8 @@ class LLMMagics(Magics):
         (a parsed object with -f json, the validated object with --schema) instead of
         displaying it. With `--schema NAME` the answer is asked for as that type and
         validated whole (one retry feeds the error back); `-o` gets the object, the display
-        is a table; an answer that stays invalid is one line and its text is kept (in -o's
-        variable). (IPython reads a line with
+        is a table; an answer that stays invalid is one line, its text is shown and -o's
+        variable is set to None. (IPython reads a line with
         an apostrophe that ends in `?` as a help request: use the cell form for those.)
         """
         args, prompt = self._arguments(line, cell)
@@ -239,19 +240,21 @@ class LLMMagics(Magics):
             raise Interrupted("interrupted, the request was cancelled") from None
 
     def _ask_typed(self, call: Any, fmt: str, args: Namespace, line: bool) -> Any:
-        """`--schema`: the validated object into -o and a table; an invalid answer shown as its text."""
+        """`--schema`: the validated object into -o and a table. An invalid answer sets -o to None (never
+        the text: `p.name` would then fail far from here) and its text is shown, with what it cost."""
         from ..calls import ask
         from ..display import Converted, typed
         from ..errors import OutputInvalid
-        from ..pipeline import Answer
-        from ..schemas import schema_name
+        from ..multi import invalid_answer
+        from ..schemas import is_name, schema_name
 
         invalid: OutputInvalid | None = None
+        started = time.perf_counter()
         try:
             answer = ask(call)
         except OutputInvalid as exc:
             invalid = exc
-            answer = Answer(exc.text, exc.provider, call.model or "", error=str(exc))
+            answer = invalid_answer(exc, call, (time.perf_counter() - started) * 1000)
         except NbllmError as exc:
             raise CellError(str(exc)) from None
         except KeyboardInterrupt:
@@ -260,23 +263,19 @@ class LLMMagics(Magics):
         output_type = call.request.output_type
         metadata = {**answer.metadata(), "format": fmt, "schema": args.schema}
         if invalid is None:
-            named = isinstance(output_type, type) and _NAME.fullmatch(args.schema.strip()) is not None
+            named = isinstance(output_type, type) and is_name(args.schema.strip())
             shown = typed(answer.output, fmt, title=schema_name(output_type) if named else None)
-            value = answer.output
         else:
             shown = Converted(answer.text, {"text/plain": answer.text})
-            value = answer.text
-        if not line:
+        if not line or (invalid is not None and answer.text):  # the line form shows only an invalid text
             view = AnswerView(fmt, rich=rich_frontend(self.shell), show_footer=self.show_footer)
             view.finish(shown, metadata, streamed=False)
-        self._keep(value, args.out, fmt, invalid is None)
+        self._keep(answer.output if invalid is None else None, args.out, fmt, invalid is None)
         if invalid is not None:
-            if args.out:
-                kept = f"; the text it sent is kept in {args.out}"
-            else:
-                kept = "; its text is shown above" if not line and answer.text else "; -o NAME keeps its text"
+            kept = f"; {args.out} is None" if args.out else ""
+            kept += "; its text is shown above" if answer.text else "; it sent no text"
             raise CellError(f"{invalid}{kept}")
-        return value if line else None
+        return answer.output if line else None
 
     def _ask_line(self, call: Any, fmt: str, out: str | None) -> Any:
         answer = self._ask(call)
