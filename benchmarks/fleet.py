@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,17 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from magics import isolated_env  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-ROOT = Path(__file__).resolve().parent.parent
+from servers import start_server, stop  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-
-def start_server(latency: float, slots: int) -> tuple[subprocess.Popen, str]:
-    """A test server in its own process; chat answers take `latency` s, `slots` at a time."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fakeserver.py"), "--port", "0", "--latency", str(latency),
-         "--probe-latency", "0", "--slots", str(slots)],
-        stdout=subprocess.PIPE, text=True,
-    )
-    return proc, proc.stdout.readline().strip()
 
 
 def point(urls: list[str]) -> None:
@@ -87,7 +77,7 @@ def main() -> None:
     procs, urls = [], []
     try:
         for _ in range(3):
-            proc, url = start_server(args.latency, args.slots)
+            proc, url = start_server(args.latency, slots=args.slots)
             procs.append(proc)
             urls.append(url)
         print(f"== map of {args.prompts} prompts, {args.latency * 1000:.0f} ms per answer, {args.slots} slots per "
@@ -111,9 +101,7 @@ def main() -> None:
               f"{max(cpu_per_request):.1f} ms CPU per request, the servers' processes sharing the cores); "
               f"when that is below the fleet's cap the fleet cannot reach 3×")
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(5)
+        stop(procs)
 
 
 if __name__ == "__main__":

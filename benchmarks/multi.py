@@ -13,25 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from servers import start_server, stop  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-
-def start_server(latency: float, reply: str) -> tuple[subprocess.Popen, str]:
-    """A test server whose chat answers take `latency` s; health and model lists answer at once."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fakeserver.py"), "--port", "0", "--latency", str(latency),
-         "--probe-latency", "0", "--reply", reply],
-        stdout=subprocess.PIPE, text=True,
-    )
-    url = proc.stdout.readline().strip()
-    return proc, url
 
 
 def median_time(fn, repeat: int) -> float:
@@ -60,10 +47,10 @@ def main() -> None:
     procs = []
     try:
         for name, latency in latencies.items():
-            proc, url = start_server(latency, "Paris.")
+            proc, url = start_server(latency, reply="Paris.")
             procs.append(proc)
             os.environ[f"{name.upper()}_BASE_URL"] = url + ("/v1" if name == "lmstudio" else "")
-        map_proc, map_url = start_server(args.latency, "ok")
+        map_proc, map_url = start_server(args.latency, reply="ok")
         procs.append(map_proc)
 
         import nbllm
@@ -113,9 +100,7 @@ def main() -> None:
         print(f"  peak memory (tracemalloc, concurrency 32): {peak / 1e6:.1f} MB "
               f"({peak / args.prompts / 1e3:.1f} kB per prompt); still held after: {current / 1e6:.1f} MB")
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(5)
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import asyncio
 import inspect
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from magics import isolated_env  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-ROOT = Path(__file__).resolve().parent.parent
+from servers import start_server, stop  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 REPLY = json.dumps({"label": "positive", "score": 4, "summary": "works well"})
 
 
@@ -46,16 +46,6 @@ class Review(BaseModel):
     label: Literal["positive", "negative", "mixed"]
     score: int
     summary: str
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    """The test server in its own process (no shared GIL with nbllm), answering `REPLY` after `latency` s."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fakeserver.py"), "--port", "0", "--latency", str(latency),
-         "--probe-latency", "0", "--reply", REPLY],
-        stdout=subprocess.PIPE, text=True,
-    )
-    return proc, proc.stdout.readline().strip()
 
 
 def timed(run: Any) -> tuple[float, float, Any]:
@@ -132,7 +122,7 @@ def main() -> None:
     home, env = isolated_env()
     os.environ.clear()
     closed = "http://127.0.0.1:9"
-    proc, url = start_server(args.latency)
+    proc, url = start_server(args.latency, reply=REPLY)
     os.environ.update(env, NBLLM_PROVIDER="lmstudio", LMSTUDIO_BASE_URL=url + "/v1", OLLAMA_BASE_URL=closed,
                       LLAMACPP_BASE_URL=closed, EMBEDDED_BASE_URL=closed, VLLM_BASE_URL=closed)
     os.chdir(home)
@@ -155,8 +145,7 @@ def main() -> None:
             compare("ask_async in a gather (no frame): output_type=Review vs text", args.rows, args.repeat,
                     lambda: gather(values, args.concurrency, None), lambda: gather(values, args.concurrency, Review))
     finally:
-        proc.terminate()
-        proc.wait(5)
+        stop([proc])
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def target(text: str | None) -> tuple[str, str | None]:
 
 
 def _servers(settings: ProviderSettings) -> tuple[str, ...]:
-    servers = tuple(getattr(settings, "servers", None) or (settings.base_url,))
+    servers = settings.servers
     return servers or (settings.base_url,)
 
 

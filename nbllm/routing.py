@@ -71,14 +71,10 @@ class Route:
         return bool(self.any_error) and self.any_error[self.links.index(link)]
 
 
-def _aliases(registry: ProviderRegistry) -> dict:
-    return registry.aliases
-
-
 def _unknown(registry: ProviderRegistry, name: str, where: str = "") -> NoReturn:
     import difflib
 
-    aliases = sorted(_aliases(registry))
+    aliases = sorted(registry.aliases)
     choices = [*registry.names(), AUTO, *aliases]
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
     guess = f" Did you mean {close[0]!r}?" if close else ""
@@ -95,7 +91,7 @@ def _expand(registry: ProviderRegistry, links: tuple[Link, ...], seen: tuple[str
     from it (its alias said `on="any"`); unknown names are one error listing valid ones."""
     out: list[tuple[Link, bool]] = []
     for link in links:
-        alias = _aliases(registry).get(link.provider)
+        alias = registry.aliases.get(link.provider)
         if alias is None:
             if link.provider != AUTO and link.provider not in registry.names():
                 _unknown(registry, link.provider, f" (in alias {seen[-1]!r})" if seen else "")
@@ -150,7 +146,7 @@ def resolve(name: str | None, model: str | None = None, check_enabled: bool = Tr
         links[0] = (Link(links[0][0].provider, model), links[0][1])
     spelled = ",".join(str(link) for link in spelled_links)
     everything = ",".join(str(link) for link, _ in links)
-    via_alias = any(link.provider in _aliases(registry) for link in spelled_links)
+    via_alias = any(link.provider in registry.aliases for link in spelled_links)
     if len(links) == 1 and not via_alias:
         if links[0][0].provider != AUTO and check_enabled:
             registry.require(links[0][0].provider)  # disabled: the error it has always been
@@ -174,7 +170,7 @@ def resolve(name: str | None, model: str | None = None, check_enabled: bool = Tr
 def alias_problem(name: str) -> str | None:
     """Why alias `name` cannot answer, as far as is known offline (what it names is unknown,
     disabled or has no key), or None; for status and `--alias`."""
-    if name not in _aliases(_registry()):
+    if name not in _registry().aliases:
         return None
     try:
         resolve(name)

@@ -67,8 +67,7 @@ def selection_for(name: str, model: str | None = None) -> Selection:
     text = (name or AUTO).strip() or AUTO
     route = resolve(text, model)
     links = parse_chain(text)
-    aliases = getattr(get_registry(), "aliases", None) or {}
-    if len(links) == 1 and links[0].provider not in aliases:
+    if len(links) == 1 and links[0].provider not in get_registry().aliases:
         link = route.links[0]
         return Selection(link.provider, link.model)
     return Selection(route.name, model)  # a model goes to the first link (as `describe` applies it)

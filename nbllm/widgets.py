@@ -246,7 +246,7 @@ class ProviderPanel(widgets.VBox):
             status = _status(registry, spec.name, self._health.get(spec.name), checking)
             options.append((f"{spec.label} — {status}", spec.name))
         names = set(registry.names())
-        for name, alias in sorted(_aliases(registry).items()):
+        for name, alias in sorted(registry.aliases.items()):
             if name not in names:
                 options.append((self._alias_label(registry, name, alias, checking), name))
         current = session.current().provider
@@ -453,10 +453,6 @@ def _status(registry: "ProviderRegistry", name: str, health: ProviderHealth | No
     return health.status + (f" ({CHECKING})" if checking else "")
 
 
-def _aliases(registry: "ProviderRegistry") -> dict[str, Any]:
-    return getattr(registry, "aliases", None) or {}
-
-
 def _one_line(error: BaseException) -> str:
     """A failure as one scrubbed line: nbllm's own message, else the exception's type and text."""
     text = str(error) if isinstance(error, NbllmError) else f"listing models failed: {type(error).__name__}: {error}"
@@ -468,7 +464,7 @@ def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
         return "the chosen provider's default"
     registry = get_registry()
     if provider not in registry.names():  # an alias (or a chain named elsewhere): what it names decides
-        alias = _aliases(registry).get(provider)
+        alias = registry.aliases.get(provider)
         return f"as {getattr(alias, 'target', alias)} says" if alias is not None else "as named"
     settings = registry.settings(provider)
     if health is not None and health.model_detected and settings.model_is_default:
