@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline
@@ -167,10 +167,12 @@ class _Ask:
     template: str | Template
     output_type: Any = None
     labels: tuple[str, ...] | None = None
+    shape: Shape | None = field(default=None, compare=False)
+    """The output type's columns, read once (a type that cannot be columns: one error, here)."""
 
-    @property
-    def shape(self) -> Shape | None:
-        return Shape.of(self.output_type) if self.output_type is not None else None
+    def __post_init__(self) -> None:
+        if self.shape is None and self.output_type is not None:
+            object.__setattr__(self, "shape", Shape.of(self.output_type))
 
 
 def _rows(values: Any, where: str) -> Any:
@@ -196,8 +198,6 @@ def _template(data: Any, ask: _Ask) -> Template:
     frame_input = isinstance(data, pd.DataFrame)
     template = ask.template
     if not isinstance(template, Template):
-        if not isinstance(template, str):
-            raise ConfigurationError(f"The template must be text, not {type(template).__name__}.")
         constants = {"labels": ", ".join(ask.labels)} if ask.labels else None
         template = Template.parse(template, list(data.columns) if frame_input else None, constants)
     kinds = {slot.kind for slot in template.slots}
@@ -425,8 +425,7 @@ async def map_async(values: Any, template: str, provider: str | None = None, con
 def _classify_ask(data: Any, labels: Any, template: str | None) -> _Ask:
     labels = checked_labels(labels)
     if template is None:
-        template = _default(data, lambda kind: f"Classify this {kind} as exactly one of: {', '.join(labels)}.",
-                            "classify")
+        template = _default(data, lambda kind: f"Classify this {kind} as exactly one of: {', '.join(labels)}.")
     return _Ask("classify", template, as_literal(labels), tuple(labels))
 
 
@@ -436,15 +435,13 @@ def _extract_ask(data: Any, output_type: Any, template: str | None) -> _Ask:
         raise ConfigurationError(f"extract() takes a pydantic model, a dataclass or a TypedDict, not {output_type!r}; "
                                  "for one value per row use map(..., output_type=...).")
     if template is None:
-        template = _default(data, lambda kind: f"Extract the fields of {output_type.__name__} from this {kind}.",
-                            "extract")
-    return _Ask("extract", template, output_type)
+        template = _default(data, lambda kind: f"Extract the fields of {output_type.__name__} from this {kind}.")
+    return _Ask("extract", template, output_type, shape=shape)
 
 
-def _default(data: Any, instruction: Callable[[str], str], where: str) -> Template:
+def _default(data: Any, instruction: Callable[[str], str]) -> Template:
     """The template when none is given: the text itself for a Series, every column as `name: value` for a DataFrame
     (built as parts, so braces in labels or column names are never read as placeholders)."""
-    data = _rows(data, where)
     if isinstance(data, _pd().DataFrame):
         return record_template(list(data.columns), instruction("record"))
     return Template((instruction("text") + "\n\n", Slot("value")))
@@ -460,6 +457,7 @@ def classify(values: Any, labels: Any, template: str | None = None, provider: st
     Series value is sent after "Classify this text as exactly one of: …", a DataFrame row as
     `name: value` lines; a template of your own may use `{labels}` (the labels, comma-separated).
     """
+    values = _rows(values, "classify")  # once: an iterator is read once, for the default template and the run
     return _run(values, _classify_ask(values, labels, template), provider, concurrency, retries, progress, backoff,
                 max_wait, options)
 
@@ -468,6 +466,7 @@ async def classify_async(values: Any, labels: Any, template: str | None = None, 
                          concurrency: int = 8, retries: int | None = None, *, progress: bool = True,
                          backoff: float = 0.5, max_wait: float = 60.0, **options: Any) -> "pd.Series":
     """`classify` for `await`."""
+    values = _rows(values, "classify")
     return await _run_async(values, _classify_ask(values, labels, template), provider, concurrency, retries,
                             progress, backoff, max_wait, options)
 
@@ -478,6 +477,7 @@ def extract(values: Any, output_type: Any, template: str | None = None, provider
     """The fields of `output_type` (a pydantic model, dataclass or TypedDict) from each value or row:
     `map(..., output_type=...)`'s DataFrame (typed columns plus `_error`). Without a template the
     text (or every column as `name: value` lines) follows "Extract the fields of … from this …"."""
+    values = _rows(values, "extract")
     return _run(values, _extract_ask(values, output_type, template), provider, concurrency, retries, progress,
                 backoff, max_wait, options)
 
@@ -486,6 +486,7 @@ async def extract_async(values: Any, output_type: Any, template: str | None = No
                         concurrency: int = 8, retries: int | None = None, *, progress: bool = True,
                         backoff: float = 0.5, max_wait: float = 60.0, **options: Any) -> "pd.DataFrame":
     """`extract` for `await`."""
+    values = _rows(values, "extract")
     return await _run_async(values, _extract_ask(values, output_type, template), provider, concurrency, retries,
                             progress, backoff, max_wait, options)
 

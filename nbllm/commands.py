@@ -228,46 +228,45 @@ def _run(args: argparse.Namespace, persist: bool) -> Outcome:
     return _status(args.timeout)
 
 
-def _status(timeout: float | None) -> Outcome:
-    from . import api, session, tables
+def _checked(timeout: float | None) -> tuple[Any, Any, dict[str, Any]]:
+    """Every provider probed: the health rows, the summary and the data both --status and --health-check give."""
+    from . import api
 
     health = api.health_check(timeout=timeout)
     summary = api.status(health)
+    return health, summary, {"summary": asdict(summary),
+                             "providers": {name: h.as_dict() for name, h in health.items()}}
+
+
+def _status(timeout: float | None) -> Outcome:
+    from . import session, tables
+
+    health, summary, checked = _checked(timeout)
     selection = session.current()
     message = f"default: {selection}\n{summary}"
-    data = {
-        "default": {"provider": selection.provider, "model": selection.model},
-        "summary": asdict(summary),
-        "providers": {name: h.as_dict() for name, h in health.items()},
-        "aliases": _alias_data(),
-    }
-    return Outcome(message, tables.health_frame(health, tables.STATUS_COLUMNS), data, more=_alias_tables())
+    aliases, more = _aliases()
+    data = {"default": {"provider": selection.provider, "model": selection.model}, **checked, "aliases": aliases}
+    return Outcome(message, tables.health_frame(health, tables.STATUS_COLUMNS), data, more=more)
 
 
-def _alias_data() -> dict[str, dict[str, str]]:
+def _aliases(files: bool = False) -> tuple[dict[str, dict[str, str]], list[tuple[str, Any]]]:
+    """The aliases as data, and as the table under status (without their files) and --list (no table when
+    there are none); the rows, each resolved to say what it cannot answer, are built once."""
     from . import tables
 
-    return {row.pop("alias"): row for row in tables.alias_rows()}
-
-
-def _alias_tables(files: bool = False) -> list[tuple[str, Any]]:
-    """The aliases table under status (without their files) and --list (nothing when there are no aliases)."""
-    from . import tables
-    from .registry import get_registry
-
-    if not get_registry().aliases:
-        return []
+    rows = tables.alias_rows()
+    if not rows:
+        return {}, []
     columns = tables.ALIAS_COLUMNS if files else [c for c in tables.ALIAS_COLUMNS if c != "file"]
-    return [("aliases:", tables.aliases_frame(columns))]
+    table = tables.frame(rows, columns).set_index("alias")
+    return {row["alias"]: {k: v for k, v in row.items() if k != "alias"} for row in rows}, [("aliases:", table)]
 
 
 def _health(timeout: float | None) -> Outcome:
-    from . import api, tables
+    from . import tables
     from .catalog import NOTHING_USABLE_ADVICE
 
-    health = api.health_check(timeout=timeout)
-    summary = api.status(health)
-    data = {"summary": asdict(summary), "providers": {name: h.as_dict() for name, h in health.items()}}
+    health, summary, data = _checked(timeout)
     error = None if summary.available else f"no provider is available. {NOTHING_USABLE_ADVICE}"
     return Outcome(str(summary), tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data, error)
 
@@ -278,6 +277,7 @@ def _list() -> Outcome:
 
     registry = get_registry()
     df = tables.variables_frame()
+    aliases, more = _aliases(files=True)
     problems = [p for name in registry.names() for p in registry.settings(name).problems]
     problems += [*registry.global_settings.problems, *registry.endpoint_problems]
     files = registry.endpoint_files()
@@ -285,8 +285,8 @@ def _list() -> Outcome:
     message = "\n".join([f"user config file: {registry.config_path}", f"endpoints files: {shown}", *problems])
     data = {"config_file": str(registry.config_path), "variables": df.to_dict("records"), "problems": problems,
             "endpoints_files": [{"path": str(path), "exists": exists} for path, exists in files],
-            "aliases": _alias_data()}
-    return Outcome(message, df, data, more=_alias_tables(files=True))
+            "aliases": aliases}
+    return Outcome(message, df, data, more=more)
 
 
 def _set_enabled(name: str, enabled: bool, persist: bool) -> Outcome:

@@ -21,7 +21,7 @@ from . import probes
 from .catalog import AUTO, ProviderSpec, key_names
 from .config import ProviderSettings
 from .errors import ConfigurationError, ModelError, NbllmError, ProbeError, display_url
-from .health import base_url_advice, self_hosted
+from .health import base_url_advice, probed, self_hosted
 from .probes import Found, Listed, auth, entries, get_json, integer, nonempty, openai_listed, openai_models
 from .registry import get_registry
 
@@ -137,8 +137,7 @@ def target(text: str | None) -> tuple[str, str | None]:
 
 
 def _servers(settings: ProviderSettings) -> tuple[str, ...]:
-    servers = settings.servers
-    return servers or (settings.base_url,)
+    return settings.servers or (settings.base_url,)  # (none: a gateway without its address yet)
 
 
 def _hint(spec: ProviderSpec, error: ProbeError) -> str | None:
@@ -183,7 +182,7 @@ async def list_models(provider: str | None = None, timeout: float | None = None)
             row = asdict(Listed(model=asked or settings.model, loaded=False))
             return Listing(spec.name, [{"provider": spec.name, "server": None, "default": True, **row}])
         settings = prepared
-    local = spec.kind == "local" or self_hosted(spec, settings)
+    local = probed(spec, settings)
     wait = timeout or (registry.health_timeout if local else settings.timeout)
     servers = _servers(settings)
     many = len(servers) > 1

@@ -103,9 +103,9 @@ def value_json(value: Any, sort_keys: bool = False) -> str:
 def invalid_answer(exc: OutputInvalid, call: Call, latency_ms: float, error: str | None = None) -> Answer:
     """An answer that stayed invalid, as a failed Answer: the text it sent, the model that sent it and
     what its replies spent (they cost tokens too). compare's row and `%%llm --schema` both read it."""
-    return Answer(exc.text, exc.provider, getattr(exc, "model", None) or call.model or "", latency_ms=latency_ms,
-                  input_tokens=getattr(exc, "input_tokens", None), output_tokens=getattr(exc, "output_tokens", None),
-                  cost_usd=getattr(exc, "cost_usd", None), error=error or str(exc), failure=exc,
+    return Answer(exc.text, exc.provider, exc.model or call.model or "", latency_ms=latency_ms,
+                  input_tokens=exc.input_tokens, output_tokens=exc.output_tokens,
+                  cost_usd=exc.cost_usd, error=error or str(exc), failure=exc,
                   attempts=getattr(exc, "attempts", 1))
 
 

@@ -58,6 +58,7 @@ class ProviderRegistry:
         """The endpoints files read: the user's (beside the config file), then the working directory's."""
         self.endpoint_problems: tuple[str, ...] = ()
         self._overlay = _Overlay()
+        self._generation = 0
         self.reinit()
 
     # ---- loading ------------------------------------------------------------
@@ -78,14 +79,11 @@ class ProviderRegistry:
             self._env = env
             self._user_config = user_config
             self.global_settings = global_settings
-            self._generation = getattr(self, "_generation", 0) + 1
             self._settings = {
                 spec.name: load_provider_settings(spec, env, origin, user_config) for spec in catalog.all_specs()
             }
             self._remember_secrets()
-        from .clients import clear
-
-        clear()
+            self._changed()
 
     @property
     def generation(self) -> int:
@@ -165,22 +163,14 @@ class ProviderRegistry:
 
     def saved_default_uses(self, name: str) -> bool:
         """Whether the default saved in the user config file names `name` (alone, with a model or in a chain)."""
-        saved = read_user_config(self._env).get("default")
-        provider = saved.get("provider") if isinstance(saved, dict) else None
-        if not isinstance(provider, str):
-            return False
-        try:
-            links = catalog.parse_chain(provider)
-        except ConfigurationError:
-            return False
-        return any(link.provider == (name or "").strip().lower() for link in links)
+        return _names_in_default(read_user_config(self._env), name)
 
     def forget_saved_default(self, name: str) -> bool:
         """Clear the saved default if it names `name` (an endpoint or alias just removed), so later
         processes do not warn that it is unknown; True if it did."""
-        if not self.saved_default_uses(name):
-            return False
         config = read_user_config(self._env)
+        if not _names_in_default(config, name):
+            return False
         config.pop("default", None)
         write_user_config(config, self.config_path)
         with self._lock:
@@ -484,6 +474,19 @@ class _Overlay:
 
                 config_warning(f"nbllm: alias {name!r} (set for this process) would now make a loop with the "
                                f"endpoints files ({' → '.join(loop)}); it is dropped.")
+
+
+def _names_in_default(config: dict[str, Any], name: str) -> bool:
+    """Whether the saved default in `config` (the user config file) names `name`."""
+    saved = config.get("default")
+    provider = saved.get("provider") if isinstance(saved, dict) else None
+    if not isinstance(provider, str):
+        return False
+    try:
+        links = catalog.parse_chain(provider)
+    except ConfigurationError:
+        return False
+    return any(link.provider == (name or "").strip().lower() for link in links)
 
 
 _registry: ProviderRegistry | None = None

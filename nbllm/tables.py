@@ -111,11 +111,6 @@ def alias_rows() -> list[dict[str, Any]]:
              "file": a.source or "(this process only)"} for name, a in sorted(registry.aliases.items())]
 
 
-def aliases_frame(columns: list[str] | None = None) -> "pd.DataFrame":
-    """The aliases as a DataFrame indexed by alias (empty when there are none)."""
-    return frame(alias_rows(), columns or ALIAS_COLUMNS).set_index("alias")
-
-
 TEXT_CELL_WIDTH = 60
 """Longest cell a text table shows; longer ones end in "…" (the HTML view keeps the full text)."""
 TEXT_TABLE_WIDTH = 120

@@ -228,10 +228,8 @@ class ProviderPanel(widgets.VBox):
                 self._show_selection(selection)
 
     def _show_selection(self, selection: Selection) -> None:
-        if selection.provider not in self._provider_values():
+        if selection.provider not in self._provider_values():  # (a chain or alias named elsewhere is added there)
             self._fill_providers()
-        if selection.provider not in self._provider_values():  # e.g. a chain or `provider:model` named elsewhere
-            _set_options(self.provider_select, [*self.provider_select.options, (selection.provider, selection.provider)])
         self.provider_select.value = selection.provider
         self._fill_models(selection.provider, selection.model)
         self._render_default(selection)
@@ -256,7 +254,7 @@ class ProviderPanel(widgets.VBox):
 
     def _alias_label(self, registry: "ProviderRegistry", name: str, alias: Any, checking: bool) -> str:
         """`fast → groq:llama-3.1-8b-instant — available`: what it names and how its first provider is."""
-        target = str(getattr(alias, "target", alias))
+        target = alias.target
         try:
             first = parse_chain(target)[0].provider
         except NbllmError:
@@ -465,7 +463,7 @@ def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
     registry = get_registry()
     if provider not in registry.names():  # an alias (or a chain named elsewhere): what it names decides
         alias = registry.aliases.get(provider)
-        return f"as {getattr(alias, 'target', alias)} says" if alias is not None else "as named"
+        return f"as {alias.target} says" if alias is not None else "as named"
     settings = registry.settings(provider)
     if health is not None and health.model_detected and settings.model_is_default:
         return f"{health.model_id} (loaded)"

@@ -391,3 +391,9 @@ def test_an_invalid_row_still_counts_the_tokens_it_spent(lms):
     assert stats["invalid"] == 2 and stats["ok"] == 0
     assert stats["input_tokens"] > 0 and stats["output_tokens"] > 0
     assert len(lms.chat_requests()) == 4
+
+
+def test_classify_reads_an_iterator_once(lms):
+    lms.set(reply='{"response": "x"}')
+    result = nbllm.classify(iter(["a", "b"]), ["x", "y"], provider="lmstudio")
+    assert list(result) == ["x", "x"] and len(lms.chat_requests()) == 2
