@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "compare_async": "multi", "consensus_async": "multi", "map_async": "batch", "Failed": "batch",
     # typed answers over DataFrames
     "classify": "batch", "extract": "batch", "classify_async": "batch", "extract_async": "batch",
+    # the notebook's failed cells
+    "fix": "fixes", "Fix": "fixes",
 }
 # Module names never equal an exported name: importing a submodule sets an attribute
 # of the same name on the package, which would shadow the function.

@@ -10,10 +10,11 @@ stream that breaks keeps the text that arrived (`Answer.text`) and says what fai
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from . import bridge, pipeline
+from .context import prepared
 from .pipeline import Answer, Call, Notice, Request
 
 __all__ = ["Answer", "Request", "ask", "ask_async", "stream", "astream", "TextStream"]
@@ -69,25 +70,35 @@ class TextStream:
         return self.answer.text if self.answer else ""
 
 
-def _call(prompt: str | Call, options: dict[str, Any], where: str = "ask") -> Call:
-    """`prompt` and its options described (a `Call` a face has already described passes as is)."""
+def _call(prompt: "str | Sequence[Any] | Call", options: dict[str, Any], where: str = "ask") -> Call:
+    """`prompt` and its options described (a `Call` a face has already described passes as is).
+
+    A text's `{name}` placeholders are filled from the caller's variables (as `%%llm` fills them
+    from the notebook): a figure or image becomes an image part, a DataFrame a capped summary
+    (`nbllm.context`); `raw=True` sends the text as written. A list mixes text and such objects."""
     if isinstance(prompt, Call):
         return prompt
-    return pipeline.describe(prompt, where, kind="stream" if where == "stream" else "ask", **options)
+    return pipeline.describe(prepared(prompt, options, 3), where, kind="stream" if where == "stream" else "ask",
+                             **options)
 
 
-async def ask_async(prompt: str | Call, **options: Any) -> Answer:
-    """Ask and await the whole answer (works with top-level await in a notebook)."""
+async def ask_async(prompt: "str | Sequence[Any] | Call", **options: Any) -> Answer:
+    """Ask and await the whole answer (works with top-level await in a notebook); options as `ask`."""
     return await bridge.run_async(pipeline.answer(_call(prompt, options)))
 
 
-def ask(prompt: str | Call, **options: Any) -> Answer:
-    """Ask and wait: `provider`, `model`, `system`, `temperature`, `max_tokens`, `timeout`, `chat`, `cache`."""
+def ask(prompt: "str | Sequence[Any] | Call", **options: Any) -> Answer:
+    """Ask and wait: `provider`, `model`, `system`, `temperature`, `max_tokens`, `timeout`, `chat`, `cache`,
+    `output_type`, `raw`.
+
+    `{name}` in the text is filled from your variables (a figure → an image, a DataFrame → a capped
+    summary, `{df!full}` → all of it, `{Err}` → the last failed cell); `raw=True` sends it as written.
+    A list prompt mixes text and objects: `ask(["What is odd here?", fig, df])`."""
     return bridge.run(pipeline.answer(_call(prompt, options)))
 
 
-def stream(prompt: str, *, raise_errors: bool = True, **options: Any) -> TextStream:
-    """A stream of text deltas; iterate it (sync) or `async for` it."""
+def stream(prompt: "str | Sequence[Any]", *, raise_errors: bool = True, **options: Any) -> TextStream:
+    """A stream of text deltas; iterate it (sync) or `async for` it. Prompts as `ask`."""
     return TextStream(_call(prompt, options, "stream"), raise_errors=raise_errors)
 
 

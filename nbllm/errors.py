@@ -250,6 +250,20 @@ class OutputInvalid(ModelError):
                              self.output_tokens, self.cost_usd, self.model, self.hint))
 
 
+class Unsuitable(ModelError):
+    """The request cannot go to this provider as it is (images to a text-only model, a whole table
+    beyond its context): refused before anything is sent. A fallback chain's next link may take it;
+    the provider itself is fine (never marked down)."""
+
+    @property
+    def moves_on(self) -> bool:
+        return True
+
+    @property
+    def nothing_answered(self) -> bool:
+        return False
+
+
 class ReplayMiss(ModelError):
     """Strict replay found no recorded answer for this call; nothing was sent."""
 

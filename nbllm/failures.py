@@ -29,7 +29,7 @@ from .catalog import ProviderSpec, key_names
 from .errors import ModelError, scrub
 from .probes import describe_http_error
 
-__all__ = ["describe_failure", "timed_out"]
+__all__ = ["describe_failure", "timed_out", "server_said"]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -40,6 +40,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         current = current.__cause__ or current.__context__
     return seen
+
+
+def server_said(exc: BaseException) -> str:
+    """The message in the error body of the HTTP reply behind `exc` (any status), scrubbed; "" without one."""
+    from pydantic_ai.exceptions import ModelHTTPError
+
+    http = next((e for e in _chain(exc) if isinstance(e, ModelHTTPError)), None)
+    return scrub(_body_text(getattr(http, "body", None)))[:300] if http is not None else ""
 
 
 def _names(chain: list[BaseException]) -> str:

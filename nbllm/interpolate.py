@@ -7,6 +7,10 @@ an unknown name, a failing attribute, an expression, a format spec — is left
 exactly as written. Nothing is evaluated beyond attribute and item access on
 values already in the namespace.
 
+`fill` returns parts instead of text: a renderer (nbllm.context) turns a figure into an
+image part and a DataFrame into a capped summary; `{df!full}` asks the renderer for the
+whole value (the only conversion; any other `!x` is left as written).
+
 Braces: `{{` and `}}` are literal braces (`{{name}}` sends `{name}`). A `}}`
 that closes braces opened literally (the end of nested JSON such as
 `{"a": {"b": 1}}`) is left as written, so pasted JSON arrives unchanged.
@@ -15,10 +19,15 @@ that closes braces opened literally (the end of nested JSON such as
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["interpolate"]
+__all__ = ["interpolate", "fill", "Renderer"]
+
+Renderer = Callable[[Any, str, str], Any]
+"""`(value, conversion, reference) -> part`: the text (or image part) a placeholder such as `{df!full}`
+(reference "df", conversion "full") becomes; None leaves it as written."""
+_CONVERSIONS = ("full",)
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _KEY = r"-?\d+|'[^'\\]*'|\"[^\"\\]*\"|" + _NAME
@@ -69,9 +78,19 @@ def _text(value: Any) -> str | None:
         return None
 
 
+def _text_of(value: Any, conversion: str, reference: str) -> str | None:
+    return _text(value) if not conversion else None
+
+
 def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
-    """Return `template` with resolvable `{reference}` placeholders filled; never raises."""
-    out: list[str] = []
+    """Return `template` with resolvable `{reference}` placeholders filled as text; never raises."""
+    return "".join(str(part) for part in fill(template, namespace, _text_of))
+
+
+def fill(template: str, namespace: Mapping[str, Any], render: Renderer) -> list[Any]:
+    """`template` as parts: literal text, and what `render` makes of each resolvable placeholder.
+    `render` may raise (an image that cannot be read): that is the caller's one clear error."""
+    out: list[Any] = []
     literal_depth = 0  # braces opened literally (e.g. JSON) and not yet closed
     i, n = 0, len(template)
     while i < n:
@@ -83,10 +102,11 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
                 continue
             match = _PLACEHOLDER.match(template, i)
             if match is not None:
-                value = _resolve(match.group(1), namespace)
-                text = None if value is _MISSING else _text(value)
-                if text is not None:
-                    out.append(text)
+                reference, _, conversion = match.group(1).partition("!")
+                value = _resolve(reference, namespace) if not conversion or conversion in _CONVERSIONS else _MISSING
+                part = None if value is _MISSING else render(value, conversion, reference)
+                if part is not None:
+                    out.append(part)
                     i = match.end()
                     continue
             out.append("{")
@@ -106,5 +126,5 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
                 j += 1
             out.append(template[i:j])
             i = j
-    return "".join(out)
+    return out
 

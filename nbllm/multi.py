@@ -28,10 +28,12 @@ import html
 import re
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline, routing
+from .context import Prompt, prepared
 from .errors import ConfigurationError, OutputInvalid
 from .pipeline import Answer, Call
 from .health import NOT_STARTED
@@ -136,7 +138,7 @@ async def _one(call: Call) -> dict[str, Any]:
     return row
 
 
-async def _fan_out(prompt: str, providers: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+async def _fan_out(prompt: "str | Prompt", providers: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per provider, in order; runs on nbllm's loop."""
     if options.get("chat") is not None:
         raise ConfigurationError("compare/consensus do not take chat memory: each provider would add its own turn "
@@ -163,7 +165,7 @@ def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
 # ---- compare -----------------------------------------------------------------------------
 
 
-def compare(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
+def compare(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
     """Ask several providers at once; one row each: provider, model, answer, latency_ms, tokens, cost_usd, error.
 
     `providers`: names (a list, or "a,b"); None asks every available provider.
@@ -171,12 +173,12 @@ def compare(prompt: str, providers: str | list[str] | None = None, **options: An
     With `output_type=X` there are two more columns, `output` (the validated value) and `valid`
     (which providers produced a valid X); `answer` is the value's JSON, or the raw text when invalid.
     """
-    return _frame(bridge.run(_fan_out(prompt, providers, options)))
+    return _frame(bridge.run(_fan_out(prepared(prompt, options, 2), providers, options)))
 
 
-async def compare_async(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
+async def compare_async(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
     """`compare` for `await` (e.g. top-level await in a notebook)."""
-    return _frame(await bridge.run_async(_fan_out(prompt, providers, options)))
+    return _frame(await bridge.run_async(_fan_out(prepared(prompt, options, 2), providers, options)))
 
 
 # ---- consensus --------------------------------------------------------------------------
@@ -329,16 +331,18 @@ def _vote(prompt: str, rows: list[dict[str, Any]]) -> ConsensusResult:
     return result
 
 
-def consensus(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
+def consensus(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
     """Ask several providers at once and take a vote weighted by each provider's `{P}_WEIGHT`.
 
     Answers are compared after `normalise`; with `output_type=X`, the validated values are
     compared exactly (invalid answers do not vote) and `.output` is the winning value. Never raises for a provider that fails;
     with no answer at all, `decision` is None and `message` says why.
     """
-    return _vote(prompt, bridge.run(_fan_out(prompt, providers, options)))
+    asked = prepared(prompt, options, 2)
+    return _vote(str(getattr(asked, "text", asked)), bridge.run(_fan_out(asked, providers, options)))
 
 
-async def consensus_async(prompt: str, providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
+async def consensus_async(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
     """`consensus` for `await`."""
-    return _vote(prompt, await bridge.run_async(_fan_out(prompt, providers, options)))
+    asked = prepared(prompt, options, 2)
+    return _vote(str(getattr(asked, "text", asked)), await bridge.run_async(_fan_out(asked, providers, options)))

@@ -45,7 +45,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import calllog, replay, routing, typed
+from . import calllog, fits, replay, routing, typed
 from .catalog import AUTO, Link
 from .errors import ModelError, NbllmError, NotValid, OutputInvalid, detached
 from .failures import describe_failure
@@ -98,11 +98,34 @@ _running: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary
 # ---- one attempt ---------------------------------------------------------------------------
 
 
-def _request_messages(call: Call) -> list[Any]:
+def _user_request(call: Call) -> Any:
+    """The question as pydantic-ai's message: the text, or its parts with images as `BinaryContent`."""
     from pydantic_ai.messages import ModelRequest, UserPromptPart
 
+    from .parts import to_user_content
+
+    content = to_user_content(call.request.parts) if call.request.parts else call.prompt
+    return ModelRequest(parts=[UserPromptPart(content)], instructions=call.request.system or None)
+
+
+def _request_messages(call: Call) -> list[Any]:
     history = list(call.request.chat.messages) if call.request.chat is not None else []
-    return [*history, ModelRequest(parts=[UserPromptPart(call.prompt)], instructions=call.request.system or None)]
+    return [*history, _user_request(call)]
+
+
+def _unsuitable(call: Call, target: Target) -> ModelError | None:
+    """Why `call` cannot go to `target` as it is (images to a text-only model, a whole table beyond its
+    context), before anything is sent; None when it fits."""
+    if not call.request.parts and not call.request.whole_frames:
+        return None
+    from .errors import Unsuitable
+    from .factory import shared_model
+
+    try:
+        fits.check(call.request, target, shared_model(target.spec, target.settings, target.model))
+    except Unsuitable as exc:
+        return exc
+    return None
 
 
 def _model_and_options(call: Call, target: Target, streamed: bool) -> tuple["Model", dict[str, Any]]:
@@ -119,10 +142,15 @@ def _model_and_options(call: Call, target: Target, streamed: bool) -> tuple["Mod
     return model, options
 
 
-def _failed(exc: BaseException, target: Target, timeout: float | None) -> ModelError:
-    """A failed attempt as one ModelError; `auto`/model detection look again next time."""
+def _failed(exc: BaseException, target: Target, timeout: float | None, request: Request) -> ModelError:
+    """A failed attempt as one ModelError (a refused image in words); `auto`/model detection look again next time."""
     routing.invalidate(target.provider)
-    return describe_failure(exc, target.provider, target.url, target.spec, timeout, target.settings.base_url_is_default)
+    error = describe_failure(exc, target.provider, target.url, target.spec, timeout, target.settings.base_url_is_default)
+    if not request.parts:
+        return error
+    from .failures import server_said
+
+    return fits.explain(error, server_said(exc), request, target)
 
 
 async def _crash_report(target: Target, error: ModelError) -> ModelError:
@@ -181,7 +209,7 @@ async def _attempt(call: Call, target: Target) -> Answer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            failure = _failed(exc, target, options["timeout"])
+            failure = _failed(exc, target, options["timeout"], call.request)
         if failure is not None:  # raised outside the except: the SDK's exception is not chained
             raise await _crash_report(target, failure)
         responses.append(response)
@@ -275,6 +303,9 @@ class _Attempts:
 
 async def _retrying(call: Call, target: Target) -> Answer:
     """`_attempt` under `_Attempts`' rule; the last error carries how many requests were made."""
+    refused = _unsuitable(call, target)
+    if refused is not None:
+        raise refused
     plan = _Attempts(call, target)
     while True:
         sent, lease = plan.next()
@@ -304,7 +335,7 @@ def _retry_wait(call: Call, target: Target, error: ModelError, attempt: int) -> 
 
 def _replayed(hit: replay.Recording, call: Call, started: float) -> Answer:
     """An Answer from the replay cache; chat memory gets the same turn a live answer adds."""
-    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+    from pydantic_ai.messages import ModelResponse, TextPart
     from pydantic_ai.usage import RequestUsage
 
     answer = Answer(hit.text, hit.provider, hit.model, (time.perf_counter() - started) * 1000,
@@ -313,8 +344,7 @@ def _replayed(hit: replay.Recording, call: Call, started: float) -> Answer:
     if call.request.output_type is not None:  # the recorded JSON, validated again as the type asked for
         answer.output = typed.plan_for(call.request.output_type).parse_text(hit.text)
     usage = RequestUsage(input_tokens=hit.input_tokens or 0, output_tokens=hit.output_tokens or 0)
-    answer.messages = [ModelRequest(parts=[UserPromptPart(call.prompt)], instructions=call.request.system or None),
-                       ModelResponse(parts=[TextPart(hit.text)], usage=usage, model_name=hit.model)]
+    answer.messages = [_user_request(call), ModelResponse(parts=[TextPart(hit.text)], usage=usage, model_name=hit.model)]
     if call.request.chat is not None:
         call.request.chat.extend(answer.messages)
     return answer
@@ -327,6 +357,7 @@ async def answer(call: Call, target: Target | None = None) -> Answer:
     recorder = replay.recorder(call)  # None when the replay cache is off
     if recorder is not None and (hit := await recorder.lookup()) is not None:
         result = _replayed(hit, call, started)
+        result.request = call.request
         calllog.record(call, result)
         return result
     if call.route is not None and target is None:
@@ -334,6 +365,7 @@ async def answer(call: Call, target: Target | None = None) -> Answer:
     else:
         result = await _answer_one(call, target or await route(call), call)
     assert isinstance(result, Answer)
+    result.request = call.request
     if recorder is not None:
         await recorder.save(result)
     return result
@@ -488,10 +520,11 @@ async def events(call: Call) -> AsyncIterator[str | Notice | Answer]:
     except NbllmError as exc:
         problem = exc
     if problem is not None:
-        yield Answer("", call.provider, call.model or "", error=str(problem), failure=problem)
+        yield Answer("", call.provider, call.model or "", error=str(problem), failure=problem, request=call.request)
         return
     if hit is not None:  # a cached answer arrives as one chunk
         result = _replayed(hit, call, started)
+        result.request = call.request
         calllog.record(call, result)
         if result.text:
             yield result.text
@@ -536,7 +569,7 @@ async def _stream_one(call: Call, logged: Call, recorder: replay.Recorder | None
             return
         problem = _after(problem, fallbacks)
         failed = Answer("", call.provider, call.model or "", error=str(problem), failure=problem,
-                        fallbacks=list(fallbacks))
+                        fallbacks=list(fallbacks), request=logged.request)
         if fallbacks:  # a chain's last link: its row says who was passed over
             calllog.record(logged, failed)
         yield failed
@@ -555,12 +588,15 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
 
     messages = _request_messages(call)
     chunks: list[str] = []
-    result = Answer("", target.provider, target.model, reason=target.reason, fallbacks=list(fallbacks))
+    result = Answer("", target.provider, target.model, reason=target.reason, fallbacks=list(fallbacks),
+                    request=logged.request)
     started = time.perf_counter()
     logged_row = False
     plan = _Attempts(call, target)
+    refused = _unsuitable(call, target)
+    response = None
     try:
-        while True:
+        while refused is None:
             sent, lease = plan.next()
             model, options = _model_and_options(call, sent, streamed=True)
             response = None
@@ -577,7 +613,7 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                error = _failed(exc, sent, options["timeout"])
+                error = _failed(exc, sent, options["timeout"], call.request)
             if error is None:
                 plan.answered()
                 break
@@ -589,6 +625,13 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
                 result.failure = _after(await _crash_report(target, error), fallbacks)
                 result.error = str(result.failure)
                 break
+        if refused is not None:  # nothing was sent
+            if _moves_on(refused, may_move_on):
+                logged_row = True
+                yield Fallback(target.provider, _reason(refused))
+                return
+            result.failure = _after(refused, fallbacks)
+            result.error = str(result.failure)
         result.text = "".join(chunks)
         result.attempts = plan.requests
         result.latency_ms = (time.perf_counter() - started) * 1000

@@ -166,9 +166,22 @@ def _transcript(messages: list[Any]) -> list[list[str]]:
             out.append([getattr(message, "kind", ""), "instructions", str(instructions)])
         for part in getattr(message, "parts", []):
             content = getattr(part, "content", "")
-            out.append([getattr(message, "kind", ""), getattr(part, "part_kind", ""),
-                        content if isinstance(content, str) else repr(content)])
+            out.append([getattr(message, "kind", ""), getattr(part, "part_kind", ""), _content_key(content)])
     return out
+
+
+def _content_key(content: Any) -> str:
+    """A message's content for the key: text as is, an image by its hash (never its bytes)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(_content_key(item) for item in content)
+    data = getattr(content, "data", None)
+    if isinstance(data, bytes):
+        import hashlib
+
+        return f"<{getattr(content, 'media_type', 'file')} {hashlib.sha256(data).hexdigest()[:16]}>"
+    return repr(content)
 
 
 class Recorder:
@@ -264,6 +277,8 @@ def recorder(call: Any) -> Recorder | None:
         from .typed import schema_key
 
         asked["output"] = schema_key(request.output_type)
+    if request.images:  # two images of the same size are different questions: their content is the key
+        asked["images"] = [image.digest for image in request.images]
     return Recorder(call.cache_mode, asked)
 
 

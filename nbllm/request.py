@@ -16,10 +16,12 @@ from typing import Any
 from . import replay, routing
 from .catalog import AUTO, Link, ProviderSpec
 from .config import FIELDS, ProviderSettings, openai_base
+from .parts import ImagePart, Part
 from .errors import ConfigurationError, NbllmError, detached, display_url
 from .health import self_hosted
 from .registry import get_registry
 from .retry import RetryPolicy
+from .context import Prompt
 from .session import Conversation, current
 
 __all__ = [
@@ -66,6 +68,9 @@ class Answer:
     """The links of a fallback chain passed over before `provider` answered (or before it failed)."""
     output: Any = None
     """With `output_type=`: the validated value (`text` keeps the JSON it came as); else None."""
+    request: "Request | None" = field(default=None, repr=False, compare=False)
+    """What was asked: `request.prompt` is the text sent, each image as `<image 800×600 png, 41 KB>`;
+    `request.parts` the parts themselves."""
 
     @property
     def ok(self) -> bool:
@@ -86,9 +91,15 @@ class Answer:
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt and its options as the caller gave them; None means 'the provider's configured value'."""
+    """One prompt and its options as the caller gave them; None means 'the provider's configured value'.
+
+    `prompt` is the text (each image as its placeholder); `parts` the prompt's parts when it holds
+    images (else empty: the text is the prompt)."""
 
     prompt: str
+    parts: tuple[Part, ...] = field(default=(), compare=False)
+    whole_frames: bool = field(default=False, compare=False)
+    """A `{df!full}` put a whole table in the prompt: checked against the model's context length."""
     provider: str | None = None
     model: str | None = None
     system: str | None = None
@@ -106,6 +117,10 @@ class Request:
         """The temperature, max_tokens and timeout this call uses with `settings`: its own, else the provider's."""
         return {name: getattr(settings, name) if getattr(self, name) is None else getattr(self, name)
                 for name in ("temperature", "max_tokens", "timeout")}
+
+    @property
+    def images(self) -> list[ImagePart]:
+        return [part for part in self.parts if isinstance(part, ImagePart)]
 
     def retries(self, settings: ProviderSettings) -> int:
         """How many times this call may be retried: its policy's count, else `{P}_MAX_RETRIES`."""
@@ -133,8 +148,8 @@ class Call:
         return self.request.prompt
 
     def with_prompt(self, prompt: str) -> "Call":
-        """The same call for another prompt (`map`: one description, many inputs)."""
-        return replace(self, request=replace(self.request, prompt=prompt))
+        """The same call for another (text) prompt (`map`: one description, many inputs)."""
+        return replace(self, request=replace(self.request, prompt=prompt, parts=(), whole_frames=False))
 
     def settings(self) -> ProviderSettings | None:
         """The named provider's settings (None for `auto` or a chain, which only routing can resolve)."""
@@ -182,6 +197,10 @@ class Notice:
 
 def check_prompt(prompt: Any) -> None:
     """An empty prompt is one clear error before anything is sent."""
+    if isinstance(prompt, Prompt):
+        if prompt.has_images:
+            return
+        prompt = prompt.text
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigurationError("The prompt is empty: give some text to send.")
 
@@ -206,7 +225,7 @@ def check_options(options: dict[str, Any], where: str, allowed: tuple[str, ...] 
         raise ConfigurationError(problem)
 
 
-def describe(prompt: str, where: str = "ask", provider: str | None = None, retry: RetryPolicy | None = None,
+def describe(prompt: "str | Prompt", where: str = "ask", provider: str | None = None, retry: RetryPolicy | None = None,
              kind: str = "ask", max_retries: int | None = None, **options: Any) -> Call:
     """Validate one call's prompt and options and say what it asks for; nothing is sent.
 
@@ -237,7 +256,12 @@ def _described(prompt: str, where: str, provider: str | None, retry: RetryPolicy
     if max_retries is not None:
         check_options({"max_retries": max_retries}, where, ("max_retries",))
         retry = replace(retry or RetryPolicy(), retries=max_retries)
-    request = Request(prompt=prompt, provider=provider, retry=retry or RetryPolicy(), **options)
+    if isinstance(prompt, Prompt):
+        parts = prompt.parts if prompt.has_images else ()
+        request = Request(prompt=prompt.text, parts=parts, whole_frames=prompt.whole_frames, provider=provider,
+                          retry=retry or RetryPolicy(), **options)
+    else:
+        request = Request(prompt=prompt, provider=provider, retry=retry or RetryPolicy(), **options)
     selection = current()
     name = provider or selection.provider or AUTO
     model = request.model or (selection.model if provider is None else None)

@@ -309,6 +309,10 @@ GLOBALS: dict[str, Variable] = {v.name: v for v in (
     Variable("NBLLM_EMBEDDED_ARGS", "embedded_args", to_args, "no extra options"),
     Variable("NBLLM_EMBEDDED_START_TIMEOUT", "embedded_start_timeout", _seconds, "the default 30 seconds"),
     Variable("NBLLM_CONFIG", "config", to_path, "the default file in nbllm's user config directory"),
+    Variable("NBLLM_MAX_CONTEXT_TOKENS", "max_context_tokens", partial(to_number, low=50, high=1_000_000, whole=True),
+             "the default 2000"),
+    Variable("NBLLM_MAX_IMAGE_SIDE", "max_image_side", partial(to_number, low=64, high=8192, whole=True, unit="pixels"),
+             "the default 1568"),
 )}
 
 

@@ -54,12 +54,15 @@ class Behaviour:
     request's user messages joined by blank lines (the prompt alone on a first request; a
     validation retry adds its feedback after it) or a list cycled in arrival order. `reply`
     wins when both are set.
+    `text_only`: a chat request with an image part is refused with llama.cpp's 500 ("image input is
+    not supported …"), as a server without a vision projector does.
     `tool_calls`: a request that offers tools is answered with a call of the tool named by
     its `tool_choice` (else its first tool), the reply text as the call's arguments — as a
     server does when a client asks for tool output.
     """
 
     mode: str = "ok"
+    text_only: bool = False
     status: int = 500
     fail_first: int = 0
     retry_after: float | None = None
@@ -220,6 +223,26 @@ def _tool_called(body: dict[str, Any]) -> str | None:
     if isinstance(choice, dict) and choice.get("function", {}).get("name"):
         return choice["function"]["name"]
     return tools[0].get("function", {}).get("name")
+
+
+def _has_image(body: dict[str, Any]) -> bool:
+    return any(isinstance(part, dict) and part.get("type") == "image_url"
+               for message in body.get("messages") or [] if isinstance(message.get("content"), list)
+               for part in message["content"])
+
+
+def image_parts(body: dict[str, Any]) -> list[bytes]:
+    """The images of a recorded chat request, decoded (OpenAI's `image_url` data URLs)."""
+    import base64
+
+    found = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = part["image_url"]["url"]
+                found.append(base64.b64decode(url.split(",", 1)[1]))
+    return found
 
 
 def _text(content: Any) -> str:
@@ -387,6 +410,10 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                                                              f"{credential}", "type": "invalid_request_error"}})
             if b.mode == "empty":
                 return self._send(200, b"")
+            if b.text_only and _has_image(body):
+                return self._send(500, {"error": {"code": 500, "type": "server_error", "message":
+                                                  "image input is not supported - hint: if this is unexpected, "
+                                                  "you may need to provide the mmproj"}})
             text = server.reply_for(body)
             model = body.get("model") or "fake-model"
             if body.get("stream"):

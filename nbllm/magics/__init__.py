@@ -1,4 +1,4 @@
-"""IPython magics: `%llm_providers` (providers.py) and `%%llm` / `%llm` (llm.py).
+"""IPython magics: `%llm_providers` (providers.py), `%%llm` / `%llm` (llm.py) and `%llm_fix` (fix.py).
 
 `%load_ext nbllm` registers both families and imports nothing heavy; pydantic-ai,
 pandas and ipywidgets load when a magic first needs them.
@@ -14,10 +14,11 @@ _MAGIC_CLASSES: list[Any] = []
 
 
 def _classes() -> list[type]:
+    from .fix import FixMagics
     from .llm import LLMMagics
     from .providers import ProviderMagics
 
-    return [ProviderMagics, LLMMagics]
+    return [ProviderMagics, LLMMagics, FixMagics]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -26,13 +27,17 @@ def load_ipython_extension(ipython: Any) -> None:
         instance = cls(shell=ipython)
         ipython.register_magics(instance)
         _MAGIC_CLASSES.append(instance)
+    from ..cells import register
+
+    register(ipython)  # keep failed cells for {Err} and %llm_fix (post_run_cell, never set_custom_exc)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics and stop nbllm's loop thread (it restarts on next use)."""
-    from .. import bridge, clients
+    from .. import bridge, cells, clients
 
     _unregister(ipython)
+    cells.unregister(ipython)
     bridge.shutdown()
     clients.clear()  # clients of the stopped loop must not be reused
 

@@ -17,7 +17,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Enum, Float
+from traitlets import Bool, Enum, Float, Int
 
 from ..display import FORMATS, AnswerView, convert, rich_frontend
 from ..errors import CellError, Interrupted, NbllmError
@@ -88,7 +88,7 @@ class LLMMagics(Magics):
     """Ask a language model from a notebook: `%%llm` sends the cell, `%llm` one line.
 
     Settings (`%config LLMMagics.<name> = value`, or ipython_config.py):
-    default_format, stream, show_footer, update_interval, interpolate.
+    default_format, stream, show_footer, update_interval, interpolate, max_context_tokens, max_image_side.
     """
 
     default_format = Enum(FORMATS, default_value="markdown", help="Format when -f is not given.").tag(config=True)
@@ -98,6 +98,14 @@ class LLMMagics(Magics):
         config=True
     )
     interpolate = Bool(True, help="Fill {name} placeholders from the namespace (per cell: --raw).").tag(config=True)
+    max_context_tokens = Int(None, allow_none=True, min=50,
+                             help="Token cap of a {df} summary (None: NBLLM_MAX_CONTEXT_TOKENS, default 2000).").tag(
+        config=True
+    )
+    max_image_side = Int(None, allow_none=True, min=64,
+                         help="Longest side of an image sent, pixels (None: NBLLM_MAX_IMAGE_SIDE, default 1568).").tag(
+        config=True
+    )
 
     last_answer: Any = None
 
@@ -161,7 +169,7 @@ class LLMMagics(Magics):
             raise UsageError(f"The prompt is empty: write it in the {where} (see %llm? for options).")
         prompt = prompt.lstrip("\n").rstrip()
         if self.interpolate and not args.raw:
-            prompt = interpolate(prompt, self._namespace())
+            prompt = self._filled(prompt)
         options = self._call_options(args, conversation() if args.chat else None)
         if args.schema is not None:
             options["output_type"] = self._schema(args.schema)
@@ -180,8 +188,18 @@ class LLMMagics(Magics):
     def _namespace(self) -> dict[str, Any]:
         return self.shell.user_ns if self.shell is not None else {}
 
+    def _filled(self, prompt: str) -> Any:
+        """The cell with `{name}` filled: figures as images, DataFrames as capped summaries, `{Err}`."""
+        from ..context import Limits, build, with_notebook
+
+        try:
+            return build(prompt, with_notebook(self._namespace()),
+                         Limits.current(self.max_context_tokens, self.max_image_side))
+        except NbllmError as exc:  # an image that cannot be read
+            raise CellError(str(exc)) from None
+
     @staticmethod
-    def _describe(prompt: str, options: dict[str, Any], kind: str) -> Any:
+    def _describe(prompt: Any, options: dict[str, Any], kind: str) -> Any:
         """The call, checked once by the API (an unknown provider, `-t 5`): one line, nothing sent."""
         from ..pipeline import describe
 
@@ -344,7 +362,7 @@ class LLMMagics(Magics):
             self.shell.set_next_input(value, replace=False)
 
 
-def _many(shell: Any, args: Namespace, prompt: str, options: dict[str, Any], show: bool) -> Any:
+def _many(shell: Any, args: Namespace, prompt: Any, options: dict[str, Any], show: bool) -> Any:
     """`--compare` / `--consensus`: the API's function, its result stored (-o) and shown."""
     from .. import multi
 
