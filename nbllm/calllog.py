@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import scrub
-from .store import cast_usage, connect, data_file
+from .store import cast_usage, connect, data_file, shortened
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -277,7 +277,7 @@ def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcom
         request = call.request
         row = (
             datetime.now(timezone.utc).isoformat(timespec="milliseconds"), call.kind,
-            answer.provider, answer.model, clean(request.prompt), clean(request.system),
+            answer.provider, answer.model, clean(shortened(request.prompt)), clean(request.system),
             _settings_json(call, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
             round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), clean(answer.error),
             getattr(call, "asked", "") or call.provider + (f":{call.model}" if call.model else ""),

@@ -10,7 +10,7 @@ stream that breaks keeps the text that arrived (`Answer.text`) and says what fai
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any
 
 from . import bridge, pipeline
@@ -82,9 +82,12 @@ def _call(prompt: "str | Sequence[Any] | Call", options: dict[str, Any], where: 
                              **options)
 
 
-async def ask_async(prompt: "str | Sequence[Any] | Call", **options: Any) -> Answer:
-    """Ask and await the whole answer (works with top-level await in a notebook); options as `ask`."""
-    return await bridge.run_async(pipeline.answer(_call(prompt, options)))
+def ask_async(prompt: "str | Sequence[Any] | Call", **options: Any) -> Awaitable[Answer]:
+    """Ask and await the whole answer (works with top-level await in a notebook); options as `ask`.
+
+    A plain function returning the awaitable: the prompt is read (and checked) when you call it, so
+    `{name}` comes from your variables even when the awaitable runs later in a task or `gather`."""
+    return bridge.run_async(pipeline.answer(_call(prompt, options)))
 
 
 def ask(prompt: "str | Sequence[Any] | Call", **options: Any) -> Answer:

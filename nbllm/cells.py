@@ -8,7 +8,8 @@ error, so nbllm only reads what happened and changes nothing.
 A failure is kept as text a model can read: the cell's source, the exception's type and
 message, and its traceback formatted by the `traceback` module (no ANSI colours), starting
 at the user's cell (IPython's own frames left out). Everything passes through
-`errors.scrub`, so a key in a message or a source line never reaches a prompt or a log.
+`errors.scrub` (when kept and again when read), so a key in a message or a source line never
+reaches a prompt or a log. Ctrl-C, `exit()` and nbllm's own failures are not kept (`is_kept`).
 Importing this module is cheap (no pandas, no pydantic-ai): the hook is set at `%load_ext`.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import traceback
 import weakref
 from collections import OrderedDict
@@ -24,10 +26,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .errors import scrub
+from .errors import NbllmError, scrub
 
 __all__ = ["FailedCell", "ErrorHistory", "register", "registered", "unregister", "history_for", "notebook_names", "MAX_KEPT",
-           "NOT_A_CELL_ERROR"]
+           "NOT_A_CELL_ERROR", "not_a_cell_error", "is_kept"]
 
 MAX_KEPT = 50
 """How many failed cells each shell keeps (the oldest are forgotten first)."""
@@ -38,6 +40,8 @@ NOT_A_CELL_ERROR = "_nbllm_not_a_cell_error"
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _FIX_MAGIC = re.compile(r"\s*%+llm_fix\b")
+_CELL_MAGIC = re.compile(r"\s*%%llm\w*\b")
+_LINE_MAGIC = re.compile(r"\s*%llm\w*\b")
 
 
 def _ipython_dir() -> str:
@@ -62,8 +66,9 @@ class FailedCell:
         return f"{where} raised {self.type}: {self.message}" if self.message else f"{where} raised {self.type}"
 
     def __str__(self) -> str:
-        """The text a model reads: what was raised, then the traceback."""
-        return f"{self.headline}\n{self.traceback}".rstrip("\n")
+        """The text a model reads: what was raised, then the traceback. Scrubbed again: a key
+        registered after the cell failed must not show in an older `{Err}`."""
+        return scrub(f"{self.headline}\n{self.traceback}".rstrip("\n"))
 
 
 class ErrorHistory:
@@ -84,10 +89,6 @@ class ErrorHistory:
         self._last = failed
         while len(self._cells) > self.limit:
             self._cells.popitem(last=False)
-
-    def clear(self) -> None:
-        self._cells.clear()
-        self._last = None
 
     @property
     def last(self) -> FailedCell | None:
@@ -162,10 +163,49 @@ def _rename(te: traceback.TracebackException, names: dict[str, str]) -> None:
         todo.extend(t for t in (current.__cause__, current.__context__) if t is not None)
 
 
+def _library(filename: str) -> bool:
+    """A frame of installed code (the standard library, site-packages, a compiled module), not the user's."""
+    if filename.startswith("In["):
+        return False
+    if not os.path.isabs(filename) or "site-packages" in filename:
+        return True
+    return any(filename.startswith(prefix + os.sep) for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+
+
+def _short(filename: str) -> str:
+    """An installed module's path from its package on (`pandas/core/frame.py`): fewer tokens, and no home folder."""
+    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    for prefix in sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}, key=len, reverse=True):
+        if filename.startswith(prefix + os.sep):
+            return os.path.relpath(filename, prefix)
+    return filename
+
+
+def _tidy(te: traceback.TracebackException) -> None:
+    """Library paths shortened; a chained exception raised wholly inside libraries (pandas' KeyError behind
+    `df["x"]`) keeps its line and loses its frames: the model needs what was raised, not hashtable internals."""
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current is not te and all(_library(frame.filename) for frame in current.stack):
+            current.stack = traceback.StackSummary()
+        for frame in current.stack:
+            if _library(frame.filename):
+                frame.filename = _short(frame.filename)
+        todo.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+
+
 def format_error(error: BaseException, shell: Any = None) -> str:
     """The traceback of `error` as plain text, from the user's cell on, scrubbed."""
     te = traceback.TracebackException(type(error), error, _user_frames(error.__traceback__), compact=True)
     _rename(te, _cell_names(shell))
+    _tidy(te)
     text = "".join(te.format())
     return scrub(_ANSI.sub("", text))
 
@@ -189,6 +229,33 @@ def failed_cell(number: int | None, source: str, error: BaseException, shell: An
 
 # --- the hook ---------------------------------------------------------------------------
 
+
+def not_a_cell_error(error: BaseException) -> BaseException:
+    """`error` marked as nbllm's own answer (no cell to fix, the provider failed): the hook skips it."""
+    setattr(error, NOT_A_CELL_ERROR, True)
+    return error
+
+
+def _nbllms(error: BaseException) -> bool:
+    from IPython.core.error import UsageError  # IPython is loaded wherever a cell runs
+
+    return isinstance(error, (NbllmError, UsageError))
+
+
+def is_kept(source: str, error: BaseException) -> bool:
+    """Whether a cell that raised `error` is a cell to fix.
+
+    Not kept: Ctrl-C and `exit()` (an interrupted loop is not broken code), errors nbllm marked as
+    its own, `%llm_fix`'s own cell, a `%%llm…` cell (its body is a prompt, not code: a provider that
+    is down is nothing to fix), and nbllm's or IPython's one-line refusal of a `%llm…` line magic at
+    the top of a cell. Python after such a line magic that fails is kept.
+    """
+    if isinstance(error, (KeyboardInterrupt, SystemExit)) or getattr(error, NOT_A_CELL_ERROR, False):
+        return False
+    if _FIX_MAGIC.match(source) or _CELL_MAGIC.match(source):
+        return False
+    return not (_LINE_MAGIC.match(source) and _nbllms(error))
+
 _histories: weakref.WeakKeyDictionary[Any, ErrorHistory] = weakref.WeakKeyDictionary()
 _hooks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -209,10 +276,10 @@ def _recorder(shell: Any) -> Any:
         try:
             error = result.error_before_exec or result.error_in_exec
             target = ref()
-            if error is None or target is None or getattr(error, NOT_A_CELL_ERROR, False):
+            if error is None or target is None:
                 return
             source = getattr(getattr(result, "info", None), "raw_cell", None) or ""
-            if _FIX_MAGIC.match(source):  # %llm_fix's own cell is never the cell to fix
+            if not is_kept(source, error):
                 return
             history_for(target).add(failed_cell(result.execution_count, source, error, target))
         except Exception:  # noqa: BLE001 - a notebook must never see nbllm's bookkeeping fail

@@ -53,8 +53,8 @@ from typing import Any, NamedTuple
 from .catalog import ProviderSpec, all_specs, key_env_names
 from .errors import scrub
 from .settings_values import (
-    FIELDS, GLOBALS, BadValue, Secret, decode, host_to_url, is_name, openai_base, os_reason, server_root,
-    split_urls, to_path, validate_user_config,
+    FIELDS, GLOBALS, MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE, BadValue, Secret, decode, host_to_url, is_name, openai_base,
+    os_reason, server_root, split_urls, to_path, validate_user_config,
 )
 
 __all__ = [
@@ -149,8 +149,8 @@ class GlobalSettings:
     embedded_args: str = ""
     embedded_start_timeout: float = 30.0
     config: Path | None = None
-    max_context_tokens: int = 2000
-    max_image_side: int = 1568
+    max_context_tokens: int = MAX_CONTEXT_TOKENS
+    max_image_side: int = MAX_IMAGE_SIDE
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     """Variable name → 'env' | '.env' | 'config' for every variable that was set."""
     problems: tuple[str, ...] = ()

@@ -15,21 +15,28 @@ from typing import TYPE_CHECKING, Any
 from .errors import ModelError, Unsuitable
 
 if TYPE_CHECKING:
+    from .catalog import ProviderSpec
     from .request import Request, Target
 
-__all__ = ["check", "explain", "takes_images"]
+__all__ = ["check", "explain", "takes_images", "known_text_only"]
 
-_TEXT_ONLY = re.compile(r"gpt-oss|deepseek|smollm|llama-?3\.[13]\b|mixtral|gpt-3\.5|\bo[13]-mini|qwen3(?!.*vl)|"
-                        r"codestral|phi-?[34](?!.*vision)", re.IGNORECASE)
-"""Model families known to take text only (whatever server runs them)."""
+_TEXT_ONLY = re.compile(r"^(?!.*(vl|vision|ocr|omni|multimodal|llava))"
+                        r".*(gpt-oss|deepseek-(chat|reasoner|flash|coder|r1|v3)|smollm|llama-?3\.[13]\b|mixtral|"
+                        r"gpt-3\.5|\bo[13]-mini|qwen3(?![.\d])|codestral|phi-?[34])", re.IGNORECASE)
+"""Model families known to take text only, whatever server runs them (a vision variant's name says so)."""
 _VISION_CLOUD = ("openai", "anthropic", "gemini")
 _REFUSED_IMAGE = re.compile(r"image|vision|multimodal|mmproj|modalit|image_url|content type", re.IGNORECASE)
+
+
+def known_text_only(spec: "ProviderSpec", model: str | None) -> bool:
+    """The provider, or the model's family, takes no images (decided from names: nothing is built or started)."""
+    return spec.images is False or bool(_TEXT_ONLY.search(model or ""))
 
 
 def takes_images(target: "Target", model: Any) -> bool | None:
     """False when the provider or model is known to take no images; True when its profile says it does
     and the family is not known text-only; None (try) for an unknown local model."""
-    if target.spec.images is False or _TEXT_ONLY.search(target.model or ""):
+    if known_text_only(target.spec, target.model):
         return False
     profile = getattr(model, "profile", None) or {}
     if isinstance(profile, dict) and profile.get("supports_image_input", True) is False:
@@ -52,16 +59,16 @@ def _instead(exclude: str) -> str:
 
 def check(request: "Request", target: "Target", model: Any) -> None:
     """Raise `Unsuitable` when the request cannot go to `target` as it is; nothing has been sent."""
-    if request.parts and any(not isinstance(part, str) for part in request.parts):
+    count = len(request.images)
+    if count:
         if takes_images(target, model) is False:
-            count = len(request.images)
             raise Unsuitable(target.provider, f"{target.model} takes no images, and the prompt has "
                              f"{count} image{'s' if count > 1 else ''}", hint=_instead(target.provider))
-    if request.whole_frames:
-        from .tokens import context_window, estimate
+    if request.whole_tokens is not None:
+        from .tokens import context_window
 
         window = context_window(target.provider, target.model, target.settings)
-        size = estimate(request.prompt) + (request.max_tokens or target.settings.max_tokens or 0)
+        size = request.whole_tokens + (request.max_tokens or target.settings.max_tokens or 0)
         if window is not None and size > window:
             raise Unsuitable(target.provider, f"the prompt with a whole table ({{df!full}}) needs about {size:,} "
                              f"tokens with the answer, and {target.model}'s context holds {window:,}",

@@ -3,8 +3,9 @@
 What the model gets is one prompt: the failed cell's source, its traceback (plain
 text, from `nbllm.cells`) and, for the names the cell uses, their type and
 shape/length/dtypes/columns — never their values: a notebook's data may be large or
-private, and the structure is what a fix needs. Nothing here imports pandas or numpy:
-objects are described by duck typing (`shape`, `dtype`, `columns`, `len`).
+private, and the structure is what a fix needs. DataFrames and Series are described by
+`summaries.describe_frame`; nothing here imports pandas or numpy: other objects are
+described by duck typing (`shape`, `dtype`, `len`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cells
-from .errors import ConfigurationError, scrub
+from .errors import ConfigurationError, NbllmError, detached, scrub
+from .summaries import describe_frame
 
 __all__ = ["Fix", "fix", "build_prompt", "parse_reply", "describe_value", "used_names", "SYSTEM", "SYSTEM_EXPLAIN"]
 
@@ -31,19 +33,25 @@ SYSTEM_EXPLAIN = ("You explain why Jupyter notebook cells fail. Answer with one 
                   "the cause and how to fix it; do not write the corrected cell.")
 
 MAX_NAMES = 30
-MAX_COLUMNS = 40
 _PYTHON = {"python", "py", "python3", "ipython", "ipython3", "py3"}
 _SCALARS = (bool, int, float, complex, type(None))
 _MAGIC_CALLS = ("run_line_magic", "run_cell_magic")
 _SEQUENCES = (list, tuple, set, frozenset)
 _IPYTHON_NAME = re.compile(r"_+|_i{1,3}|_i?\d+|_[iod]h|__\w+__")
+_LIST_ITEM = re.compile(r"\s*(?:\d+[.)]|[-*+•])\s")
+_INTRO_WORDS = re.compile(r"(?i)\b(?:code|cell|fix(?:ed)?|correct(?:ed|ion)?|version|solution|here)\b")
+MIN_EXPLANATION = 80  # characters outside the code blocks an explain-only reply needs to be shown without them
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,})[ \t]*([^\s`]*)[^`\n]*$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Fix:
     """A model's answer about a failed cell: the explanation, the corrected cell (None with
-    `explain_only` or when the answer had no code block: `note` says which), the nbllm Answer."""
+    `explain_only` or when the answer had no code block: `note` says which), the nbllm Answer.
+
+    A cell's last value is shown by Jupyter through `_repr_markdown_` (the explanation and the
+    code, readable); `repr()` stays one short line: the prompt and the answer can be pages long.
+    """
 
     explanation: str
     code: str | None
@@ -53,17 +61,40 @@ class Fix:
     prompt: str = ""
 
     def __str__(self) -> str:
-        return self.explanation if self.code is None else f"{self.explanation}\n\n```python\n{self.code}\n```"
+        return self.explanation if self.code is None else f"{self.explanation}\n\n{_fenced(self.code, 'python')}"
+
+    def __repr__(self) -> str:
+        where = f"cell [{self.cell}]" if self.cell is not None else "a cell"
+        first = next((line.strip() for line in self.explanation.splitlines() if line.strip()), "")
+        first = first if len(first) <= 70 else first[:69].rstrip() + "…"
+        if self.code is None:
+            code = "no code"
+        else:
+            n = len(self.code.splitlines())
+            code = f"{n} line{'' if n == 1 else 's'} of code"
+        return f"<Fix for {where}: {first!r}, {code}>" if first else f"<Fix for {where}: {code}>"
+
+    def _repr_markdown_(self) -> str:
+        parts = [self.explanation or "*(the model gave no explanation)*"]
+        if self.code is not None:
+            parts += [_fenced(self.code, "python"),
+                      "*Copy it into a cell, or use `%llm_fix` to get it in a new cell below.*"]
+        elif self.note:
+            parts.append(f"*nbllm: {self.note}.*")
+        return "\n\n".join(parts)
 
 
 # --- what the cell uses -------------------------------------------------------------------
 
 
 def used_names(source: str, shell: Any = None) -> list[str]:
-    """The names a cell reads (ast Name loads; attribute bases are Name loads too), in order of appearance.
+    """The names a cell reads before it binds them, in order of first use.
 
-    Magics are turned into Python by IPython's transformer first; a cell that does not
-    parse (a SyntaxError) falls back to its name tokens.
+    A name whose first occurrence binds it (`x = 1`, `def x`, `import … as x`, `for x in`)
+    is the cell's own: an unrelated variable of that name in the notebook says nothing
+    about the failure. Magics are turned into Python by IPython's transformer first; a
+    cell that does not parse (a SyntaxError) falls back to its name tokens, less the names
+    it visibly defines.
     """
     code = source
     if shell is not None:
@@ -75,26 +106,106 @@ def used_names(source: str, shell: Any = None) -> list[str]:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
         return _name_tokens(source)
-    names: dict[str, None] = {}
-    _loads(tree, names)
-    return list(names)
+    seen: dict[str, bool] = {}  # name -> used (True) or bound by the cell first (False)
+    _first_uses(tree, seen)
+    return [name for name, used in seen.items() if used]
 
 
-def _loads(tree: ast.AST, names: dict[str, None], depth: int = 0) -> None:
-    """Name loads in order; the code a magic runs (`%time x + y`, `%%timeit` bodies) counts too."""
-    nodes = sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Name, ast.Call))),
-                   key=lambda n: (n.lineno, n.col_offset))
-    for node in nodes:
+_Pos = tuple[int, int]
+
+
+def _end(node: ast.AST) -> _Pos:
+    return (getattr(node, "end_lineno", None) or node.lineno, getattr(node, "end_col_offset", None) or 0)
+
+
+def _start(node: ast.AST) -> _Pos:
+    return (node.lineno, node.col_offset)
+
+
+def _bind_positions(tree: ast.AST) -> tuple[dict[int, _Pos], set[int], list[tuple[_Pos, str]]]:
+    """When each stored Name is bound: `x = x + 1` reads x before it binds it.
+
+    Returns the binding position per Name node id, the ids of augmented-assignment
+    targets (`x += 1` reads x) and the other bindings (def, class, import, except … as).
+    """
+    at: dict[int, _Pos] = {}
+    reads: set[int] = set()
+    others: list[tuple[_Pos, str]] = []
+
+    def targets(target: ast.AST, pos: _Pos) -> None:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name):
+                at[id(node)] = pos
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                targets(target, _end(node.value))
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            reads.add(id(node.target))
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            targets(node.target, _end(node.iter))
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    targets(item.optional_vars, _end(item.context_expr))
+        elif isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            for generator in node.generators:  # the comprehension's own variables
+                targets(generator.target, _start(node))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            others.append((_start(node), node.name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name != "*":
+                    others.append((_start(node), alias.asname or alias.name.split(".")[0]))
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            others.append((_start(node), node.name))
+    return at, reads, others
+
+
+def _first_uses(tree: ast.AST, seen: dict[str, bool], depth: int = 0) -> None:
+    """Each name's first occurrence, in source order: a read or a binding. The code a magic
+    runs (`%time x + y`, `%%timeit` bodies) counts too, where the magic is."""
+    at, reads, others = _bind_positions(tree)
+    events: list[tuple[_Pos, int, Any]] = [(pos, 1, name) for pos, name in others]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                names.setdefault(node.id, None)
-        elif depth < 2 and isinstance(node.func, ast.Attribute) and node.func.attr in _MAGIC_CALLS:
-            for arg in node.args[1:]:
+            if isinstance(node.ctx, ast.Store) and id(node) not in reads:
+                events.append((at.get(id(node), _start(node)), 1, node.id))
+            else:  # Load, Del, and the target of `x += 1`
+                events.append((_start(node), 0, node.id))
+        elif (depth < 2 and isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in _MAGIC_CALLS):
+            events.append((_start(node), 0, node))
+    for _, kind, item in sorted(events, key=lambda e: (e[0], e[1])):
+        if isinstance(item, ast.Call):
+            for arg in item.args[1:]:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     try:
-                        _loads(ast.parse(arg.value), names, depth + 1)
+                        _first_uses(ast.parse(arg.value), seen, depth + 1)
                     except (SyntaxError, ValueError):
                         pass  # options of a magic, not code
+        else:
+            seen.setdefault(item, kind == 0)
+
+
+_NAMES = r"\(?\s*\w+(?:\s*,\s*\w+)*\s*,?\s*\)?"
+_DEFINES = [re.compile(pattern, re.MULTILINE) for pattern in (
+    r"^\s*(?:async\s+)?def\s+(\w+)",
+    r"^\s*class\s+(\w+)",
+    rf"^\s*({_NAMES})\s*(?::[^=\n]*)?=(?!=)",  # x = …, a, b = …, n: int = …
+    rf"^\s*(?:async\s+)?for\s+({_NAMES})\s+in\b",
+    r"\bas\s+(\w+)",  # import … as x, with … as x, except … as x
+)]
+
+
+def _defined_in(source: str) -> set[str]:
+    """The names a cell that does not parse visibly binds, read line by line."""
+    defined: set[str] = set()
+    for pattern in _DEFINES:
+        for match in pattern.finditer(source):
+            defined.update(re.findall(r"\w+", match.group(1)))
+    return defined
 
 
 def _name_tokens(source: str) -> list[str]:
@@ -105,7 +216,8 @@ def _name_tokens(source: str) -> list[str]:
                 names.setdefault(token.string, None)
     except (tokenize.TokenError, IndentationError, SyntaxError):
         pass
-    return [n for n in names if not _is_keyword(n)]
+    defined = _defined_in(source)
+    return [n for n in names if not _is_keyword(n) and n not in defined]
 
 
 def _is_keyword(name: str) -> bool:
@@ -152,27 +264,6 @@ def _item_types(items: Any, limit: int = 200) -> str:
     return ", ".join(shown) + (", …" if len(seen) > 4 else "")
 
 
-def _label(label: Any) -> str:
-    """A column label as text: labels are structure, but only plain ones are shown in full."""
-    if isinstance(label, (str, int, float, bool)) or label is None:
-        return str(label)
-    if isinstance(label, tuple):
-        return "(" + ", ".join(_label(part) for part in label) + ")"
-    return f"<{_type_name(label)}>"
-
-
-def _frame(value: Any) -> str:
-    shape = _shape(value)
-    text = f"{_type_name(value).replace('pandas.', 'pandas ')}, shape {_shape_text(shape) if shape else '?'}"
-    try:
-        dtypes = list(value.dtypes.items())
-    except Exception:  # noqa: BLE001
-        return text
-    columns = ", ".join(f"{_label(name)} ({dtype})" for name, dtype in dtypes[:MAX_COLUMNS])
-    more = f", … and {len(dtypes) - MAX_COLUMNS} more" if len(dtypes) > MAX_COLUMNS else ""
-    return f"{text}, columns: {columns}{more}" if dtypes else f"{text}, no columns"
-
-
 def describe_value(value: Any) -> str | None:
     """What a fix needs to know of `value` without its value; None for a module (not worth a line)."""
     if isinstance(value, types.ModuleType):
@@ -197,17 +288,15 @@ def describe_value(value: Any) -> str | None:
         except Exception:  # noqa: BLE001
             pass
         return text
+    frame = describe_frame(value)  # DataFrames and Series: the same words as `{df}` summaries use
+    if frame is not None:
+        return frame
     module = (type(value).__module__ or "").split(".")[0]
-    kind = type(value).__name__
-    if module == "pandas" and kind == "DataFrame":
-        return _frame(value)
     shape = _shape(value)
     dtype = getattr(value, "dtype", None) if shape is not None else None
-    if module == "pandas" and (kind in ("Series", "Index") or dtype is not None):
+    if module == "pandas" and dtype is not None:  # an Index, a Categorical: length and dtype only
         n = _length(value)
-        text = f"pandas {kind}, length {n if n is not None else '?'}, dtype {dtype}"
-        name = getattr(value, "name", None) if kind == "Series" else None
-        return text + (f", name {_label(name)}" if name is not None else "")
+        return f"pandas {type(value).__name__}, length {n if n is not None else '?'}, dtype {dtype}"
     if shape is not None and dtype is not None:
         return _type_name(value) if shape == () else f"{_type_name(value)}, shape {_shape_text(shape)}, dtype {dtype}"
     n = _length(value)
@@ -294,9 +383,21 @@ def _blocks(reply: str) -> tuple[list[_Block], str]:
     return blocks, "\n".join(outside)
 
 
+def _is_code_intro(line: str) -> bool:
+    """A last line such as "Here is the corrected cell:" that only announced the code block.
+
+    Only such a line is dropped: a list item ("3. Change the cell to:"), a heading or any
+    other sentence that ran into the block is part of the explanation and is kept.
+    """
+    text = line.strip().strip("*_").strip()
+    if not text.endswith(":") or len(text) > 60 or _LIST_ITEM.match(line) or line.lstrip().startswith("#"):
+        return False
+    return re.fullmatch(r"\w+:", text) is not None or _INTRO_WORDS.search(text) is not None  # "Then:"
+
+
 def _explanation(text: str) -> str:
     lines = [line.rstrip() for line in text.strip().splitlines()]
-    if len(lines) > 1 and lines[-1].endswith(":"):  # "Here is the corrected cell:" before the block
+    if len(lines) > 1 and _is_code_intro(lines[-1]):
         lines.pop()
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
@@ -310,7 +411,9 @@ def parse_reply(reply: str, explain_only: bool = False) -> tuple[str, str | None
     if not (reply or "").strip():
         return "", None, "the model sent an empty answer"
     if explain_only:
-        return _explanation(outside) or reply.strip(), None, None
+        # without its code blocks a short reply ("The error:" + a block) says nothing: keep all of it
+        explanation = _explanation(outside)
+        return (explanation if len(explanation) >= MIN_EXPLANATION else reply.strip()), None, None
     chosen = next((b for b in blocks if b.info in _PYTHON and b.code.strip()), None)
     chosen = chosen or next((b for b in blocks if not b.info and b.code.strip()), None)
     if chosen is None:
@@ -324,6 +427,11 @@ def parse_reply(reply: str, explain_only: bool = False) -> tuple[str, str | None
 # --- the API ----------------------------------------------------------------------------------
 
 
+def _refusal(message: str) -> BaseException:
+    """nbllm's one-line answer that there is nothing to fix here: the failed-cell hook does not keep it."""
+    return cells.not_a_cell_error(ConfigurationError(message))
+
+
 def _shell(shell: Any) -> Any:
     if shell is None:
         try:
@@ -332,15 +440,9 @@ def _shell(shell: Any) -> Any:
             get_ipython = None  # type: ignore[assignment]
         shell = get_ipython() if get_ipython is not None else None
     if shell is None:
-        raise _own(ConfigurationError("nbllm.fix() reads the failed cells of a notebook: run it in Jupyter or "
-                                      "IPython, after %load_ext nbllm."))
+        raise _refusal("nbllm.fix() reads the failed cells of a notebook: run it in Jupyter or "
+                       "IPython, after %load_ext nbllm.")
     return shell
-
-
-def _own(error: Exception) -> Exception:
-    """Mark nbllm's answer about a failure so the failed-cell hook does not keep it as a cell to fix."""
-    setattr(error, cells.NOT_A_CELL_ERROR, True)
-    return error
 
 
 def _cell_to_fix(cell: int | None, shell: Any) -> cells.FailedCell:
@@ -348,22 +450,22 @@ def _cell_to_fix(cell: int | None, shell: Any) -> cells.FailedCell:
     recording = cells.registered(shell)
     history = cells.history_for(shell)
     if cell is not None and (isinstance(cell, bool) or not isinstance(cell, int)):
-        raise _own(ConfigurationError(f"cell must be a cell number such as 3, not {cell!r}."))
+        raise _refusal(f"cell must be a cell number such as 3, not {cell!r}.")
     if not recording:
         cells.register(shell)  # from now on; what failed before is gone
-        raise _own(ConfigurationError("nbllm was not keeping failed cells in this kernel (it does after "
-                                      "%load_ext nbllm): run the failing cell again, then %llm_fix."))
+        raise _refusal("nbllm was not keeping failed cells in this kernel (it does after "
+                       "%load_ext nbllm): run the failing cell again, then %llm_fix.")
     if cell is None:
         if history.last is None:
-            raise _own(ConfigurationError("No cell has failed yet in this kernel: run the cell, then %llm_fix."))
+            raise _refusal("No cell has failed yet in this kernel: run the cell, then %llm_fix.")
         return history.last
     found = history.get(cell)
     if found is None:
         kept = history.numbers()
         listed = (f"the failed cells kept are {', '.join(f'[{n}]' for n in kept[-10:])}" if kept
                   else "no cell has failed yet in this kernel")
-        raise _own(ConfigurationError(f"cell {cell} did not fail ({listed}): give the number of a failed cell, "
-                                      "or none for the last one."))
+        raise _refusal(f"cell {cell} did not fail ({listed}): give the number of a failed cell, "
+                       "or none for the last one.")
     return found
 
 
@@ -390,8 +492,13 @@ def fix(cell: int | None = None, *, provider: str | None = None, model: str | No
     prompt = build_prompt(failed, getattr(shell, "user_ns", {}) or {}, shell, explain_only)
     from .calls import ask
 
-    answer = ask(prompt, **_ask_options(provider, model, SYSTEM_EXPLAIN if explain_only else SYSTEM))
-    if getattr(answer, "failure", None) is not None:
-        raise answer.failure
+    failure: NbllmError | None = None
+    try:
+        answer = ask(prompt, **_ask_options(provider, model, SYSTEM_EXPLAIN if explain_only else SYSTEM))
+        failure = getattr(answer, "failure", None)
+    except NbllmError as exc:  # a provider that is down or unknown: nothing in the user's cell to fix
+        failure = exc
+    if failure is not None:
+        raise cells.not_a_cell_error(detached(failure))
     explanation, code, note = parse_reply(answer.text, explain_only)
     return Fix(explanation=explanation, code=code, answer=answer, cell=failed.number, note=note, prompt=prompt)

@@ -32,10 +32,11 @@ from typing import Any
 
 from .errors import ConfigurationError, display_url
 from .parts import ImagePart
+from .settings_values import MAX_IMAGE_SIDE
 
 __all__ = ["as_image", "is_image_like", "DEFAULT_MAX_SIDE", "IMAGE_SUFFIXES"]
 
-DEFAULT_MAX_SIDE = 1568  # Anthropic's recommended longest side; OpenAI and Gemini tile below it too
+DEFAULT_MAX_SIDE = MAX_IMAGE_SIDE  # NBLLM_MAX_IMAGE_SIDE's default
 
 # File names that say "image": a missing one is an error rather than the text of the path.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".gif", ".webp", ".bmp", ".tif", ".tiff"})

@@ -37,6 +37,8 @@ _STEP = re.compile(rf"\.({_NAME})|\[({_KEY})\]")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 _MISSING = object()
+_BROKEN = object()
+"""The name exists but a step after it does not (`{In[999]}`, `{Err[3]}` for a cell that did not fail)."""
 
 
 def _key(token: str, namespace: Mapping[str, Any]) -> Any:
@@ -67,7 +69,7 @@ def _resolve(reference: str, namespace: Mapping[str, Any]) -> Any:
             else:
                 value = value[_key(key, namespace)]
         except Exception:
-            return _MISSING
+            return _BROKEN
     return value
 
 
@@ -87,9 +89,10 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     return "".join(str(part) for part in fill(template, namespace, _text_of))
 
 
-def fill(template: str, namespace: Mapping[str, Any], render: Renderer) -> list[Any]:
+def fill(template: str, namespace: Mapping[str, Any], render: Renderer, missed: list[str] | None = None) -> list[Any]:
     """`template` as parts: literal text, and what `render` makes of each resolvable placeholder.
-    `render` may raise (an image that cannot be read): that is the caller's one clear error."""
+    `render` may raise (an image that cannot be read): that is the caller's one clear error.
+    `missed` collects placeholders left as written although their name exists (`{In[999]}`): worth a note."""
     out: list[Any] = []
     literal_depth = 0  # braces opened literally (e.g. JSON) and not yet closed
     i, n = 0, len(template)
@@ -104,7 +107,9 @@ def fill(template: str, namespace: Mapping[str, Any], render: Renderer) -> list[
             if match is not None:
                 reference, _, conversion = match.group(1).partition("!")
                 value = _resolve(reference, namespace) if not conversion or conversion in _CONVERSIONS else _MISSING
-                part = None if value is _MISSING else render(value, conversion, reference)
+                if value is _BROKEN and missed is not None:
+                    missed.append(match.group(0))
+                part = None if value is _MISSING or value is _BROKEN else render(value, conversion, reference)
                 if part is not None:
                     out.append(part)
                     i = match.end()

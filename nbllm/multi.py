@@ -28,7 +28,7 @@ import html
 import re
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +165,8 @@ def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
 # ---- compare -----------------------------------------------------------------------------
 
 
-def compare(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
+def compare(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None,
+            **options: Any) -> "pd.DataFrame":
     """Ask several providers at once; one row each: provider, model, answer, latency_ms, tokens, cost_usd, error.
 
     `providers`: names (a list, or "a,b"); None asks every available provider.
@@ -176,9 +177,14 @@ def compare(prompt: "str | Sequence[Any]", providers: str | list[str] | None = N
     return _frame(bridge.run(_fan_out(prepared(prompt, options, 2), providers, options)))
 
 
-async def compare_async(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "pd.DataFrame":
-    """`compare` for `await` (e.g. top-level await in a notebook)."""
-    return _frame(await bridge.run_async(_fan_out(prepared(prompt, options, 2), providers, options)))
+def compare_async(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None,
+                  **options: Any) -> "Awaitable[pd.DataFrame]":
+    """`compare` for `await` (e.g. top-level await in a notebook); the prompt is read when called."""
+    return _framed(_fan_out(prepared(prompt, options, 2), providers, options))
+
+
+async def _framed(rows: Awaitable[list[dict[str, Any]]]) -> "pd.DataFrame":
+    return _frame(await bridge.run_async(rows))
 
 
 # ---- consensus --------------------------------------------------------------------------
@@ -331,7 +337,8 @@ def _vote(prompt: str, rows: list[dict[str, Any]]) -> ConsensusResult:
     return result
 
 
-def consensus(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
+def consensus(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None,
+              **options: Any) -> "ConsensusResult":
     """Ask several providers at once and take a vote weighted by each provider's `{P}_WEIGHT`.
 
     Answers are compared after `normalise`; with `output_type=X`, the validated values are
@@ -342,7 +349,12 @@ def consensus(prompt: "str | Sequence[Any]", providers: str | list[str] | None =
     return _vote(str(getattr(asked, "text", asked)), bridge.run(_fan_out(asked, providers, options)))
 
 
-async def consensus_async(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None, **options: Any) -> "ConsensusResult":
-    """`consensus` for `await`."""
+def consensus_async(prompt: "str | Sequence[Any]", providers: str | list[str] | None = None,
+                    **options: Any) -> "Awaitable[ConsensusResult]":
+    """`consensus` for `await`; the prompt is read when called."""
     asked = prepared(prompt, options, 2)
-    return _vote(str(getattr(asked, "text", asked)), await bridge.run_async(_fan_out(asked, providers, options)))
+    return _voted(str(getattr(asked, "text", asked)), _fan_out(asked, providers, options))
+
+
+async def _voted(prompt: str, rows: Awaitable[list[dict[str, Any]]]) -> "ConsensusResult":
+    return _vote(prompt, await bridge.run_async(rows))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-__all__ = ["ImagePart", "Part", "prompt_text", "images_in", "to_user_content", "join_text"]
+__all__ = ["ImagePart", "Part", "prompt_text", "images_in", "to_user_content", "join_text", "content_text"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,17 @@ def to_user_content(parts: Sequence[Part]) -> list[Any]:
 
     return [part if isinstance(part, str) else BinaryContent(data=part.data, media_type=part.media_type)
             for part in parts]
+
+
+def content_text(content: Any) -> str:
+    """A pydantic-ai user prompt's content as text for people (chat memory's turns): images as
+    `<image png, 41 KB>` placeholders (the message no longer knows their size in pixels)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(content_text(item) for item in content)
+    data = getattr(content, "data", None)
+    if isinstance(data, bytes):
+        kind = str(getattr(content, "media_type", "file"))
+        return f"<{kind.split('/')[0]} {kind.split('/')[-1]}, {_size(len(data))}>"
+    return str(content)

@@ -81,6 +81,9 @@ async def _routed(call: Call) -> AsyncIterator[Target | Notice]:
     spec = registry.require(choice.provider)[0]
     # Only a provider whose server nbllm runs (a `prepare` hook) may need starting; once a call has
     # found it running, later calls skip that look (for the embedded model, a local connect).
+    if call.request.parts and fits.known_text_only(spec, choice.model):  # refused before sending: nothing to start
+        yield Target(spec, registry.settings(spec.name), choice.model, choice.reason)
+        return
     running = _running.setdefault(registry, set())
     if spec.prepare and spec.name not in running and await registry.prepare(spec.name, start=False) is None:
         yield Notice(f"starting the {spec.label} model…")
@@ -116,7 +119,7 @@ def _request_messages(call: Call) -> list[Any]:
 def _unsuitable(call: Call, target: Target) -> ModelError | None:
     """Why `call` cannot go to `target` as it is (images to a text-only model, a whole table beyond its
     context), before anything is sent; None when it fits."""
-    if not call.request.parts and not call.request.whole_frames:
+    if not call.request.parts and call.request.whole_tokens is None:
         return None
     from .errors import Unsuitable
     from .factory import shared_model

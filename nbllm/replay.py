@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .store import connect, data_file
+from .store import connect, data_file, shortened
 from .errors import ConfigurationError, ReplayMiss, scrub
 
 __all__ = ["cache", "ReplayCache", "ReplayMiss", "Recording", "Recorder", "recorder", "mode_for", "cache_path", "MODES"]
@@ -228,7 +228,7 @@ class Recorder:
         asked = {k: v for k, v in self.asked.items() if k not in ("prompt", "system", "history")}
         row = (
             self.key, datetime.now(timezone.utc).isoformat(timespec="seconds"), answer.provider, answer.model,
-            json.dumps(asked, sort_keys=True), clean(self.asked["prompt"]), clean(self.asked["system"]),
+            json.dumps(asked, sort_keys=True), clean(shortened(self.asked["prompt"])), clean(self.asked["system"]),
             clean(answer.text), answer.input_tokens, answer.output_tokens, answer.cost_usd, answer.latency_ms,
         )
         try:

@@ -16,7 +16,7 @@ from typing import Any
 from . import replay, routing
 from .catalog import AUTO, Link, ProviderSpec
 from .config import FIELDS, ProviderSettings, openai_base
-from .parts import ImagePart, Part
+from .parts import ImagePart, Part, images_in
 from .errors import ConfigurationError, NbllmError, detached, display_url
 from .health import self_hosted
 from .registry import get_registry
@@ -98,8 +98,9 @@ class Request:
 
     prompt: str
     parts: tuple[Part, ...] = field(default=(), compare=False)
-    whole_frames: bool = field(default=False, compare=False)
-    """A `{df!full}` put a whole table in the prompt: checked against the model's context length."""
+    whole_tokens: int | None = field(default=None, compare=False)
+    """When a `{df!full}` put a whole table in the prompt: its estimated tokens, checked against the model's
+    context length before sending."""
     provider: str | None = None
     model: str | None = None
     system: str | None = None
@@ -120,7 +121,7 @@ class Request:
 
     @property
     def images(self) -> list[ImagePart]:
-        return [part for part in self.parts if isinstance(part, ImagePart)]
+        return images_in(self.parts)
 
     def retries(self, settings: ProviderSettings) -> int:
         """How many times this call may be retried: its policy's count, else `{P}_MAX_RETRIES`."""
@@ -149,7 +150,7 @@ class Call:
 
     def with_prompt(self, prompt: str) -> "Call":
         """The same call for another (text) prompt (`map`: one description, many inputs)."""
-        return replace(self, request=replace(self.request, prompt=prompt, parts=(), whole_frames=False))
+        return replace(self, request=replace(self.request, prompt=prompt, parts=(), whole_tokens=None))
 
     def settings(self) -> ProviderSettings | None:
         """The named provider's settings (None for `auto` or a chain, which only routing can resolve)."""
@@ -258,7 +259,7 @@ def _described(prompt: str, where: str, provider: str | None, retry: RetryPolicy
         retry = replace(retry or RetryPolicy(), retries=max_retries)
     if isinstance(prompt, Prompt):
         parts = prompt.parts if prompt.has_images else ()
-        request = Request(prompt=prompt.text, parts=parts, whole_frames=prompt.whole_frames, provider=provider,
+        request = Request(prompt=prompt.text, parts=parts, whole_tokens=prompt.whole_tokens, provider=provider,
                           retry=retry or RetryPolicy(), **options)
     else:
         request = Request(prompt=prompt, provider=provider, retry=retry or RetryPolicy(), **options)

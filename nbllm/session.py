@@ -156,8 +156,12 @@ class Conversation:
         for message in self.messages:
             for part in getattr(message, "parts", []):
                 kind = getattr(part, "part_kind", "")
-                if kind in ("user-prompt", "text") and isinstance(getattr(part, "content", None), str):
-                    out.append(("user" if kind == "user-prompt" else "assistant", part.content))
+                if kind == "user-prompt":  # text, or text and images (shown as placeholders)
+                    from .parts import content_text
+
+                    out.append(("user", content_text(part.content)))
+                elif kind == "text":
+                    out.append(("assistant", part.content))
         return out
 
     def __repr__(self) -> str:

@@ -297,6 +297,10 @@ class Variable:
 
 
 _seconds = partial(to_number, low=0, low_open=True, unit="seconds")
+MAX_CONTEXT_TOKENS = 2000
+"""The default token cap of a `{df}` summary in a prompt."""
+MAX_IMAGE_SIDE = 1568
+"""The default longest side of an image sent (Anthropic's recommended size; OpenAI and Gemini tile below it too)."""
 GLOBALS: dict[str, Variable] = {v.name: v for v in (
     Variable("NBLLM_PROVIDER", "provider", to_text, "auto"),  # models keep their case: `parse_chain` lowers names
     Variable("NBLLM_MODEL", "model", to_text, "the provider's own model"),
@@ -310,9 +314,9 @@ GLOBALS: dict[str, Variable] = {v.name: v for v in (
     Variable("NBLLM_EMBEDDED_START_TIMEOUT", "embedded_start_timeout", _seconds, "the default 30 seconds"),
     Variable("NBLLM_CONFIG", "config", to_path, "the default file in nbllm's user config directory"),
     Variable("NBLLM_MAX_CONTEXT_TOKENS", "max_context_tokens", partial(to_number, low=50, high=1_000_000, whole=True),
-             "the default 2000"),
+             f"the default {MAX_CONTEXT_TOKENS}"),
     Variable("NBLLM_MAX_IMAGE_SIDE", "max_image_side", partial(to_number, low=64, high=8192, whole=True, unit="pixels"),
-             "the default 1568"),
+             f"the default {MAX_IMAGE_SIDE}"),
 )}
 
 

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["data_file", "connect", "cast_usage"]
+__all__ = ["data_file", "connect", "cast_usage", "shortened", "MAX_STORED_PROMPT"]
+
+MAX_STORED_PROMPT = 100_000
+"""The most characters of a prompt a store keeps (a `{df!full}` of a big table must not add megabytes per call)."""
 
 
 def data_file(override: Path | None, filename: str) -> Path:
@@ -46,3 +49,10 @@ def cast_usage(frame: "pd.DataFrame") -> "pd.DataFrame":
         if column in frame.columns:
             frame[column] = frame[column].astype("float64")
     return frame
+
+
+def shortened(text: str | None, limit: int = MAX_STORED_PROMPT) -> str | None:
+    """`text` as a store keeps it: at most `limit` characters, saying how many more there were."""
+    if not text or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters not kept)"

@@ -142,3 +142,51 @@ def test_an_exception_whose_str_fails_is_still_kept():
     assert failed.type == "Odd" and "could not be read" in failed.message
     assert failed.traceback.splitlines()[0] == "Traceback (most recent call last):"
     assert "raise Odd()" in failed.traceback and str(failed).startswith("cell [4] raised Odd: ")
+
+
+def test_a_library_internal_cause_keeps_its_line_and_paths_are_short(ip):
+    import sys
+
+    run(ip, "import pandas as pd\nsales = pd.DataFrame({'units': [1, 2]})")
+    run(ip, "growth = sales['unit'].pct_change()")
+    text = str(err(ip))
+    assert text.count("KeyError: 'unit'") >= 2  # the cause's line and the error itself
+    assert "hashtable" not in text and "index.pyx" not in text  # pandas' internals behind the cause
+    assert 'File "In[' in text and "sales['unit']" in text  # the user's own frame stays
+    assert 'File "pandas/core/frame.py"' in text  # a library frame, from its package on
+    assert "site-packages" not in text and sys.prefix not in text
+
+
+@pytest.mark.parametrize("source", [
+    "raise KeyboardInterrupt",
+    "raise SystemExit(3)",
+    "from nbllm.errors import Interrupted\nraise Interrupted('interrupted, the request was cancelled')",
+    "class Stop(KeyboardInterrupt):\n    pass\nraise Stop()",
+])
+@pytest.mark.filterwarnings("ignore:To exit")
+def test_an_interrupt_or_exit_is_not_a_failed_cell(ip, source):
+    bad = run(ip, "1 / 0").execution_count
+    stopped = run(ip, source)
+    assert stopped.error_in_exec is not None  # IPython did see it
+    assert err(ip).last is err(ip)[bad] and stopped.execution_count not in err(ip) and len(err(ip)) == 1
+
+
+def test_an_exception_marked_as_nbllms_own_is_not_kept(ip):
+    run(ip, "1 / 0")
+    marked = cells.not_a_cell_error(ValueError("nbllm's answer"))
+    assert marked is not None and getattr(marked, cells.NOT_A_CELL_ERROR) is True
+    ip.user_ns["marked"] = marked
+    run(ip, "raise marked")
+    assert err(ip).last.type == "ZeroDivisionError" and len(err(ip)) == 1
+
+
+def test_a_key_known_only_later_is_masked_in_an_older_err(ip, monkeypatch):
+    from nbllm import errors
+
+    late = "plain-later-credential-4242"  # no key shape: only the known-keys list can mask it
+    monkeypatch.setattr(errors, "_known", errors._known)  # restored after the test
+    monkeypatch.setattr(errors, "_known_pattern", errors._known_pattern)
+    run(ip, f"raise ValueError('rejected {late}')")
+    assert late in str(err(ip))  # not known yet when the cell failed
+    errors.remember_secrets([late])
+    assert late not in str(err(ip)) and late not in str(err(ip).last) and "rejected ***" in str(err(ip))

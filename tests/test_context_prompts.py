@@ -50,7 +50,10 @@ def test_a_figure_in_ask_arrives_as_one_image_part(local_provider) -> None:
     assert content[0]["text"] == "Describe " and content[2]["text"] == " in one line."
     (image,) = _sent_images(local_provider)
     assert image.format == "PNG"
-    assert image.size[0] > 300 and image.size[1] > 200  # the figure itself, not a thumbnail of text
+    drawn = io.BytesIO()  # the figure as Jupyter's inline backend draws it (tight box, the figure's dpi)
+    fig.savefig(drawn, format="png", bbox_inches="tight", dpi=fig.dpi)
+    assert image.size == Image.open(drawn).size
+    assert 600 < image.size[0] <= 800 and 450 < image.size[1] <= 600
     assert "base64" not in json.dumps(content[0]) and "Figure(" not in json.dumps(content)
     # What was sent is inspectable, with the image as a placeholder and never its bytes.
     assert answer.request is not None
@@ -230,3 +233,107 @@ def test_what_a_text_only_provider_is_known_as(monkeypatch) -> None:
     assert fits.takes_images(target("ollama", "llava"), None) is None  # unknown local model: tried
     assert fits.takes_images(target("openai", "gpt-5-mini"), type("M", (), {"profile": {
         "supports_image_input": False}})()) is False
+
+
+def test_ask_async_reads_the_prompt_when_called_even_inside_gather(local_provider) -> None:
+    import asyncio
+
+    async def main() -> list:
+        inner = "from the caller"
+        return await asyncio.gather(nbllm.ask_async("g {inner}"), asyncio.ensure_future(nbllm.ask_async("t {inner}")))
+
+    answers = asyncio.run(main())
+    assert [a.request.prompt for a in answers] == ["g from the caller", "t from the caller"]
+
+
+def test_one_object_is_a_prompt_and_none_is_empty(local_provider) -> None:
+    fig = _figure(3, 2)
+    nbllm.ask(fig)
+    assert [part["type"] for part in _user_content(local_provider)] == ["image_url"]
+    frame = pd.DataFrame({"a": [1, 2]})
+    nbllm.ask(frame)
+    assert "2 rows" in _user_content(local_provider)
+    with pytest.raises(ConfigurationError, match="prompt is empty"):
+        nbllm.ask(None)
+
+
+def test_the_embedded_model_refuses_an_image_without_starting(monkeypatch) -> None:
+    from nbllm.registry import get_registry
+
+    started: list[str] = []
+
+    real = get_registry().prepare
+
+    async def never(name: str, start: bool = True):  # the embedded server must not be asked to start
+        if start:
+            started.append(name)
+        return await real(name, start=False)
+
+    monkeypatch.setattr(get_registry(), "prepare", never)
+    fig = _figure(3, 2)
+    with pytest.raises(Unsuitable, match="smollm2 takes no images"):
+        nbllm.ask("Describe {fig}", provider="embedded")
+    assert started == []
+
+
+def test_a_value_that_breaks_while_read_is_one_line(local_provider) -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    frame = pd.DataFrame({"x": [Broken()]})
+    answer = nbllm.ask("Look at {frame}")  # a cell whose str() fails is shown as unprintable, not a crash
+    assert "unprintable" in answer.request.prompt
+    assert local_provider.chat_requests()
+
+
+def test_config_limits_reach_the_python_api(local_provider) -> None:
+    frame = pd.DataFrame({"n": range(3000)})
+    with nbllm_shell() as shell:
+        shell.run_line_magic("config", "LLMMagics.max_context_tokens = 120")
+        shell.user_ns["frame"] = frame
+        run_cell(shell, "import nbllm\nreply = nbllm.ask('Sum up {frame}')")
+        small = shell.user_ns["reply"].request.prompt
+    from nbllm.tokens import estimate
+
+    assert estimate(small) <= 120 + estimate("Sum up ")
+    assert estimate(nbllm.ask("Sum up {frame}").request.prompt) > 120 + estimate("Sum up ")  # unloaded: the default
+
+
+def test_chat_memory_shows_a_turn_with_an_image(local_provider) -> None:
+    chat = nbllm.conversation()
+    chat.reset()
+    fig = _figure(3, 2)
+    nbllm.ask("What is {fig}?", chat=chat)
+    (role, text), _ = chat.turns()
+    assert role == "user" and text.startswith("What is <image png, ")
+
+
+def test_the_call_log_keeps_a_huge_prompt_short(local_provider) -> None:
+    from nbllm.store import MAX_STORED_PROMPT
+
+    frame = pd.DataFrame({"a": range(20_000), "b": range(20_000)})
+    answer = nbllm.ask("All: {frame!full}")
+    assert len(answer.request.prompt) > MAX_STORED_PROMPT  # sent whole (a local model of unknown context)
+    stored = nbllm.history(limit=1)["prompt"].iloc[0]
+    assert len(stored) < MAX_STORED_PROMPT + 100 and stored.endswith("more characters not kept)")
+
+
+def test_history_names_that_name_nothing_get_one_line_and_in_is_as_typed(local_provider) -> None:
+    from IPython.utils.capture import capture_output
+
+    with nbllm_shell() as shell:
+        with capture_output():
+            shell.run_cell("%llm_providers --status", store_history=True)
+        number = shell.execution_count - 1
+        with capture_output() as captured:
+            shell.run_cell("%%llm\nWhat is {In[" + str(number) + "]} and {In[999]} and {Err[3]}", store_history=True)
+        printed = captured.stdout + captured.stderr
+    content = _user_content(local_provider)
+    assert "%llm_providers --status" in content  # as typed, not get_ipython().run_line_magic(...)
+    assert "run_line_magic" not in content
+    assert "{In[999]}" in content and "{Err[3]}" in content  # left as written …
+    assert "nothing there: {In[999]}, {Err[3]}" in printed  # … and said so in one line
+    with pytest.warns(UserWarning, match=r"nothing there: \{frame\[9\]\}"):
+        frame = {"a": 1}
+        nbllm.ask("Look: {frame[9]}")

@@ -6,6 +6,7 @@ The estimate is checked against the real embedded model's tokenizer (marker `emb
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 import nbllm
-from nbllm import embedded
+from nbllm import embedded, summaries
 from nbllm.summaries import full, summary
 from nbllm.tokens import context_window, estimate
 
@@ -307,3 +308,100 @@ def test_a_cap_below_any_table_keeps_whole_facts_of_the_title():
     for cap in range(0, 40):
         text = summary(frame, cap)
         assert estimate(text) <= cap and text in whole, (cap, text)
+
+
+def test_every_column_with_no_rows_is_tried_when_fewer_columns_do_not_fit():
+    """All columns need no "dtypes of all columns" line and a shorter note, so they can fit where one does not."""
+    frame = pd.DataFrame({"name": ["x" * 300] * 3, "notes": ["y" * 300] * 3})
+    for cap in (60, 80):
+        text = summary(frame, cap, "df")
+        assert estimate(text) <= cap
+        assert "columns (all str): name, notes" in text, (cap, text)
+        assert NOTE.match(text.splitlines()[-1])["cols"] is None and "columns not shown" not in text
+
+
+def test_a_wide_frame_estimates_each_line_once(monkeypatch):
+    wide = pd.DataFrame(np.random.default_rng(3).random((1000, 2000)), columns=[f"c{i}" for i in range(2000)])
+    text = summary(wide, 2000, "wide")
+    assert estimate(text) <= 2000 and 1 <= len(_header_cells(text)) < 2000
+    # (speed: benchmarks/context.py; here the work itself is counted)
+    estimated = []
+    monkeypatch.setattr(summaries, "estimate", lambda t: estimated.append(len(t)) or estimate(t))
+    assert summary(wide, 2000, "wide") == text
+    assert sum(estimated) < 10 * 40_000  # the 2,000 column names and one row; never 10 rows of 2,000 cells
+
+
+def test_a_value_whose_str_fails_is_named_by_its_type():
+    class Broken:
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    frame = pd.DataFrame({"thing": [Broken(), "fine"], "n": [1, 2]})
+    text = summary(frame)
+    assert _table_rows(text)[0] == "| <unprintable Broken> | 1 |"
+    assert "| <unprintable Broken> | 1 |" in full(frame)
+    labelled = pd.DataFrame({"a": [1]}, index=pd.Index([Broken()], dtype=object))
+    assert "<unprintable Broken>" in summary(labelled)
+
+
+def test_a_single_row_has_no_statistics_of_nan_spreads():
+    one = _frame(1)
+    text = summary(one)
+    assert "statistics" not in text and len(_table_rows(text)) == 1
+    assert "statistics of numeric columns" in summary(_frame(2))
+
+
+def test_full_size_floor_is_cheap_and_below_the_real_size():
+    for name, value in SHAPES.items():
+        if len(value) <= 10_000:
+            assert summaries.full_size_floor(value) <= estimate(full(value)), name
+    huge = pd.DataFrame(np.random.default_rng(4).random((200_000, 10)))
+    assert summaries.full_size_floor(huge) >= 200_000 * 10 * 2
+    assert summaries.full_size_floor([1, 2]) == 0
+
+
+def test_the_floor_of_an_estimate_is_never_above_it():
+    texts = ["", "hello world", "| 1.5 | NaN |\n|---|", "é…\tx  y    z", "abcdefghi" * 7 + " 123", full(SHAPES["texts"])]
+    for text in texts:
+        assert summaries._estimate_floor(text) <= estimate(text), text[:40]
+    assert summaries._estimate_floor("| 1 |") == 3  # the pipes and the digit; spaces are free
+
+
+def test_full_with_a_budget_is_whole_or_none_and_stops_early(monkeypatch):
+    frame = _frame(300)
+    whole = full(frame)
+    size = estimate(whole)
+    assert full(frame, max_tokens=size) == whole and full(frame, max_tokens=size - 1) is None
+    assert full(frame, max_tokens=None) == whole
+    huge = pd.DataFrame(np.random.default_rng(5).random((200_000, 10)))
+    lines = []
+    real_line = summaries._line
+    monkeypatch.setattr(summaries, "_line", lambda *a: lines.append(1) or real_line(*a))
+    assert full(huge, max_tokens=summaries.full_size_floor(huge) + 1) is None
+    assert 0 < len(lines) < 100_000  # stopped once the part rendered was over the budget
+    lines.clear()
+    assert full(huge, max_tokens=1_000) is None and lines == []  # refused on the floor alone
+
+
+def test_the_default_budget_is_one_exported_constant():
+    assert summaries.DEFAULT_MAX_TOKENS == 2000 and "DEFAULT_MAX_TOKENS" in summaries.__all__
+    assert inspect.signature(summary).parameters["max_tokens"].default is summaries.DEFAULT_MAX_TOKENS
+
+
+def test_describe_frame_is_one_line_of_structure_and_never_a_value():
+    describe = summaries.describe_frame
+    frame = pd.DataFrame({"month": ["jan", "feb"] * 3, "units": range(6), "returns": np.linspace(0, 1, 6)})
+    assert describe(frame) == "pandas DataFrame: 6 rows, 3 columns: month (str), units (int64), returns (float64)"
+    secret = pd.DataFrame({"code": ["SECRET-1", "SECRET-2"], "kind": pd.Categorical(["SECRET-A", "SECRET-B"]),
+                           "when": pd.to_datetime(["2031-05-06", "2031-05-07"])}, index=["SECRET-X", "SECRET-Y"])
+    text = describe(secret)
+    assert text == "pandas DataFrame: 2 rows, 3 columns: code (str), kind (category), when (datetime64[us])"
+    assert "SECRET" not in describe(secret["kind"]) and "2031" not in text
+    assert describe(secret["kind"]) == "pandas Series kind: 2 values, dtype category"
+    wide = pd.DataFrame(np.zeros((1, 45)), columns=[f"c{i}" for i in range(45)])
+    line = describe(wide)
+    assert "\n" not in line and line.endswith("c39 (float64), … 5 more") and "c40" not in line
+    odd = pd.DataFrame({object(): [1]})
+    assert describe(odd) == "pandas DataFrame: 1 row, 1 column: <object> (int64)"
+    assert describe(pd.DataFrame()) == "pandas DataFrame: 0 rows, 0 columns"
+    assert describe(np.arange(3)) is None and describe([1]) is None

@@ -34,10 +34,11 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics and stop nbllm's loop thread (it restarts on next use)."""
-    from .. import bridge, cells, clients
+    from .. import bridge, cells, clients, context
 
     _unregister(ipython)
     cells.unregister(ipython)
+    context.configure()  # %config's limits leave with the magics
     bridge.shutdown()
     clients.clear()  # clients of the stopped loop must not be reused
 

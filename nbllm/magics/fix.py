@@ -19,11 +19,6 @@ from ..errors import CellError, Interrupted, NbllmError
 __all__ = ["FixMagics"]
 
 
-def _own(error: BaseException) -> BaseException:
-    setattr(error, cells.NOT_A_CELL_ERROR, True)
-    return error
-
-
 @magics_class
 class FixMagics(Magics):
     """`%llm_fix [N]`: ask a model why a cell failed and for the corrected cell."""
@@ -52,9 +47,9 @@ class FixMagics(Magics):
             result = fix(args.cell, provider=args.provider, model=args.model, explain_only=args.explain_only,
                          shell=self.shell)
         except NbllmError as exc:
-            raise _own(CellError(str(exc))) from None
+            raise cells.not_a_cell_error(CellError(str(exc))) from None
         except KeyboardInterrupt:
-            raise _own(Interrupted("interrupted, the request was cancelled")) from None
+            raise cells.not_a_cell_error(Interrupted("interrupted, the request was cancelled")) from None
         self.last_fix = result
         self._show(result, args.explain_only)
         if result.code and result.code.strip() and self.shell is not None:

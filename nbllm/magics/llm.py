@@ -17,11 +17,12 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Enum, Float, Int
+from traitlets import Bool, Enum, Float, Int, observe
 
 from ..display import FORMATS, AnswerView, convert, rich_frontend
 from ..errors import CellError, Interrupted, NbllmError
 from ..interpolate import interpolate
+from ..settings_values import MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE
 
 __all__ = ["LLMMagics", "split_line"]
 
@@ -98,14 +99,23 @@ class LLMMagics(Magics):
         config=True
     )
     interpolate = Bool(True, help="Fill {name} placeholders from the namespace (per cell: --raw).").tag(config=True)
-    max_context_tokens = Int(None, allow_none=True, min=50,
-                             help="Token cap of a {df} summary (None: NBLLM_MAX_CONTEXT_TOKENS, default 2000).").tag(
-        config=True
-    )
-    max_image_side = Int(None, allow_none=True, min=64,
-                         help="Longest side of an image sent, pixels (None: NBLLM_MAX_IMAGE_SIDE, default 1568).").tag(
-        config=True
-    )
+    max_context_tokens = Int(None, allow_none=True, min=50, help=(
+        f"Token cap of a {{df}} summary in a prompt, here and in nbllm.ask (None: NBLLM_MAX_CONTEXT_TOKENS, "
+        f"default {MAX_CONTEXT_TOKENS}).")).tag(config=True)
+    max_image_side = Int(None, allow_none=True, min=64, help=(
+        f"Longest side of an image sent, pixels, here and in nbllm.ask (None: NBLLM_MAX_IMAGE_SIDE, "
+        f"default {MAX_IMAGE_SIDE}).")).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any):
+        super().__init__(shell=shell, **kwargs)
+        self._limits_changed()
+
+    @observe("max_context_tokens", "max_image_side")
+    def _limits_changed(self, change: Any = None) -> None:
+        """`%config` reaches the Python API too: one kernel, one limit."""
+        from ..context import configure
+
+        configure(self.max_context_tokens, self.max_image_side)
 
     last_answer: Any = None
 
@@ -190,13 +200,17 @@ class LLMMagics(Magics):
 
     def _filled(self, prompt: str) -> Any:
         """The cell with `{name}` filled: figures as images, DataFrames as capped summaries, `{Err}`."""
-        from ..context import Limits, build, with_notebook
+        from ..context import build, with_notebook
 
         try:
-            return build(prompt, with_notebook(self._namespace()),
-                         Limits.current(self.max_context_tokens, self.max_image_side))
+            built = build(prompt, with_notebook(self._namespace()))
         except NbllmError as exc:  # an image that cannot be read
             raise CellError(str(exc)) from None
+        if built.note:
+            import sys
+
+            print(built.note, file=sys.stderr)
+        return built
 
     @staticmethod
     def _describe(prompt: Any, options: dict[str, Any], kind: str) -> Any:
