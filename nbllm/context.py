@@ -21,6 +21,7 @@ from typing import Any
 from .errors import ConfigurationError, NbllmError, detached
 from .interpolate import fill
 from .parts import Part, images_in, join_text, prompt_text
+from .settings_values import MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE
 
 __all__ = ["Limits", "Prompt", "build", "caller_namespace", "prepared", "with_notebook", "configure", "WHOLE_LIMIT", "PromptWarning"]
 
@@ -41,8 +42,8 @@ def configure(max_context_tokens: int | None = None, max_image_side: int | None 
 class Limits:
     """How much of the notebook one prompt may carry."""
 
-    max_context_tokens: int
-    max_image_side: int
+    max_context_tokens: int = MAX_CONTEXT_TOKENS
+    max_image_side: int = MAX_IMAGE_SIDE
 
     @classmethod
     def current(cls) -> "Limits":
