@@ -24,6 +24,7 @@ nbllm itself (`GlobalSettings`, field in brackets):
     NBLLM_LOG [log]             boolean: keep the call log (default on)
     NBLLM_HISTORY [history]     path of the call log file (default: user data dir/history.sqlite)
     NBLLM_CACHE [cache]         path of the replay cache (default: user data dir/cache.sqlite)
+    NBLLM_JOBS [jobs]           path of the durable jobs store (default: user data dir/jobs.sqlite)
     NBLLM_CACHE_MODE [cache_mode]          record | replay | off: initial replay mode (default off)
     NBLLM_EMBEDDED_MODEL [embedded_model]  path of a GGUF file (default: the bundled SmolLM2)
     NBLLM_EMBEDDED_ARGS [embedded_args]    extra llama-cpp server options, as on a command line
@@ -97,6 +98,9 @@ class ProviderSettings:
     temperature: float = 0.7
     timeout: float = 30.0
     max_retries: int = 3
+    price_input: float | None = None
+    """Declared USD per million input tokens (`{P}_PRICE_INPUT`); None: genai-prices' data, or 0 when local."""
+    price_output: float | None = None
     base_url: str = ""
     """The address requests go to: the first of `servers` (or, in a Target, the one picked)."""
     servers: tuple[str, ...] = ()
@@ -144,6 +148,7 @@ class GlobalSettings:
     log: bool = True
     history: Path | None = None
     cache: Path | None = None
+    jobs: Path | None = None
     cache_mode: str = "off"
     embedded_model: Path | None = None
     embedded_args: str = ""

@@ -283,6 +283,8 @@ FIELDS: tuple[Field, ...] = (
     Field("TIMEOUT", "timeout", "number", 0.001, 3600.0, doc="seconds per request"),
     Field("MAX_RETRIES", "max_retries", "whole", 0, 20, doc="retries on 429/5xx"),
     Field("BASE_URL", "base_url", "urls", doc="server address; a comma list is a fleet of servers"),
+    Field("PRICE_INPUT", "price_input", "number", 0.0, 100_000.0, doc="USD per million input tokens (declared)"),
+    Field("PRICE_OUTPUT", "price_output", "number", 0.0, 100_000.0, doc="USD per million output tokens (declared)"),
 )
 
 
@@ -308,6 +310,7 @@ GLOBALS: dict[str, Variable] = {v.name: v for v in (
     Variable("NBLLM_LOG", "log", to_bool, "the default (on)"),
     Variable("NBLLM_HISTORY", "history", to_path, "the default file in nbllm's user data directory"),
     Variable("NBLLM_CACHE", "cache", to_path, "the default file in nbllm's user data directory"),
+    Variable("NBLLM_JOBS", "jobs", to_path, "the default file in nbllm's user data directory"),
     Variable("NBLLM_CACHE_MODE", "cache_mode", partial(to_choice, choices=("record", "replay", "off")), "'off'"),
     Variable("NBLLM_EMBEDDED_MODEL", "embedded_model", to_path, "the bundled model (SmolLM2)"),
     Variable("NBLLM_EMBEDDED_ARGS", "embedded_args", to_args, "no extra options"),
