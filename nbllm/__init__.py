@@ -38,6 +38,11 @@ _EXPORTS: dict[str, str] = {
     "classify": "batch", "extract": "batch", "classify_async": "batch", "extract_async": "batch",
     # the notebook's failed cells
     "fix": "fixes", "Fix": "fixes",
+    # durable map jobs
+    "jobs": "jobstore",
+    # cost before you spend it
+    "budget": "budgets", "spend": "spending", "BudgetExhausted": "errors",
+    "estimate": "estimates", "estimate_prompt": "estimates", "estimate_async": "estimates", "Estimate": "estimates",
 }
 # Module names never equal an exported name: importing a submodule sets an attribute
 # of the same name on the package, which would shadow the function.

@@ -213,7 +213,7 @@ def _models_frame(found: "listing.Listing") -> "pd.DataFrame":
 
 def add_provider(name: str, base_url: str, key_env: str | None = None, kind: str = "local",
                  protocol: str = "openai", model: str | None = None, label: str | None = None,
-                 save: bool = True) -> None:
+                 save: bool = True, price_input: float | None = None, price_output: float | None = None) -> None:
     """Add your own provider: an OpenAI- or Anthropic-compatible server at `base_url` (a comma
     list is a fleet). It reads `{NAME}_*` variables like the built-in ones (`{NAME}_API_KEY`,
     and `key_env` if given) and shows in status, health and the panel.
@@ -222,10 +222,13 @@ def add_provider(name: str, base_url: str, key_env: str | None = None, kind: str
     `save=True` writes it to the endpoints file (`nbllm.toml` beside the user config file, or
     the working directory's if that one already holds it — where `key_env` is not read, so it
     is refused there); else it lasts for this process (`reinit()` included). `key_env` naming
-    another provider's key (`OPENAI_API_KEY`) sends that key to this endpoint.
+    another provider's key (`OPENAI_API_KEY`) sends that key to this endpoint. `price_input` /
+    `price_output` declare its prices (USD per million tokens; like `{NAME}_PRICE_INPUT`), so its
+    answers, estimates and budgets have a cost (a local endpoint otherwise costs 0, a cloud one
+    is unknown unless genai-prices knows its model).
     """
     get_registry().add_endpoint(name, base_url, key_env=key_env, kind=kind, protocol=protocol, model=model,
-                                label=label, save=save)
+                                label=label, save=save, price_input=price_input, price_output=price_output)
 
 
 def remove_provider(name: str, save: bool = True) -> list[str]:

@@ -26,12 +26,18 @@
   KeyboardInterrupt) is raised; its `.partial` is the Series with every finished
   result, the unfinished ones marked `Failed(kind="interrupted")`. `last_partial()`
   returns the same Series afterwards, for a notebook cell that was interrupted.
-- Progress: `tqdm.auto` (a widget bar in notebooks, a text bar in terminals).
+- Progress: `tqdm.auto` (a widget bar in notebooks, a text bar in terminals), with the cost so far.
+- Durable jobs (`job="name"`): every result is kept in SQLite as it arrives, and running
+  the same call again sends only the inputs without a result (jobstore.py has the rules).
+- Budgets (`budget=0.50`, and the kernel's `nbllm.budget`): once the budget cannot cover
+  the next request nothing more is sent; the rest are `Failed(kind="budget")` and the
+  finished part is returned. `dry_run=True` returns `nbllm.estimate(...)`: nothing is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -56,8 +62,8 @@ class Failed:
 
     `kind`: "error" (the provider failed), "invalid" (a typed answer did not validate;
     `text` keeps what was sent back), "missing" (the input was None/NaN; nothing was
-    sent) or "interrupted" (Ctrl-C came first). Falsy, so `result[result.map(bool)]`
-    keeps the answers. `reason` is the one line a typed result's `_error` shows.
+    sent), "interrupted" (Ctrl-C came first) or "budget" (not sent: the budget ran out).
+    Falsy, so `result[result.map(bool)]` keeps the answers. `reason` is the one line a typed result's `_error` shows.
     """
 
     error: str
@@ -122,6 +128,21 @@ class _Plan:
     call: Call | None  # the call, described once; each input is `call.with_prompt(prompt)`
     concurrency: int
     target: Any = None  # routed once (when the replay cache is off), shared by every input
+    todo: list[int] | None = None  # the positions to run (a job's stored results are not); None: all
+    budget: float | None = None  # USD for this run (`nbllm.budgets.scoped`); the kernel's budget applies anyway
+    stopped: Failed | None = None  # set when a budget ran out: every input not sent yet gets this
+
+    @property
+    def positions(self) -> "list[int] | range":
+        return range(len(self.prompts)) if self.todo is None else self.todo
+
+
+def _is_budget(exc: Exception) -> bool:
+    """`nbllm.errors.BudgetExhausted` (looked up lazily: the budgets layer may be absent)."""
+    from . import errors
+
+    kind = getattr(errors, "BudgetExhausted", None)
+    return kind is not None and isinstance(exc, kind)
 
 
 async def _attempts(plan: _Plan, prompt: str) -> Any:
@@ -132,13 +153,19 @@ async def _attempts(plan: _Plan, prompt: str) -> Any:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return _failed(exc)
+        if not _is_budget(exc):
+            return _failed(exc)
+        message = " ".join((str(exc) or "the budget ran out").split())
+        if plan.stopped is None:  # nothing more is sent: the inputs not started yet get this
+            plan.stopped = Failed(f"not sent: {message}", 0, "budget", f"not sent: {message}")
+        return Failed(message, 0, "budget", message)
 
 
 async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
     """Yield (position, Answer | Failed) as inputs finish; runs on nbllm's loop."""
     done: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    positions = iter(range(len(plan.prompts)))
+    todo = plan.positions
+    positions = iter(todo)
 
     async def worker() -> None:
         for position in positions:  # a shared iterator: each position is taken once
@@ -146,16 +173,36 @@ async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
             if prompt is None:
                 await done.put((position, _MISSING))
                 continue
+            if plan.stopped is not None:
+                await done.put((position, plan.stopped))
+                continue
             await done.put((position, await _attempts(plan, prompt)))
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(min(plan.concurrency, len(plan.prompts)) or 1)]
+    scope = _budget_scope(plan.budget)
+    scope.__enter__()  # before the workers start: each task copies the context, the budget with it
     try:
-        for _ in range(len(plan.prompts)):
-            yield await done.get()
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(plan.concurrency, len(todo)) or 1)]
+        try:
+            for _ in range(len(todo)):
+                yield await done.get()
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
     finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        try:
+            scope.__exit__(None, None, None)
+        except ValueError:  # closed from another context than it was entered in: its tasks are gone anyway
+            pass
+
+
+def _budget_scope(limit: float | None) -> Any:
+    """`nbllm.budgets.scoped(limit)` for this run, or nothing (the kernel's budget applies either way)."""
+    if limit is None:
+        return contextlib.nullcontext()
+    from .budgets import scoped
+
+    return scoped(limit)
 
 
 @dataclass(frozen=True)
@@ -240,17 +287,17 @@ async def _route(plan: _Plan) -> _Plan:
     fallback chain is routed per input (links known to be down are skipped without a request).
     """
     if plan.call is not None and plan.call.cache_mode == "off" and plan.call.route is None \
-            and any(p is not None for p in plan.prompts):  # a chain is routed per input: a link may fail
+            and any(plan.prompts[p] is not None for p in plan.positions):  # a chain is routed per input
         plan.target = await pipeline.route(plan.call)
     return plan
 
 
-_SKIP = {"missing": "skipped", "interrupted": "interrupted"}
+_SKIP = {"missing": "skipped", "interrupted": "interrupted", "budget": "budget"}
 
 
 def _tally(results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
     """Each input's answer or `Failed` (an unfinished one: interrupted), and the counts, tokens and cost."""
-    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "invalid": 0,
+    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "budget": 0, "invalid": 0,
              "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
     items = []
     for item in results:
@@ -272,7 +319,7 @@ def _series(index: Any, results: list[Any], started: float, interrupted: bool) -
     items, stats = _tally(results)
     values = [item if isinstance(item, Failed) else item.text for item in items]
     series = pd.Series(values, index=index, dtype=object, name="answer")
-    counts = {key: stats[key] for key in ("ok", "failed", "interrupted", "input_tokens", "output_tokens")}
+    counts = {key: stats[key] for key in ("ok", "failed", "interrupted", "budget", "input_tokens", "output_tokens")}
     counts["failed"] += stats["skipped"]  # a text map counts a skipped (missing) input among the failed
     series.attrs["nbllm"] = {**counts, "cost_usd": stats["cost_usd"],
                              "elapsed_s": round(time.perf_counter() - started, 3), "was_interrupted": interrupted}
@@ -303,39 +350,94 @@ def _labelled(typed: "pd.DataFrame") -> "pd.Series":
     return series
 
 
+@dataclass(frozen=True)
+class _Durable:
+    """A run's job options (`job=`, `restart=`, `retry_failed=`) and its budget (`budget=`), checked once."""
+
+    job: str | None = None
+    restart: bool = False
+    retry_failed: bool = False
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.job is None and (self.restart or self.retry_failed):
+            flag = "restart=True" if self.restart else "retry_failed=True"
+            raise ConfigurationError(f"{flag} works on a durable job: give it one with job='name'.")
+        if self.budget is not None:
+            from .budgets import check_limit
+
+            check_limit(self.budget)
+
+
 class _Run:
     """The bookkeeping `map` and `map_async` share: results by position, progress bar, and
     (as a context around the consuming loop) the partial result when Ctrl-C or a cancel stops it."""
 
     def __init__(self, values: Any, ask: _Ask, provider: str | None, concurrency: int, retry: RetryPolicy,
-                 options: dict[str, Any], progress: bool):
+                 options: dict[str, Any], progress: bool, durable: _Durable = _Durable()):
         self.started = time.perf_counter()
         self.ask = ask
         self.shape = ask.shape  # a type that cannot be columns: one error before anything is sent
         self.plan, self.index = _plan(values, ask, provider, concurrency, retry, options)
+        self.plan.budget = durable.budget
         self.results: list[Any] = [None] * len(self.plan.prompts)
         self.progress = progress
         self.bar: Any = None
+        self.cost: float | None = None
+        self.job: Any = None
+        if durable.job is not None and self.plan.call is not None:
+            from . import jobstore
+
+            self.job = jobstore.start(durable.job, self.plan.call, ask.template, ask.output_type, self.plan.prompts,
+                                      durable.restart, durable.retry_failed)
+            for position, stored in self.job.stored.items():
+                self.results[position] = stored
+                self._count(stored)
+            self.plan.todo = [p for p, r in enumerate(self.results) if r is None]
+
+    @property
+    def todo(self) -> int:
+        """How many inputs this run still has to finish (sent, or missing)."""
+        return len(self.plan.positions)
+
+    def _count(self, result: Any) -> None:
+        """The cost so far, for the bar (None until some answer's cost is known; a failure's 0 says nothing)."""
+        cost = (result.cost_usd or None) if isinstance(result, Failed) else getattr(result, "cost_usd", None)
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + cost
 
     def add(self, position: int, result: Any) -> None:
         self.results[position] = result
+        if self.job is not None:
+            self.job.record(position, result)
+        self._count(result)
         if self.bar is not None:
+            if self.cost is not None:
+                self.bar.set_postfix_str(f"${self.cost:.4f}", refresh=False)
             self.bar.update(1)
 
     def result(self, interrupted: bool = False) -> "pd.Series | pd.DataFrame":
         if self.shape is None:
-            return _series(self.index, self.results, self.started, interrupted)
-        typed = _typed(self.shape, self.index, self.results, self.started, interrupted)
-        return _labelled(typed) if self.ask.labels else typed
+            result = _series(self.index, self.results, self.started, interrupted)
+        else:
+            typed = _typed(self.shape, self.index, self.results, self.started, interrupted)
+            result = _labelled(typed) if self.ask.labels else typed
+        if self.job is not None:
+            result.attrs["nbllm"]["job"] = {"name": self.job.name, "stored": len(self.job.stored),
+                                            "kept_failures": self.job.kept_failures}
+        return result
 
     def __enter__(self) -> "_Run":
-        self.bar = _progress(len(self.results), self.progress, f"nbllm.{self.ask.where}")
+        self.bar = _progress(len(self.results), self.progress, f"nbllm.{self.ask.where}",
+                             len(self.results) - self.todo, self.cost)
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         global _last_partial
         if self.bar is not None:
             self.bar.close()
+        if self.job is not None:
+            self.job.finish()  # what arrived is in the file before the cell ends (or Ctrl-C surfaces)
         if exc is None or not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError, bridge.Cancelled)):
             return
         _last_partial = self.result(interrupted=True)
@@ -346,15 +448,17 @@ class _Run:
         # a cancelled task stays cancelled; last_partial() keeps what finished
 
 
-def _progress(total: int, enabled: bool, desc: str = "nbllm.map") -> Any:
+def _progress(total: int, enabled: bool, desc: str = "nbllm.map", initial: int = 0, cost: float | None = None) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as notebook_tqdm
 
+    postfix = f"${cost:.4f}" if cost is not None else None
     if issubclass(tqdm, notebook_tqdm):
-        return _NotebookBar(tqdm(total=total, desc=desc, unit="prompt", display=False))
-    return tqdm(total=total, desc=desc, unit="prompt")
+        return _NotebookBar(tqdm(total=total, desc=desc, unit="prompt", display=False, initial=initial,
+                                 postfix=postfix))
+    return tqdm(total=total, desc=desc, unit="prompt", initial=initial, postfix=postfix)
 
 
 class _NotebookBar:
@@ -370,6 +474,9 @@ class _NotebookBar:
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
 
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.bar.set_postfix_str(text, refresh=refresh)
+
     def close(self) -> None:
         self.bar.close()
         if self.handle is not None:
@@ -377,9 +484,9 @@ class _NotebookBar:
 
 
 def _run(values: Any, ask: _Ask, provider: str | None, concurrency: int, retries: int | None, progress: bool,
-         backoff: float, max_wait: float, options: dict[str, Any]) -> Any:
-    run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
-    if run.results:
+         backoff: float, max_wait: float, options: dict[str, Any], durable: _Durable = _Durable()) -> Any:
+    run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress, durable)
+    if run.todo:  # a finished job is answered from its store: nothing is routed or sent
         run.plan = bridge.run(_route(run.plan))
         with run:
             for position, result in bridge.iterate(_results(run.plan)):
@@ -388,9 +495,10 @@ def _run(values: Any, ask: _Ask, provider: str | None, concurrency: int, retries
 
 
 async def _run_async(values: Any, ask: _Ask, provider: str | None, concurrency: int, retries: int | None,
-                     progress: bool, backoff: float, max_wait: float, options: dict[str, Any]) -> Any:
-    run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress)
-    if run.results:
+                     progress: bool, backoff: float, max_wait: float, options: dict[str, Any],
+                     durable: _Durable = _Durable()) -> Any:
+    run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress, durable)
+    if run.todo:
         run.plan = await bridge.run_async(_route(run.plan))
         with run:
             async for position, result in bridge.aiterate(_results(run.plan)):
@@ -398,25 +506,47 @@ async def _run_async(values: Any, ask: _Ask, provider: str | None, concurrency: 
     return run.result()
 
 
+def _estimate(values: Any, template: str, provider: str | None, output_type: Any, options: dict[str, Any]) -> Any:
+    """`map(..., dry_run=True)`: what the run would cost (`nbllm.estimate`); nothing is sent."""
+    from .estimates import estimate
+
+    return estimate(values, template, provider, output_type=output_type, **options)
+
+
 def map(values: Any, template: str, provider: str | None = None, concurrency: int = 8, retries: int | None = None,
         *, progress: bool = True, backoff: float = 0.5, max_wait: float = 60.0, output_type: Any = None,
-        **options: Any) -> "pd.Series | pd.DataFrame":
+        job: str | None = None, restart: bool = False, retry_failed: bool = False, budget: float | None = None,
+        dry_run: bool = False, **options: Any) -> "pd.Series | pd.DataFrame":
     """Ask once per value (or DataFrame row), `concurrency` at a time, aligned with the input.
 
     Without `output_type`: a Series of answers (or `Failed`). With it: a DataFrame of typed
     columns plus `_error` (see the module docstring). `options` are those of `nbllm.ask`
     (model, system, temperature, max_tokens, timeout, cache).
+
+    `job="name"` keeps every result in SQLite as it arrives: the same call run again (after
+    Ctrl-C, a restart or a crash) sends only the inputs without a result; `restart=True`
+    starts the job over, `retry_failed=True` sends its failed inputs again. `budget=0.50`
+    stops sending once 50 cents cannot cover the next request. `dry_run=True` returns the
+    estimate (`nbllm.estimate`) instead; nothing is sent.
     """
+    if dry_run:
+        return _estimate(values, template, provider, output_type, options)
     return _run(values, _Ask("map", template, output_type), provider, concurrency, retries, progress, backoff,
-                max_wait, options)
+                max_wait, options, _Durable(job, restart, retry_failed, budget))
 
 
 async def map_async(values: Any, template: str, provider: str | None = None, concurrency: int = 8,
                     retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
-                    max_wait: float = 60.0, output_type: Any = None, **options: Any) -> "pd.Series | pd.DataFrame":
-    """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished."""
+                    max_wait: float = 60.0, output_type: Any = None, job: str | None = None, restart: bool = False,
+                    retry_failed: bool = False, budget: float | None = None, dry_run: bool = False,
+                    **options: Any) -> "pd.Series | pd.DataFrame":
+    """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished (and a job what arrived)."""
+    if dry_run:
+        from .estimates import estimate_async
+
+        return await estimate_async(values, template, provider, output_type=output_type, **options)
     return await _run_async(values, _Ask("map", template, output_type), provider, concurrency, retries, progress,
-                            backoff, max_wait, options)
+                            backoff, max_wait, options, _Durable(job, restart, retry_failed, budget))
 
 
 # ---- classify and extract -----------------------------------------------------------------------

@@ -48,7 +48,7 @@ from .store import cast_usage, connect, data_file, shortened
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["history", "CallLog", "record", "history_path", "connect", "COLUMNS"]
+__all__ = ["history", "CallLog", "record", "history_path", "connect", "COLUMNS", "query"]
 
 log = logging.getLogger("nbllm")
 
@@ -364,6 +364,15 @@ class CallLog:
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
         return f"<nbllm call log ({state}) at {self.path}; call history(limit=20) for a DataFrame>"
+
+
+def query(sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on the log (queued rows written first); none when there is no log yet."""
+    path = history_path()
+    _writer.flush()
+    if not path.exists():
+        return []
+    return _read(path, lambda conn: conn.execute(sql, params).fetchall())
 
 
 def _read(path: Path, use: Any) -> Any:

@@ -82,7 +82,7 @@ FILE_NAME = "nbllm.toml"
 KINDS = ("local", "cloud")
 PROTOCOLS = ("openai", "anthropic")
 ON_CHOICES = ("transient", "any")
-ENDPOINT_KEYS = ("base_url", "kind", "protocol", "key_env", "model", "label")
+ENDPOINT_KEYS = ("base_url", "kind", "protocol", "key_env", "model", "label", "price_input", "price_output")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME_FORM = "use a lower-case name of letters, digits and _ (not starting with a digit), such as gpu or lab_vllm"
 
@@ -145,7 +145,7 @@ def _name_problem(name: str, what: str) -> str | None:
 
 def endpoint_spec(name: str, base_url: str, kind: str = "local", protocol: str = "openai",
                   key_env: tuple[str, ...] = (), model: str | None = None, label: str | None = None,
-                  source: str = "") -> ProviderSpec:
+                  source: str = "", prices: Mapping[str, float] | None = None) -> ProviderSpec:
     """The catalog entry of a checked endpoint (probed like an OpenAI-compatible server when local).
 
     A `model` the user wrote is a choice, like `{NAME}_MODEL`: `extra["model_chosen"]` tells the
@@ -154,6 +154,7 @@ def endpoint_spec(name: str, base_url: str, kind: str = "local", protocol: str =
     extra = {"file": source} if source else {}
     if model:
         extra["model_chosen"] = "true"
+    extra.update({key: str(value) for key, value in (prices or {}).items()})  # read by nbllm.prices
     return ProviderSpec(
         name=name, label=label or name, kind=kind,  # type: ignore[arg-type]
         default_model=model or "default", base_url=base_url,
@@ -224,6 +225,7 @@ def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
     kind = text("kind", KINDS) or "local"
     protocol = text("protocol", PROTOCOLS) or "openai"
     model, label = text("model"), text("label")
+    prices = _prices(entry, problems)
     key_env = _key_env(entry.get("key_env"), problems)
     fatal = fatal or key_env is None
     if kind == "cloud" and model is None and "model" not in entry:
@@ -232,7 +234,22 @@ def check_endpoint(name: str, entry: Mapping[str, Any], source: str = "",
         fatal = True
     if fatal or base_url is None or key_env is None:
         return None, problems
-    return endpoint_spec(name, base_url, kind, protocol, key_env, model, label, source), problems
+    return endpoint_spec(name, base_url, kind, protocol, key_env, model, label, source, prices), problems
+
+
+def _prices(entry: Mapping[str, Any], problems: list[str]) -> dict[str, float]:
+    """`price_input` / `price_output`: USD per million tokens, a number from 0 (a bad one is left out, said why)."""
+    prices: dict[str, float] = {}
+    for key in ("price_input", "price_output"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100_000:
+            problems.append(f"{key} = {value!r} is left out: give USD per million tokens as a number, e.g. "
+                            f"{key} = 0.15")
+            continue
+        prices[key] = float(value)
+    return prices
 
 
 def _key_owners(but: str = "") -> dict[str, str]:

@@ -34,7 +34,7 @@ from typing import Any
 
 __all__ = [
     "NbllmError", "ConfigurationError", "ModelError", "OutputInvalid", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
-    "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "scrub", "display_url",
+    "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "BudgetExhausted", "Unsuitable", "scrub", "display_url",
     "remember_secrets", "detached", "scrub_library_logs", "server_failed",
 ]
 
@@ -262,6 +262,13 @@ class Unsuitable(ModelError):
     @property
     def nothing_answered(self) -> bool:
         return False
+
+
+class BudgetExhausted(NbllmError):
+    """A budget in force cannot cover the next request: nothing was sent (`map` marks the row
+    `Failed(kind="budget")`; a re-run of a durable job sends it once the budget allows)."""
+
+    kind = "budget"
 
 
 class ReplayMiss(ModelError):

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import bridge, pipeline, routing
+from . import bridge, budgets, pipeline, routing
 from .context import Prompt, prepared
 from .errors import ConfigurationError, OutputInvalid
 from .pipeline import Answer, Call
@@ -139,7 +139,11 @@ async def _one(call: Call) -> dict[str, Any]:
 
 
 async def _fan_out(prompt: "str | Prompt", providers: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per provider, in order; runs on nbllm's loop."""
+    """One row per provider, in order; runs on nbllm's loop. `budget=` in options: a budget for these
+    requests together (a provider it cannot cover gets a row saying so; nothing is sent to it)."""
+    limit = options.pop("budget", None)
+    if limit is not None:
+        budgets.check_limit(limit)  # a bad budget: one error before anything is probed
     if options.get("chat") is not None:
         raise ConfigurationError("compare/consensus do not take chat memory: each provider would add its own turn "
                                  "to one conversation. Ask them without --chat / chat=.")
@@ -147,7 +151,8 @@ async def _fan_out(prompt: "str | Prompt", providers: Any, options: dict[str, An
     call = pipeline.describe(prompt, "compare/consensus", provider=AUTO, **options)
     targets = await _targets(_names(providers))
     calls = [pipeline.for_provider(call, name, call.request.model or model) for name, model in targets]
-    return list(await asyncio.gather(*(_one(c) for c in calls)))
+    with budgets.scoped(limit, "budget of this comparison"):
+        return list(await asyncio.gather(*(_one(c) for c in calls)))
 
 
 def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
@@ -170,7 +175,8 @@ def compare(prompt: "str | Sequence[Any]", providers: str | list[str] | None = N
     """Ask several providers at once; one row each: provider, model, answer, latency_ms, tokens, cost_usd, error.
 
     `providers`: names (a list, or "a,b"); None asks every available provider.
-    `options` are those of `nbllm.ask` (system, temperature, max_tokens, timeout, model, cache, output_type).
+    `options` are those of `nbllm.ask` (system, temperature, max_tokens, timeout, model, cache, output_type),
+    and `budget=` (USD for these requests together; with the kernel's `nbllm.budget`, both must cover each).
     With `output_type=X` there are two more columns, `output` (the validated value) and `valid`
     (which providers produced a valid X); `answer` is the value's JSON, or the raw text when invalid.
     """

@@ -45,7 +45,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import calllog, fits, replay, routing, typed
+from . import budgets, calllog, fits, replay, routing, typed
 from .catalog import AUTO, Link
 from .errors import ModelError, NbllmError, NotValid, OutputInvalid, detached
 from .failures import describe_failure
@@ -177,12 +177,10 @@ def _finish(answer: Answer, responses: Any, call: Call, sent: list[Any], target:
     if any(u.input_tokens or u.output_tokens for u in usages):  # 0/0: the server sent no usage
         answer.input_tokens = sum(u.input_tokens or 0 for u in usages)
         answer.output_tokens = sum(u.output_tokens or 0 for u in usages)
-    answer.cost_usd = None
-    if target.priced:  # a self-hosted server behind OPENAI_BASE_URL is not charged OpenAI's prices
-        try:
-            answer.cost_usd = sum(float(r.cost().total_price) for r in responses)
-        except Exception:  # prices are unknown for this model
-            answer.cost_usd = None
+    from .prices import answer_cost
+
+    answer.cost_usd, answer.cost_source = answer_cost(target.spec, target.settings, target.model, responses,
+                                                      answer.input_tokens, answer.output_tokens)
     answer.messages = [sent[-1], responses[-1]]
     if call.request.chat is not None and answer.ok:
         call.request.chat.extend(answer.messages)
@@ -383,14 +381,17 @@ async def _answer_one(call: Call, target: Target, logged: Call, fallbacks: list[
     started = time.perf_counter()
     fallbacks = fallbacks or []
     error: ModelError | None = None
+    hold = budgets.reserve(call, target)  # BudgetExhausted: nothing is sent
     try:
         result = await _retrying(call, target)
     except asyncio.CancelledError:  # Ctrl-C or a cancelled task: the call still gets its row
+        _settle(hold, None)  # it may have been charged: its worst case stays spent
         _log_interrupted(logged, Answer("", target.provider, target.model, fallbacks=list(fallbacks)), started)
         raise
     except ModelError as exc:
         error = exc
     if error is not None:
+        _settle(hold, getattr(error, "cost_usd", None) or 0.0)  # (an invalid typed answer was generated: charged)
         if _moves_on(error, may_move_on):
             return Fallback(target.provider, _reason(error))
         error = _after(error, fallbacks)
@@ -400,9 +401,16 @@ async def _answer_one(call: Call, target: Target, logged: Call, fallbacks: list[
                         cost_usd=getattr(error, "cost_usd", None))
         calllog.record(logged, failed, _logged_options(call, target))
         raise detached(error)
+    _settle(hold, result.cost_usd)
     result.fallbacks = list(fallbacks)
     calllog.record(logged, result, _logged_options(call, target))
     return result
+
+
+def _settle(hold: budgets.Hold | None, cost: float | None) -> None:
+    """A reservation becomes what the request cost (None: unknown, its worst case is kept)."""
+    if hold is not None:
+        hold.settle(cost)
 
 
 def _moves_on(error: NbllmError, may_move_on: str | None) -> bool:
@@ -599,6 +607,12 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
     refused = _unsuitable(call, target)
     response = None
     try:
+        hold = budgets.reserve(call, target)
+    except NbllmError as exc:  # a budget that cannot cover it: nothing is sent, nothing logged
+        result.failure, result.error = exc, str(exc)
+        yield result
+        return
+    try:
         while refused is None:
             sent, lease = plan.next()
             model, options = _model_and_options(call, sent, streamed=True)
@@ -646,5 +660,7 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
         logged_row = True
         yield result
     finally:
+        # what the stream cost: its answer's cost; text that arrived without one: its worst case; nothing: 0
+        _settle(hold, result.cost_usd if response is not None else (None if chunks else 0.0))
         if not logged_row:  # Ctrl-C, a cancelled task or a consumer that stopped early: keep what arrived
             _log_interrupted(logged, result, started, "".join(chunks), _logged_options(call, target))

@@ -207,11 +207,13 @@ class ProviderRegistry:
 
     def add_endpoint(self, name: str, base_url: str, key_env: str | None = None, kind: str = "local",
                      protocol: str = "openai", model: str | None = None, label: str | None = None,
-                     save: bool = True) -> ProviderSpec:
+                     save: bool = True, price_input: float | None = None,
+                     price_output: float | None = None) -> ProviderSpec:
         """Add (or replace) one of the user's own providers; `save` writes it to an endpoints file."""
         name = (name or "").strip()
         entry: dict[str, Any] = {"base_url": base_url, "kind": kind, "protocol": protocol, "key_env": key_env,
-                                 "model": model, "label": label}
+                                 "model": model, "label": label, "price_input": price_input,
+                                 "price_output": price_output}
         entry = {k: v for k, v in entry.items() if v is not None}
         spec, problems = endpoints.check_endpoint(name, entry, credentials=True)
         if problems:  # a face is strict: a typo in a fleet is refused, not saved without that server
@@ -237,7 +239,8 @@ class ProviderRegistry:
                 urls = spec.base_url.split(",")
                 written = {"base_url": urls[0] if len(urls) == 1 else urls, "kind": spec.kind,
                            "protocol": "anthropic" if spec.builder == "anthropic" else "openai",
-                           "key_env": key_env.strip() if key_env else None, "model": model, "label": label}
+                           "key_env": key_env.strip() if key_env else None, "model": model, "label": label,
+                           "price_input": price_input, "price_output": price_output}
                 endpoints.write_endpoint(path, name, written)
                 spec = replace(spec, extra={**spec.extra, "file": str(path)})
             self._overlay.specs.set(name, None if save else spec)

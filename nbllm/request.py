@@ -18,7 +18,6 @@ from .catalog import AUTO, Link, ProviderSpec
 from .config import FIELDS, ProviderSettings, openai_base
 from .parts import ImagePart, Part, images_in
 from .errors import ConfigurationError, NbllmError, detached, display_url
-from .health import self_hosted
 from .registry import get_registry
 from .retry import RetryPolicy
 from .context import Prompt
@@ -59,6 +58,9 @@ class Answer:
     error: str | None = None
     reason: str = ""
     cost_usd: float | None = None
+    """USD; 0 for a local server; None when unknown (never 0 for unknown)."""
+    cost_source: str = "unknown"
+    """Where `cost_usd` comes from: "local", "declared" ({P}_PRICE_*), "genai-prices" or "unknown"."""
     cached: bool = False
     """True when the answer came from the replay cache (see replay.py), not the provider."""
     messages: list[Any] = field(default_factory=list, repr=False)
@@ -84,7 +86,7 @@ class Answer:
         return {
             "provider": self.provider, "model": self.model, "latency_ms": round(self.latency_ms, 1),
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
-            "cost_usd": self.cost_usd, "error": self.error,
+            "cost_usd": self.cost_usd, "cost_source": self.cost_source, "error": self.error,
             **({"fallbacks": [str(f) for f in self.fallbacks]} if self.fallbacks else {}),
         }
 
@@ -180,10 +182,6 @@ class Target:
         """The same target, sent to one server of its fleet."""
         return replace(self, settings=self.settings.with_(base_url=url))
 
-    @property
-    def priced(self) -> bool:
-        """Whether the vendor's prices apply: not for local or self-hosted servers."""
-        return self.spec.kind == "cloud" and not self_hosted(self.spec, self.settings)
 
 
 @dataclass(frozen=True)

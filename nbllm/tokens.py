@@ -31,10 +31,6 @@ _PIECES = re.compile(r"[A-Za-z]+|[ \t]+|.", re.DOTALL)
 _GLUE = re.compile(r"[A-Za-z!-/:-@\[-`{-~]")
 """What a preceding space joins into one token: ASCII letters and punctuation, not digits."""
 
-_PRICES_IDS = {"gemini": "google", "grok": "x-ai"}
-"""nbllm provider names that genai-prices spells differently (the others are the same)."""
-
-
 def estimate(text: str) -> int:
     """A token count at least as large as common BPE tokenizers give (within about 2×)."""
     count = 0
@@ -73,23 +69,9 @@ def context_window(spec_name: str, model: str, settings: "ProviderSettings | Non
         return context_length()
     if spec.kind != "cloud" or not model:
         return None
-    return _prices_context(_PRICES_IDS.get(spec.name, spec.name), model, settings.base_url if settings else None)
+    from .prices import model_info
+
+    info = model_info(spec.name, model, settings.base_url if settings else None)
+    return int(info.context_window) if info is not None and info.context_window else None
 
 
-def _prices_context(provider_id: str, model: str, base_url: str | None) -> int | None:
-    """genai-prices' `ModelInfo.context_window` from its bundled snapshot (never the network)."""
-    try:
-        from genai_prices import data_snapshot
-    except ImportError:
-        return None
-    snapshot = data_snapshot.get_snapshot()
-    for by_id, by_url in ((provider_id, None), (None, base_url)):
-        if by_id is None and not by_url:
-            continue
-        try:
-            _, info = snapshot.find_provider_model(model, None, by_id, by_url)
-        except LookupError:
-            continue
-        if info.context_window:
-            return int(info.context_window)
-    return None

@@ -31,6 +31,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     # The call log and the replay cache write to files of this test, never the user's.
     monkeypatch.setenv("NBLLM_HISTORY", str(tmp_path / "history.sqlite"))
     monkeypatch.setenv("NBLLM_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.setenv("NBLLM_JOBS", str(tmp_path / "jobs.sqlite"))
     monkeypatch.chdir(tmp_path)
     # Nothing of ours listens on the default local ports in tests; point them at a
     # closed port so a developer's own LM Studio/Ollama never leaks into results.
@@ -54,6 +55,9 @@ def reset_nbllm() -> None:
     calllog.history.reset()
     replay.cache.reset()
     fleet.reset()
+    from nbllm import budgets
+
+    budgets.budget(None)  # a kernel budget a test set never limits the next one
 
     clients.clear()
 

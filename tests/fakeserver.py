@@ -9,6 +9,16 @@ SSE streaming), Ollama's native endpoints (`/`, `/api/tags`, `/api/ps`,
 llama.cpp's `--parallel N` or a GPU's batch); `die()` (or `die_after=N`) makes it stop
 like a machine that went away: connections in use are dropped, new ones refused.
 
+It also speaks OpenAI's Batch API (`POST /v1/files` multipart with `purpose=batch`, `POST
+/v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`, `GET /v1/files/{id}` and
+`/content`, `DELETE /v1/files/{id}`): each JSONL line of an input file is answered like a chat
+request (`/v1/chat/completions` lines, and `/v1/responses` lines in the Responses API's shape).
+A batch reads "validating" on its first poll, then "in_progress" until `batch_polls` polls and
+`batch_delay` seconds have passed, then ends as `batch_outcome` ("completed", "expired":
+only the first `batch_expire_after` requests ran, "failed": the input was refused).
+`batch_fail_ids` are answered with HTTP 400 in the error file. Batches and files live on the
+server, so a new client (a restarted kernel) can poll and collect them later.
+
 Use as a context manager in tests, or run `python tests/fakeserver.py --port N`.
 """
 
@@ -17,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -84,6 +95,15 @@ class Behaviour:
     die_after: int = 0
     replies: Callable[[str], str] | list[str] | None = None
     tool_calls: bool = False
+    batch_polls: int = 1
+    """Polls of `GET /v1/batches/{id}` that still see the batch unfinished ("validating" first)."""
+    batch_delay: float = 0.0
+    """Seconds after its creation before a batch may finish (as well as `batch_polls`)."""
+    batch_outcome: str = "completed"
+    """How a batch ends: "completed", "expired" (only `batch_expire_after` requests ran) or "failed"."""
+    batch_expire_after: int = 1
+    batch_fail_ids: tuple[str, ...] = ()
+    """custom_ids answered with HTTP 400 (in the batch's error file)."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -99,7 +119,7 @@ class FakeLLMServer:
         self.requests: list[dict[str, Any]] = []
         self._chat_count = 0
         self._replied = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a batch's requests are answered under it
         self._stop = threading.Event()
         self.dead = threading.Event()
         """Set by `die()`: the server has gone away."""
@@ -113,6 +133,10 @@ class FakeLLMServer:
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread: threading.Thread | None = None
+        self.files: dict[str, dict[str, Any]] = {}
+        """Uploaded and written files: id → {"bytes", "purpose", "filename"} (kept across clients)."""
+        self.batches: dict[str, dict[str, Any]] = {}
+        """Batches by id: their OpenAI object, as the last poll saw it, and their poll count."""
 
     def set(self, **changes: Any) -> "FakeLLMServer":
         with self._lock:
@@ -139,9 +163,135 @@ class FakeLLMServer:
             self._replied = 0
             self._slots = None
             self.peak_busy = 0
+            self.files.clear()
+            self.batches.clear()
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    def batch_lines(self) -> list[dict[str, Any]]:
+        """The JSONL lines of the last batch input file uploaded (as recorded: a client may delete the file)."""
+        uploads = [r for r in self.requests if r["method"] == "POST" and r["path"].rstrip("/").endswith("/files")]
+        return uploads[-1]["body"]["lines"] if uploads else []
+
+    # --- OpenAI's Batch API ---------------------------------------------------
+    def add_file(self, data: bytes, purpose: str, filename: str) -> dict[str, Any]:
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1:04d}"
+            self.files[file_id] = {"bytes": data, "purpose": purpose, "filename": filename,
+                                   "created_at": int(time.time())}
+        return self.file_object(file_id)
+
+    def file_object(self, file_id: str) -> dict[str, Any]:
+        f = self.files[file_id]
+        return {"id": file_id, "object": "file", "bytes": len(f["bytes"]), "created_at": f["created_at"],
+                "filename": f["filename"], "purpose": f["purpose"], "status": "processed"}
+
+    def create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        file_id = body.get("input_file_id")
+        if file_id not in self.files:
+            return 400, {"error": {"message": f"No such File object: {file_id}", "type": "invalid_request_error"}}
+        if body.get("completion_window") != "24h" or not body.get("endpoint"):
+            return 400, {"error": {"message": "endpoint and completion_window='24h' are required",
+                                   "type": "invalid_request_error"}}
+        total = len([line for line in self.files[file_id]["bytes"].splitlines() if line.strip()])
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1:04d}"
+            batch = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
+                     "input_file_id": file_id, "completion_window": "24h", "status": "validating",
+                     "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+                     "metadata": body.get("metadata"),
+                     "request_counts": {"total": total, "completed": 0, "failed": 0}}
+            self.batches[batch_id] = {"batch": batch, "polls": 0, "created": time.monotonic()}
+        return 200, dict(batch)
+
+    def poll_batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch as a client polling it now sees it (finishing it once its polls and delay are over)."""
+        b = self.behaviour
+        with self._lock:
+            state = self.batches[batch_id]
+            state["polls"] += 1
+            batch = state["batch"]
+            if batch["status"] == "cancelling":
+                self._end_batch(batch, "cancelled", ran=0)
+            elif batch["status"] in ("validating", "in_progress"):
+                due = state["polls"] > b.batch_polls and time.monotonic() - state["created"] >= b.batch_delay
+                if due:
+                    ran = b.batch_expire_after if b.batch_outcome == "expired" else None
+                    self._end_batch(batch, b.batch_outcome, ran)
+                else:
+                    batch["status"] = "validating" if state["polls"] == 1 else "in_progress"
+            return json.loads(json.dumps(batch))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self.batches[batch_id]["batch"]
+            if batch["status"] in ("validating", "in_progress", "finalizing"):
+                batch["status"] = "cancelling"
+                batch["cancelling_at"] = int(time.time())
+            return json.loads(json.dumps(batch))
+
+    def _end_batch(self, batch: dict[str, Any], outcome: str, ran: int | None) -> None:
+        """Run the batch's requests (the first `ran` of them; None: all) and write its output/error files."""
+        lines = [json.loads(line) for line in self.files[batch["input_file_id"]]["bytes"].decode().splitlines()
+                 if line.strip()]
+        batch["status"] = outcome
+        now = int(time.time())
+        if outcome == "failed":
+            batch["errors"] = {"object": "list", "data": [
+                {"code": "invalid_request", "message": "the input file was refused (fake failure)", "line": 1}]}
+            batch["failed_at"] = now
+            return
+        ran = len(lines) if ran is None else min(ran, len(lines))
+        output, errors = [], []
+        for number, line in enumerate(lines):
+            custom_id = line.get("custom_id")
+            if number >= ran:  # never run: the window expired or the batch was cancelled
+                code = "batch_expired" if outcome == "expired" else "batch_cancelled"
+                errors.append({"id": f"batch_req_{number}", "custom_id": custom_id, "response": None,
+                               "error": {"code": code, "message": f"This request was not executed ({code})."}})
+                continue
+            if custom_id in self.behaviour.batch_fail_ids:
+                body = {"error": {"message": f"fake failure 400 for {custom_id}", "type": "invalid_request_error",
+                                  "code": "invalid_value"}}
+                errors.append({"id": f"batch_req_{number}", "custom_id": custom_id, "error": None,
+                               "response": {"status_code": 400, "request_id": f"req_{number}", "body": body}})
+                continue
+            output.append({"id": f"batch_req_{number}", "custom_id": custom_id, "error": None,
+                           "response": {"status_code": 200, "request_id": f"req_{number}",
+                                        "body": self._batch_answer(line.get("url", ""), line.get("body") or {})}})
+        counts = batch["request_counts"]
+        counts["completed"] = len(output)
+        counts["failed"] = len([e for e in errors if e["response"] is not None])
+        batch[{"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[outcome]] = now
+        for key, rows in (("output_file_id", output), ("error_file_id", errors)):
+            if rows:
+                data = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+                file_id = f"file-{len(self.files) + 1:04d}"
+                self.files[file_id] = {"bytes": data, "purpose": "batch_output", "created_at": now,
+                                       "filename": f"{batch['id']}_{key.split('_')[0]}.jsonl"}
+                batch[key] = file_id
+
+    def _batch_answer(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One batch line answered as the chat endpoint would (or in the Responses API's shape)."""
+        model = body.get("model") or "fake-model"
+        if url.endswith("/responses"):
+            given = body.get("input")
+            messages = given if isinstance(given, list) else [{"role": "user", "content": given or ""}]
+            text = self.reply_for({"messages": [m for m in messages if isinstance(m, dict)]})
+            words = len(text.split(" "))
+            return {"id": f"resp_{random.randrange(10**8)}", "object": "response", "created_at": int(time.time()),
+                    "model": model, "status": "completed", "output": [
+                        {"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed",
+                         "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                    "usage": {"input_tokens": 7, "output_tokens": words, "total_tokens": 7 + words,
+                              "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens_details": {"reasoning_tokens": 0}}}
+        text = self.reply_for(body)
+        words = len(text.split(" "))
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": words, "total_tokens": 7 + words}}
 
     def start(self) -> "FakeLLMServer":
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -276,6 +426,11 @@ class _Slot:
             self.semaphore.release()
 
 
+_BATCHES = re.compile(r"^(?:/v1)?/batches/?$")
+_BATCH_PATH = re.compile(r"^(?:/v1)?/batches/(?P<id>[^/]+)(?:/(?P<action>[a-z]+))?/?$")
+_FILE_PATH = re.compile(r"^(?:/v1)?/files/(?P<id>[^/]+)(?P<content>/content)?/?$")
+
+
 def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -350,6 +505,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     return self._send(503, {"error": {"code": 503, "message": "Loading model"}})
             if self._common_failure():
                 return
+            if _BATCH_PATH.match(path) or _FILE_PATH.match(path):
+                return self._batch_get(path)
             models = list(b.models)
             if path in ("/v1/models", "/models"):
                 return self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
@@ -380,12 +537,79 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw or b"{}")
             except json.JSONDecodeError:
                 body = {"_raw": raw.decode(errors="replace")}
-            self._record(body)
             path = self.path.split("?")[0]
+            if path.rstrip("/").endswith("/files") and "multipart/form-data" in (self.headers.get("Content-Type") or ""):
+                return self._upload(raw)
+            self._record(body)
+            if _BATCHES.match(path) or _BATCH_PATH.match(path):
+                return self._batch_post(path, body)
             if not path.endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": f"no route {path}"}})
             with server.chat_slot():
                 self._chat(body)
+
+        # -- OpenAI's Batch API ------------------------------------------------------
+        def _upload(self, raw: bytes) -> None:
+            """`POST /v1/files` (multipart): `purpose` and `file` fields; recorded with the file's JSONL lines."""
+            from email.parser import BytesParser
+            from email.policy import HTTP
+
+            message = BytesParser(policy=HTTP).parsebytes(
+                b"Content-Type: " + (self.headers.get("Content-Type") or "").encode() + b"\r\n\r\n" + raw)
+            fields: dict[str, Any] = {}
+            filename = "upload.jsonl"
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if part.get_filename():
+                    filename = part.get_filename()
+                fields[name] = part.get_payload(decode=True) or b""
+            data, purpose = fields.get("file", b""), fields.get("purpose", b"").decode()
+            lines = []
+            for line in data.decode(errors="replace").splitlines():
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    lines.append({"_raw": line})
+            self._record({"purpose": purpose, "filename": filename, "lines": lines})
+            if self._common_failure():
+                return
+            if purpose != "batch" or "file" not in fields:
+                return self._send(400, {"error": {"message": "a file and purpose=batch are required",
+                                                  "type": "invalid_request_error"}})
+            self._send(200, server.add_file(data, purpose, filename))
+
+        def _batch_post(self, path: str, body: dict[str, Any]) -> None:
+            if self._common_failure():
+                return
+            if _BATCHES.match(path):
+                return self._send(*server.create_batch(body))
+            found = _BATCH_PATH.match(path)
+            assert found is not None
+            if found["action"] != "cancel" or found["id"] not in server.batches:
+                return self._send(404, {"error": {"message": f"no route {path}"}})
+            self._send(200, server.cancel_batch(found["id"]))
+
+        def _batch_get(self, path: str) -> None:
+            batch, file = _BATCH_PATH.match(path), _FILE_PATH.match(path)
+            if batch is not None and not batch["action"] and batch["id"] in server.batches:
+                return self._send(200, server.poll_batch(batch["id"]))
+            if file is not None and file["id"] in server.files:
+                if file["content"]:
+                    return self._send(200, server.files[file["id"]]["bytes"])
+                return self._send(200, server.file_object(file["id"]))
+            return self._send(404, {"error": {"message": f"no such object at {path}",
+                                              "type": "invalid_request_error"}})
+
+        def do_DELETE(self) -> None:
+            if self._drop_if_dead():
+                return
+            self._record(None)
+            found = _FILE_PATH.match(self.path.split("?")[0])
+            if found is None or found["content"] or found["id"] not in server.files:
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            with server._lock:
+                del server.files[found["id"]]
+            self._send(200, {"id": found["id"], "object": "file", "deleted": True})
 
         def _chat(self, body: dict[str, Any]) -> None:
             b = server.behaviour

@@ -30,7 +30,7 @@ def test_every_call_is_a_row(local_provider, tmp_path):
     assert (row["input_tokens"], row["output_tokens"]) == (7, 3) and row["latency_ms"] > 0
     assert json.loads(row["settings"]) == {"temperature": 0.3, "max_tokens": 20, "timeout": 30.0}
     assert isinstance(row["time"], pd.Timestamp) and str(row["time"].tz) == "UTC"
-    assert pd.isna(row["cost_usd"]) and row["error"] is None
+    assert row["cost_usd"] == 0 and row["error"] is None  # a local server costs 0 (issue 13)
 
 
 def test_failures_and_broken_streams_are_logged(local_provider, monkeypatch):

@@ -93,7 +93,7 @@ def test_a_self_hosted_openai_url_is_probed_and_its_model_detected(self_hosted_o
     assert health.connected is True and health.model_id == "served-model" and health.model_detected
     answer = nbllm.ask("hi", provider="openai")
     assert answer.model == "served-model" and answer.text == "Echo: hi"
-    assert answer.cost_usd is None  # not OpenAI's prices: the server is not OpenAI
+    assert answer.cost_usd == 0 and answer.cost_source == "local"  # not OpenAI's prices: the server is your own
     (sent,) = self_hosted_openai.chat_requests()
     assert sent["body"]["model"] == "served-model" and "max_tokens" in sent["body"]
 

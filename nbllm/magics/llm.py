@@ -144,6 +144,8 @@ class LLMMagics(Magics):
               help="ask several providers (comma-separated; default: all usable) and show them side by side")
     @argument("--consensus", nargs="?", const="", metavar="PROVIDERS",
               help="ask several providers and show their weighted consensus")
+    @argument("--estimate", action="store_true",
+              help="show what the prompt would cost (input tokens, output tokens, USD); nothing is sent")
     @argument("question", nargs="*", help="the prompt, for the one-line %%llm form")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> Any:
@@ -183,6 +185,8 @@ class LLMMagics(Magics):
         options = self._call_options(args, conversation() if args.chat else None)
         if args.schema is not None:
             options["output_type"] = self._schema(args.schema)
+        if args.estimate:
+            return _estimate(self.shell, args, prompt, options, show=cell is not None)
         if args.compare is not None or args.consensus is not None:
             return _many(self.shell, args, prompt, options, show=cell is not None)
         if args.schema is not None:
@@ -374,6 +378,29 @@ class LLMMagics(Magics):
             self.shell.user_ns[out] = value
         if fmt == "code" and ok and isinstance(value, str) and value.strip():
             self.shell.set_next_input(value, replace=False)
+
+
+def _estimate(shell: Any, args: Namespace, prompt: Any, options: dict[str, Any], show: bool) -> Any:
+    """`--estimate`: the prompt as it would be sent, estimated (`nbllm.estimate_prompt`) and shown; nothing is sent."""
+    from ..estimates import estimate_prompt
+
+    if args.compare is not None or args.consensus is not None:
+        raise UsageError("--estimate is for one provider: leave out --compare/--consensus (or use -p NAME).")
+    try:  # a str here was not to be filled (--raw, or interpolation off); a Prompt is filled already
+        result = estimate_prompt(prompt, raw=True, **options) if isinstance(prompt, str) else \
+            estimate_prompt(prompt, **options)
+    except NbllmError as exc:
+        raise CellError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; nothing was sent") from None
+    if args.out and shell is not None:
+        shell.user_ns[args.out] = result
+    if not show:
+        return result
+    from IPython.display import display
+
+    display(result)
+    return None
 
 
 def _many(shell: Any, args: Namespace, prompt: Any, options: dict[str, Any], show: bool) -> Any:

@@ -1,0 +1,174 @@
+"""Budgets: once what is left cannot cover the next request, nothing more is sent.
+
+Before each request the pipeline reserves its worst case — the prompt's tokens (`tokens.estimate`,
+which counts high) plus `max_tokens` of answer, twice for a typed answer (one validation retry),
+at the target's price (`prices.price_for`) — from every budget in force: the kernel's
+(`nbllm.budget(2.00)`) and the scope of a `map` / `compare(..., budget=0.50)`. When one cannot
+cover it, `BudgetExhausted` is raised and nothing is sent; from then on that budget refuses every
+request (a cheaper prompt later does not slip through a gap). When the answer arrives its
+reservation becomes what it really cost, so the overshoot is at most the requests already in
+flight. A local server costs 0 and always fits; a model whose price is unknown cannot be bounded,
+so with a budget in force it is refused (declare `{P}_PRICE_INPUT` / `_PRICE_OUTPUT`).
+
+Everything here runs on nbllm's loop thread; the lock only guards reads from the kernel's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import BudgetExhausted, ConfigurationError
+
+if TYPE_CHECKING:
+    from .request import Call, Target
+
+__all__ = ["Budget", "budget", "scoped", "reserve", "Hold", "IMAGE_TOKENS", "check_limit"]
+
+IMAGE_TOKENS = 1_600
+"""What one image is reserved as: about the most a 1568-px image costs at OpenAI or Anthropic."""
+
+
+class Budget:
+    """A limit in USD, what has been spent against it and what is reserved by requests in flight."""
+
+    def __init__(self, limit: float, label: str):
+        check_limit(limit)
+        self.limit = float(limit)
+        self.label = label
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.in_flight = 0
+        self.requests = 0
+        self.exhausted = False
+        self._lock = threading.Lock()
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.limit - self.spent - self.reserved)
+
+    def take(self, amount: float) -> bool:
+        """Reserve `amount` if what is left covers it (else mark the budget exhausted)."""
+        with self._lock:
+            if self.exhausted or amount > self.limit - self.spent - self.reserved + 1e-12:
+                self.exhausted = True
+                return False
+            self.reserved += amount
+            self.in_flight += 1
+            return True
+
+    def release(self, reserved: float) -> None:
+        """Give back a reservation whose request was never sent."""
+        with self._lock:
+            self.in_flight -= 1
+            self.reserved = max(0.0, self.reserved - reserved) if self.in_flight else 0.0
+
+    def settle(self, reserved: float, actual: float) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.reserved = max(0.0, self.reserved - reserved) if self.in_flight else 0.0  # no float dust
+            self.spent += actual
+            self.requests += 1
+
+    def __repr__(self) -> str:
+        flight = f", {self.in_flight} request(s) in flight" if self.in_flight else ""
+        stop = " — exhausted: nothing more is sent" if self.exhausted else ""
+        return (f"<{self.label} ${self.limit:.2f}: spent ${self.spent:.4f} in {self.requests} request(s), "
+                f"left ${self.left:.4f}{flight}{stop}>")
+
+
+def check_limit(limit: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0 or limit == float("inf"):
+        raise ConfigurationError(f"budget={limit!r}: give the most to spend in USD, a number of at least 0 "
+                                 "(e.g. 2.00), or None for no budget.")
+
+
+_kernel: Budget | None = None
+_scopes: contextvars.ContextVar[tuple[Budget, ...]] = contextvars.ContextVar("nbllm_budgets", default=())
+
+
+def budget(limit: float | None | type[Ellipsis] = ...) -> Budget | None:
+    """`nbllm.budget(2.00)` sets the kernel's budget (spending counts from now); `nbllm.budget()` shows
+    it (spent, left, in flight); `nbllm.budget(None)` removes it."""
+    global _kernel
+    if limit is ...:
+        return _kernel
+    if limit is None:
+        _kernel = None
+        return None
+    _kernel = Budget(float(limit), "kernel budget")  # type: ignore[arg-type]
+    return _kernel
+
+
+@contextlib.contextmanager
+def scoped(limit: float | None, label: str = "budget") -> Iterator[Budget | None]:
+    """A budget for the requests started inside (tasks created inside inherit it); None: no extra budget."""
+    if limit is None:
+        yield None
+        return
+    scope = Budget(limit, label)
+    token = _scopes.set((*_scopes.get(), scope))
+    try:
+        yield scope
+    finally:
+        _scopes.reset(token)
+
+
+@dataclass
+class Hold:
+    """A request's reservation in each budget in force; `settle` it with what the request cost."""
+
+    budgets: tuple[Budget, ...]
+    amount: float
+
+    def settle(self, actual: float | None) -> None:
+        for each in self.budgets:
+            each.settle(self.amount, self.amount if actual is None else actual)
+
+
+def _worst_case(call: "Call", target: "Target") -> tuple[float | None, int, int]:
+    """The most this request may cost (None: its price is unknown), and the tokens it assumes."""
+    from .prices import price_for
+    from .tokens import estimate
+
+    request = call.request
+    prompt_tokens = estimate(request.prompt) + estimate(request.system or "") + IMAGE_TOKENS * len(request.images)
+    if request.chat is not None:
+        from .parts import content_text
+
+        prompt_tokens += sum(estimate(content_text(getattr(part, "content", "")))
+                             for message in request.chat.messages for part in getattr(message, "parts", []))
+    output_tokens = request.max_tokens or target.settings.max_tokens
+    if request.output_type is not None:  # a reply that does not validate is asked once more
+        prompt_tokens, output_tokens = 2 * prompt_tokens + output_tokens, 2 * output_tokens
+    price = price_for(target.spec, target.settings, target.model)
+    return (None if price is None else price.cost(prompt_tokens, output_tokens)), prompt_tokens, output_tokens
+
+
+def reserve(call: "Call", target: "Target") -> Hold | None:
+    """Reserve `call`'s worst case in every budget in force (None when there is none); raises
+    `BudgetExhausted` — nothing is sent — when one cannot cover it."""
+    budgets = (*((_kernel,) if _kernel is not None else ()), *_scopes.get())
+    if not budgets:
+        return None
+    amount, prompt_tokens, output_tokens = _worst_case(call, target)
+    what = f"{target.provider}:{target.model}"
+    if amount is None:
+        raise BudgetExhausted(f"{what} has no known price, so the {budgets[0].label} cannot bound it: nothing was "
+                              f"sent. Declare {target.spec.env_prefix}_PRICE_INPUT and _PRICE_OUTPUT (USD per "
+                              "million tokens), or ask without a budget.")
+    taken: list[Budget] = []
+    for each in budgets:
+        if not each.take(amount):
+            for done in taken:  # give back what this request took from the others
+                done.release(amount)
+            raise BudgetExhausted(
+                f"the {each.label} of ${each.limit:.2f} has ${each.left:.4f} left and the next request may cost up to "
+                f"${amount:.4f} ({what}, ~{prompt_tokens:,} input and {output_tokens:,} output tokens): nothing more "
+                "is sent. Raise the budget or lower max_tokens.")
+        taken.append(each)
+    return Hold(tuple(taken), amount)
