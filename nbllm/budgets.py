@@ -4,8 +4,9 @@ Before each request the pipeline reserves its worst case — the prompt's tokens
 which counts high) plus `max_tokens` of answer, twice for a typed answer (one validation retry),
 at the target's price (`prices.price_for`) — from every budget in force: the kernel's
 (`nbllm.budget(2.00)`) and the scope of a `map` / `compare(..., budget=0.50)`. When one cannot
-cover it, `BudgetExhausted` is raised and nothing is sent; from then on that budget refuses every
-request (a cheaper prompt later does not slip through a gap). When the answer arrives its
+cover it, `BudgetExhausted` is raised and nothing is sent (`map` then sends nothing more: its own
+rule; a cheaper or free request later still fits, and a fallback chain moves on to its next link,
+a free local one included). When the answer arrives its
 reservation becomes what it really cost, so the overshoot is at most the requests already in
 flight. A local server costs 0 and always fits; a model whose price is unknown cannot be bounded,
 so with a budget in force it is refused (declare `{P}_PRICE_INPUT` / `_PRICE_OUTPUT`).
@@ -44,7 +45,7 @@ class Budget:
         self.reserved = 0.0
         self.in_flight = 0
         self.requests = 0
-        self.exhausted = False
+        self.refused = 0
         self._lock = threading.Lock()
 
     @property
@@ -52,10 +53,10 @@ class Budget:
         return max(0.0, self.limit - self.spent - self.reserved)
 
     def take(self, amount: float) -> bool:
-        """Reserve `amount` if what is left covers it (else mark the budget exhausted)."""
+        """Reserve `amount` if what is left covers it (a free request always fits)."""
         with self._lock:
-            if self.exhausted or amount > self.limit - self.spent - self.reserved + 1e-12:
-                self.exhausted = True
+            if amount > 0 and amount > self.limit - self.spent - self.reserved + 1e-12:
+                self.refused += 1
                 return False
             self.reserved += amount
             self.in_flight += 1
@@ -76,12 +77,18 @@ class Budget:
 
     def __repr__(self) -> str:
         flight = f", {self.in_flight} request(s) in flight" if self.in_flight else ""
-        stop = " — exhausted: nothing more is sent" if self.exhausted else ""
-        return (f"<{self.label} ${self.limit:.2f}: spent ${self.spent:.4f} in {self.requests} request(s), "
-                f"left ${self.left:.4f}{flight}{stop}>")
+        refused = f", {self.refused} refused" if self.refused else ""
+        return (f"<{self.label} {usd(self.limit)}: spent ${self.spent:.4f} in {self.requests} request(s), "
+                f"left ${self.left:.4f}{flight}{refused}>")
+
+
+def usd(amount: float) -> str:
+    """Dollars as people write them: cents for a budget of a dollar or more, else four decimals."""
+    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.4f}".rstrip("0").rstrip(".")
 
 
 def check_limit(limit: Any) -> None:
+    """A budget is a finite number of USD, at least 0 (not a bool, not text)."""
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0 or limit == float("inf"):
         raise ConfigurationError(f"budget={limit!r}: give the most to spend in USD, a number of at least 0 "
                                  "(e.g. 2.00), or None for no budget.")
@@ -100,6 +107,7 @@ def budget(limit: float | None | type[Ellipsis] = ...) -> Budget | None:
     if limit is None:
         _kernel = None
         return None
+    check_limit(limit)  # before any conversion: budget("two") and budget(True) are one clear error
     _kernel = Budget(float(limit), "kernel budget")  # type: ignore[arg-type]
     return _kernel
 
@@ -167,7 +175,7 @@ def reserve(call: "Call", target: "Target") -> Hold | None:
             for done in taken:  # give back what this request took from the others
                 done.release(amount)
             raise BudgetExhausted(
-                f"the {each.label} of ${each.limit:.2f} has ${each.left:.4f} left and the next request may cost up to "
+                f"the {each.label} of {usd(each.limit)} has ${each.left:.4f} left and the next request may cost up to "
                 f"${amount:.4f} ({what}, ~{prompt_tokens:,} input and {output_tokens:,} output tokens): nothing more "
                 "is sent. Raise the budget or lower max_tokens.")
         taken.append(each)

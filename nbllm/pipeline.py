@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import budgets, calllog, fits, replay, routing, typed
 from .catalog import AUTO, Link
-from .errors import ModelError, NbllmError, NotValid, OutputInvalid, detached
+from .errors import BudgetExhausted, ModelError, NbllmError, NotValid, OutputInvalid, detached
 from .failures import describe_failure
 from .registry import get_registry
 from .request import OPTIONS, Answer, Call, Fallback, Notice, Request, Target, describe, for_provider, link_call
@@ -340,8 +340,8 @@ def _replayed(hit: replay.Recording, call: Call, started: float) -> Answer:
     from pydantic_ai.usage import RequestUsage
 
     answer = Answer(hit.text, hit.provider, hit.model, (time.perf_counter() - started) * 1000,
-                    hit.input_tokens, hit.output_tokens, reason="replayed from the cache", cost_usd=hit.cost_usd,
-                    cached=True)
+                    hit.input_tokens, hit.output_tokens, reason="replayed from the cache", cost_usd=0.0,
+                    cost_source="cached", cached=True)  # a replay costs nothing (the recording's cost is its own)
     if call.request.output_type is not None:  # the recorded JSON, validated again as the type asked for
         answer.output = typed.plan_for(call.request.output_type).parse_text(hit.text)
     usage = RequestUsage(input_tokens=hit.input_tokens or 0, output_tokens=hit.output_tokens or 0)
@@ -381,7 +381,15 @@ async def _answer_one(call: Call, target: Target, logged: Call, fallbacks: list[
     started = time.perf_counter()
     fallbacks = fallbacks or []
     error: ModelError | None = None
-    hold = budgets.reserve(call, target)  # BudgetExhausted: nothing is sent
+    over: BudgetExhausted | None = None
+    try:
+        hold = budgets.reserve(call, target)
+    except BudgetExhausted as exc:  # nothing is sent; a chain's next link may be cheaper (or free)
+        over = exc
+    if over is not None:
+        if may_move_on is not None:
+            return Fallback(target.provider, "over budget")
+        raise detached(_after(over, fallbacks))
     try:
         result = await _retrying(call, target)
     except asyncio.CancelledError:  # Ctrl-C or a cancelled task: the call still gets its row
@@ -608,8 +616,12 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
     response = None
     try:
         hold = budgets.reserve(call, target)
-    except NbllmError as exc:  # a budget that cannot cover it: nothing is sent, nothing logged
-        result.failure, result.error = exc, str(exc)
+    except BudgetExhausted as exc:  # a budget that cannot cover it: nothing is sent, nothing logged
+        if may_move_on is not None:
+            yield Fallback(target.provider, "over budget")
+            return
+        result.failure = _after(exc, fallbacks)
+        result.error = str(result.failure)
         yield result
         return
     try:

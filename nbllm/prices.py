@@ -3,8 +3,10 @@
 The order, one rule for answers, estimates and budgets:
 1. a price declared for the provider — `{P}_PRICE_INPUT` / `{P}_PRICE_OUTPUT` (USD per million
    tokens) or `price_input` / `price_output` in its nbllm.toml entry — wins ("declared");
-2. a local or self-hosted server costs 0 ("local": LM Studio, Ollama, llama.cpp, vLLM, the
-   embedded model, OpenAI's client pointed at your own server);
+2. a local server costs 0 ("local": LM Studio, Ollama, llama.cpp, vLLM, the embedded model, and a
+   cloud provider's client pointed at your own machine — a loopback, private or `.local` address,
+   or a bare host name). A cloud provider pointed at another public service (`OPENAI_BASE_URL` at
+   Groq or OpenRouter) is that service: priced by its address in genai-prices, else unknown;
 3. a cloud model is looked up in genai-prices' bundled snapshot ("genai-prices"); nbllm never
    asks genai-prices to download newer prices at run time;
 4. otherwise the cost is unknown: None, never 0 ("unknown").
@@ -12,6 +14,7 @@ The order, one rule for answers, estimates and budgets:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
     from .catalog import ProviderSpec
     from .config import ProviderSettings
 
-__all__ = ["Price", "price_for", "model_info", "answer_cost", "PRICES_IDS", "Source"]
+__all__ = ["Price", "price_for", "model_info", "answer_cost", "PRICES_IDS", "Source", "is_local", "declared"]
 
 Source = Literal["declared", "local", "genai-prices", "unknown"]
 
@@ -42,10 +45,31 @@ class Price:
 _LOCAL = Price(0.0, 0.0, "local")
 
 
-def _local(spec: "ProviderSpec", settings: "ProviderSettings") -> bool:
+def is_local(spec: "ProviderSpec", settings: "ProviderSettings") -> bool:
+    """Whether requests go to your own machine or network (they cost nothing): a local provider, or a
+    cloud provider's client pointed at a loopback, private, link-local or `.local` address, or a
+    bare host name (`http://gpu:8000/v1`)."""
     from .health import self_hosted
 
-    return spec.kind == "local" or self_hosted(spec, settings)
+    if spec.kind == "local":
+        return True
+    return self_hosted(spec, settings) and _private_host(settings.base_url)
+
+
+@functools.lru_cache(maxsize=64)
+def _private_host(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    if not host or host == "localhost" or host.endswith((".local", ".lan", ".internal", ".localhost")) \
+            or "." not in host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local
 
 
 def model_info(spec_name: str, model: str, base_url: str | None = None) -> Any:
@@ -65,34 +89,59 @@ def model_info(spec_name: str, model: str, base_url: str | None = None) -> Any:
     return None
 
 
-def _genai_price(spec: "ProviderSpec", settings: "ProviderSettings", model: str) -> Price | None:
-    """The base-tier price in genai-prices' bundled data (a million tokens each way: long-context tiers start above)."""
-    if model_info(spec.name, model, settings.base_url) is None:
-        return None
+@functools.lru_cache(maxsize=256)
+def _genai_price(name: str, base_url: str, model: str, self_hosted: bool) -> Price | None:
+    """The base-tier price in genai-prices' bundled data (a million tokens each way: long-context tiers
+    start above), looked up by the provider's name — or only by its address when it is pointed at
+    another service. Cached: the snapshot does not change while nbllm runs."""
     from genai_prices import Usage, calc_price
 
-    reference = {"provider_id": PRICES_IDS.get(spec.name, spec.name)}
-    try:
-        per_input = calc_price(Usage(input_tokens=1_000_000, output_tokens=0), model, **reference).total_price
-        per_output = calc_price(Usage(input_tokens=0, output_tokens=1_000_000), model, **reference).total_price
-    except Exception:  # listed by URL only, or without a usable price
-        return None
-    return Price(float(per_input), float(per_output), "genai-prices")
+    if self_hosted:
+        references = [{"provider_api_url": base_url}]
+    else:
+        references = [{"provider_id": PRICES_IDS.get(name, name)}, {"provider_api_url": base_url}]
+    for reference in references:
+        try:
+            per_input = calc_price(Usage(input_tokens=1_000_000, output_tokens=0), model, **reference).total_price
+            per_output = calc_price(Usage(input_tokens=0, output_tokens=1_000_000), model, **reference).total_price
+        except Exception:  # not listed that way, or without a usable price
+            continue
+        return Price(float(per_input), float(per_output), "genai-prices")
+    return None
+
+
+def declared(spec: "ProviderSpec", settings: "ProviderSettings") -> tuple[float | None, float | None]:
+    """The declared USD per million input and output tokens: `{P}_PRICE_*`, else the endpoints file's."""
+    file_in, file_out = spec.extra.get("price_input"), spec.extra.get("price_output")
+    price_in = settings.price_input if settings.price_input is not None else (
+        float(file_in) if file_in is not None else None)
+    price_out = settings.price_output if settings.price_output is not None else (
+        float(file_out) if file_out is not None else None)
+    return price_in, price_out
 
 
 def price_for(spec: "ProviderSpec", settings: "ProviderSettings", model: str | None = None) -> Price | None:
-    """The price of `model` on this provider (see the module docstring for the order); None when unknown."""
-    declared_in, declared_out = settings.price_input, settings.price_output
-    file_in, file_out = spec.extra.get("price_input"), spec.extra.get("price_output")
-    if declared_in is None and file_in is not None:
-        declared_in = float(file_in)
-    if declared_out is None and file_out is not None:
-        declared_out = float(file_out)
-    if declared_in is not None or declared_out is not None:
-        return Price(declared_in or 0.0, declared_out or 0.0, "declared")
-    if _local(spec, settings):
-        return _LOCAL
-    return _genai_price(spec, settings, model or settings.model)
+    """The price of `model` on this provider (see the module docstring for the order); None when unknown.
+    Half a declaration (only `{P}_PRICE_INPUT`) takes the other half from the rule that would apply
+    without it; with nothing to take it from, the price is unknown (never a free half)."""
+    price_in, price_out = declared(spec, settings)
+    otherwise = _LOCAL if is_local(spec, settings) else (
+        None if spec.kind != "cloud" else _genai_price(spec.name, settings.base_url, model or settings.model,
+                                                       _self_hosted(spec, settings)))
+    if price_in is None and price_out is None:
+        return otherwise
+    if price_in is None or price_out is None:
+        if otherwise is None:
+            return None
+        price_in = otherwise.input_per_mtok if price_in is None else price_in
+        price_out = otherwise.output_per_mtok if price_out is None else price_out
+    return Price(price_in, price_out, "declared")
+
+
+def _self_hosted(spec: "ProviderSpec", settings: "ProviderSettings") -> bool:
+    from .health import self_hosted
+
+    return self_hosted(spec, settings)
 
 
 def answer_cost(spec: "ProviderSpec", settings: "ProviderSettings", model: str, responses: list[Any],

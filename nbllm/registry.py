@@ -44,6 +44,9 @@ class StatusSummary:
         return text if self.available is None else f"{text}, {self.available} available"  # None: not probed
 
 
+_PRICES = ("_PRICE_INPUT", "_PRICE_OUTPUT")
+
+
 class ProviderRegistry:
     """Providers with their current settings; enable/disable apply to this process."""
 
@@ -358,6 +361,10 @@ class ProviderRegistry:
             raw = self._env.get(var)
             # Not a key variable: shown, but without URL credentials or a key pasted there by mistake.
             shown = "********" if is_key and raw else (scrub(raw) if raw is not None else "")
+            in_file = spec.extra.get(var[len(spec.env_prefix) + 1:].lower()) if var.endswith(_PRICES) else None
+            if not raw and in_file is not None:  # a price declared in the endpoints file, where it was read
+                rows.append({"provider": spec.name, "variable": var, "set": True, "source": "file", "value": in_file})
+                continue
             rows.append({"provider": spec.name, "variable": var, "set": bool(raw), "source": source or "", "value": shown})
         return rows
 

@@ -60,7 +60,8 @@ class Answer:
     cost_usd: float | None = None
     """USD; 0 for a local server; None when unknown (never 0 for unknown)."""
     cost_source: str = "unknown"
-    """Where `cost_usd` comes from: "local", "declared" ({P}_PRICE_*), "genai-prices" or "unknown"."""
+    """Where `cost_usd` comes from: "local", "declared" ({P}_PRICE_*), "genai-prices", "cached" (a replay
+    costs 0) or "unknown"."""
     cached: bool = False
     """True when the answer came from the replay cache (see replay.py), not the provider."""
     messages: list[Any] = field(default_factory=list, repr=False)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["spend"]
 
-_GROUPS = {"provider": "provider", "model": "provider || ':' || model", "day": "substr(time, 1, 10)"}
+_GROUPS = {"provider": "COALESCE(provider, '?')", "model": "COALESCE(provider, '?') || ':' || COALESCE(model, '?')",
+           "day": "substr(time, 1, 10)"}
 COLUMNS = ["calls", "input_tokens", "output_tokens", "cost_usd", "unknown_cost"]
 
 

@@ -43,12 +43,31 @@ def test_a_kernel_budget_stops_sending_when_it_cannot_cover_the_next_request(pri
     message = str(caught.value)
     assert "kernel budget of $0.05" in message and "nothing more is sent" in message
     assert "\n" not in message
-    with pytest.raises(BudgetExhausted):  # once exhausted it stays so: nothing slips through a gap
-        nbllm.ask("x")
-    assert len(priced.chat_requests()) == 5
     state = nbllm.budget()
     assert state is not None and state.spent == pytest.approx(5 * 9 * PER_TOKEN) and state.spent <= limit
-    assert "exhausted" in repr(state) and "left $0.0050" in repr(state)
+    assert "1 refused" in repr(state) and "left $0.0050" in repr(state)
+    nbllm.ask("hi", max_tokens=1)  # a cheaper request still fits: ~1 + 1 tokens reserved, $0.008 spent
+    assert len(priced.chat_requests()) == 6
+
+
+def test_a_chain_moves_on_to_a_free_link_when_the_budget_cannot_cover_the_first(priced, make_server,
+                                                                                 monkeypatch) -> None:
+    free = make_server()
+    monkeypatch.setenv("OLLAMA_BASE_URL", free.url)
+    reset_nbllm()
+    nbllm.budget(0.001)
+    answer = nbllm.ask("hi", provider="lmstudio,ollama")
+    assert answer.provider == "ollama" and answer.cost_usd == 0
+    assert [(f.provider, f.reason) for f in answer.fallbacks] == [("lmstudio", "over budget")]
+    assert priced.chat_requests() == [] and len(free.chat_requests()) == 1
+    with pytest.raises(BudgetExhausted, match=r"tried first: lmstudio:a: over budget"):
+        nbllm.ask("hi", provider="lmstudio:a,lmstudio:b")
+
+
+def test_a_bad_budget_is_one_clear_error() -> None:
+    for bad in ("two", True, -1, float("inf")):
+        with pytest.raises(ConfigurationError, match="budget="):
+            nbllm.budget(bad)
 
 
 def test_concurrent_requests_never_overshoot_what_was_reserved(priced) -> None:

@@ -97,3 +97,47 @@ def test_add_provider_writes_its_prices(fake_server, endpoint_files) -> None:
     reset_nbllm()
     registry = get_registry()
     assert price_for(registry.spec("rented"), registry.settings("rented")) == Price(0.5, 1.0, "declared")
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://api.groq.com/openai/v1", Price(0.59, 0.79, "genai-prices")),  # another public service: its prices
+    ("https://my-company-llm.example.com/v1", None),  # a public address nobody lists: unknown, not free
+    ("http://gpu:8000/v1", Price(0.0, 0.0, "local")),  # your own machine
+    ("http://192.168.1.5:8000/v1", Price(0.0, 0.0, "local")),
+])
+def test_a_cloud_client_pointed_elsewhere_is_priced_by_where_it_goes(monkeypatch, url, expected) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-prices-000000000000")
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    reset_nbllm()
+    registry = get_registry()
+    assert price_for(registry.spec("openai"), registry.settings("openai"), "llama-3.3-70b-versatile") == expected
+
+
+def test_half_a_declaration_takes_the_other_half_from_the_usual_rule(monkeypatch, local_provider) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-prices-000000000000")
+    monkeypatch.setenv("OPENAI_PRICE_INPUT", "0.10")  # a negotiated input price; output as listed
+    monkeypatch.setenv("LMSTUDIO_PRICE_OUTPUT", "3")
+    reset_nbllm()
+    registry = get_registry()
+    assert price_for(registry.spec("openai"), registry.settings("openai"), "gpt-4o-mini") == Price(0.10, 0.6,
+                                                                                                    "declared")
+    assert price_for(registry.spec("lmstudio"), registry.settings("lmstudio")) == Price(0.0, 3.0, "declared")
+    assert price_for(registry.spec("openai"), registry.settings("openai"), "unlisted-model") is None
+
+
+def test_a_replayed_answer_costs_nothing(local_provider, monkeypatch) -> None:
+    monkeypatch.setenv("LMSTUDIO_PRICE_INPUT", "1000")
+    reset_nbllm()
+    first = nbllm.ask("hi", cache="record")
+    again = nbllm.ask("hi", cache="record")
+    assert first.cost_usd > 0 and (again.cost_usd, again.cost_source, again.cached) == (0.0, "cached", True)
+
+
+def test_a_price_from_the_endpoints_file_shows_in_the_list(fake_server, endpoint_files) -> None:
+    user_file, _ = endpoint_files
+    user_file.write_text(f'[providers.gpu]\nbase_url = "{fake_server.url}/v1"\nprice_input = 1.5\n')
+    reset_nbllm()
+    rows = {row["variable"]: row for row in get_registry().variables("gpu")}
+    assert (rows["GPU_PRICE_INPUT"]["set"], rows["GPU_PRICE_INPUT"]["source"],
+            rows["GPU_PRICE_INPUT"]["value"]) == (True, "file", "1.5")
+    assert rows["GPU_PRICE_OUTPUT"]["set"] is False
