@@ -28,11 +28,7 @@ from .errors import BudgetExhausted, ConfigurationError
 if TYPE_CHECKING:
     from .request import Call, Target
 
-__all__ = ["Budget", "budget", "scoped", "reserve", "Hold", "IMAGE_TOKENS", "check_limit"]
-
-IMAGE_TOKENS = 1_600
-"""What one image is reserved as: about the most a 1568-px image costs at OpenAI or Anthropic."""
-
+__all__ = ["Budget", "budget", "scoped", "reserve", "Hold", "check_limit", "worst_case", "usd"]
 
 class Budget:
     """A limit in USD, what has been spent against it and what is reserved by requests in flight."""
@@ -138,20 +134,25 @@ class Hold:
             each.settle(self.amount, self.amount if actual is None else actual)
 
 
-def _worst_case(call: "Call", target: "Target") -> tuple[float | None, int, int]:
-    """The most this request may cost (None: its price is unknown), and the tokens it assumes."""
+def worst_case(call: "Call", target: "Target") -> tuple[float | None, int, int]:
+    """The most this request may cost (None: its price is unknown), and the tokens it assumes: the same
+    count `nbllm.estimate` gives (`tokens.request_tokens`: the prompt, system prompt, chat turns, images
+    and the chat framing; the output type's schema), plus `max_tokens` of answer — twice for a typed
+    answer, whose reply is asked once more when it does not validate."""
     from .prices import price_for
-    from .tokens import estimate
+    from .tokens import request_tokens, schema_tokens
 
     request = call.request
-    prompt_tokens = estimate(request.prompt) + estimate(request.system or "") + IMAGE_TOKENS * len(request.images)
+    history = ()
     if request.chat is not None:
         from .parts import content_text
 
-        prompt_tokens += sum(estimate(content_text(getattr(part, "content", "")))
-                             for message in request.chat.messages for part in getattr(message, "parts", []))
+        history = [content_text(getattr(part, "content", ""))
+                   for message in request.chat.messages for part in getattr(message, "parts", [])]
+    prompt_tokens = request_tokens(request.prompt, request.system, history, len(request.images))
     output_tokens = request.max_tokens or target.settings.max_tokens
-    if request.output_type is not None:  # a reply that does not validate is asked once more
+    if request.output_type is not None:
+        prompt_tokens += schema_tokens(request.output_type, target)
         prompt_tokens, output_tokens = 2 * prompt_tokens + output_tokens, 2 * output_tokens
     price = price_for(target.spec, target.settings, target.model)
     return (None if price is None else price.cost(prompt_tokens, output_tokens)), prompt_tokens, output_tokens
@@ -163,7 +164,7 @@ def reserve(call: "Call", target: "Target") -> Hold | None:
     budgets = (*((_kernel,) if _kernel is not None else ()), *_scopes.get())
     if not budgets:
         return None
-    amount, prompt_tokens, output_tokens = _worst_case(call, target)
+    amount, prompt_tokens, output_tokens = worst_case(call, target)
     what = f"{target.provider}:{target.model}"
     if amount is None:
         raise BudgetExhausted(f"{what} has no known price, so the {budgets[0].label} cannot bound it: nothing was "
@@ -180,3 +181,6 @@ def reserve(call: "Call", target: "Target") -> Hold | None:
                 "is sent. Raise the budget or lower max_tokens.")
         taken.append(each)
     return Hold(tuple(taken), amount)
+
+
+_worst_case = worst_case  # (the name batch_jobs used before it was public; removed once it uses worst_case)

@@ -41,6 +41,7 @@ import os
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INSTALL_HINT", "DEFAULT_ALIAS", "EmbeddedServer", "missing_requirement", "model_file", "ensure_server",
     "server_info", "stop_server", "forget_crash", "crash_signal", "crash_error", "rebuild_command",
-    "llama_version", "context_length", "DEFAULT_N_CTX",
+    "llama_version", "context_length", "DEFAULT_N_CTX", "gguf_chat_template", "served_chat_template",
 ]
 
 log = logging.getLogger("nbllm")
@@ -324,6 +325,58 @@ def context_length(env: Mapping[str, str] | None = None) -> int | None:
     except ValueError:
         return None  # the server refuses it at start and says so
     return n_ctx if n_ctx > 0 else None
+
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+"""Bytes of each fixed-size GGUF value type (8 is a string, 9 an array)."""
+
+
+def gguf_chat_template(path: str) -> str | None:
+    """`tokenizer.chat_template` from a GGUF file's header (read without loading the model), or None."""
+    sizes = _GGUF_SIZES
+    try:
+        with open(path, "rb") as f:
+            def number(fmt: str) -> int:
+                return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+
+            def skip(kind: int) -> None:
+                if kind in sizes:
+                    f.seek(sizes[kind], 1)
+                elif kind == 8:
+                    f.seek(number("Q"), 1)
+                elif kind == 9:
+                    item, length = number("I"), number("Q")
+                    if item in sizes:
+                        f.seek(sizes[item] * length, 1)
+                    else:
+                        for _ in range(length):
+                            skip(item)
+                else:
+                    raise ValueError(f"unknown GGUF value type {kind}")
+
+            if f.read(4) != b"GGUF":
+                return None
+            number("I"), number("Q")  # version, tensor count
+            for _ in range(number("Q")):
+                key = f.read(number("Q")).decode("utf-8", "replace")
+                kind = number("I")
+                if key == "tokenizer.chat_template" and kind == 8:
+                    return f.read(number("Q")).decode("utf-8", "replace")
+                skip(kind)
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
+
+
+def served_chat_template(base_url: str) -> str | None:
+    """The chat template of the model nbllm's own server serves at `base_url` (llama-cpp-python's server
+    does not say it), or None: another server, or none running."""
+    from .settings_values import server_root
+
+    info = server_info()
+    if info is None or server_root(info["base_url"]) != server_root(base_url):
+        return None
+    return gguf_chat_template(info["model"])
 
 
 _lock = threading.Lock()

@@ -21,7 +21,7 @@ from .clients import shared_client
 from .config import ProviderSettings, openai_base, server_root
 from .errors import ProbeError
 
-__all__ = ["Found", "Listed", "ProbeError", "probe", "openai_models", "openai_listed", "auth", "get_json",
+__all__ = ["Found", "Listed", "ProbeError", "probe", "openai_models", "openai_listed", "auth", "get_json", "request_json",
            "describe_http_error", "entries", "integer", "nonempty"]
 
 
@@ -79,11 +79,18 @@ def auth(settings: ProviderSettings) -> dict[str, str] | None:
 
 async def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
     """GET `url` and decode JSON, turning every failure into a ProbeError in words."""
+    return await request_json("GET", url, None, timeout, headers)
+
+
+async def request_json(method: str, url: str, body: Any, timeout: float,
+                       headers: dict[str, str] | None = None) -> Any:
+    """`method url` with `body` as JSON (None: no body) and the answer decoded: every conversation with a
+    local server (probes, listings, tokenizers) goes through here, so a failure reads the same everywhere."""
     import httpx2
 
     client = shared_client()
     try:
-        response = await client.get(url, timeout=timeout, headers=headers)
+        response = await client.request(method, url, json=body, timeout=timeout, headers=headers)
     except httpx2.ConnectError as exc:
         text = str(exc).lower()
         refused = not text or "refused" in text or "all connection attempts failed" in text

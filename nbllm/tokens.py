@@ -12,6 +12,10 @@ markdown table of numbers; longer runs of spaces (alignment, indentation) cost o
 per four. Measured against SmolLM2's tokenizer (tests/test_summaries.py): tables of
 numbers about 1.0×, code 1.2×, prose 1.4×.
 
+`request_tokens` is one request's input by that estimate — prompt, system prompt, earlier turns,
+images, and the chat template's framing — and `schema_tokens` what an output type adds; estimates
+(`nbllm.estimate`) and budgets both use them, so a budget reserves what an estimate's `usd_high` says.
+
 `context_window` is the model's context length where nbllm can know it offline:
 the embedded model's `--n_ctx`, a cloud model's entry in genai-prices' bundled data.
 """
@@ -19,12 +23,22 @@ the embedded model's `--n_ctx`, a cloud model's entry in genai-prices' bundled d
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import ProviderSettings
+    from .request import Target
 
-__all__ = ["estimate", "context_window"]
+__all__ = ["estimate", "request_tokens", "schema_tokens", "context_window", "CHAT_FRAMING", "SYSTEM_FRAMING",
+           "IMAGE_TOKENS"]
+
+CHAT_FRAMING = 7
+"""Tokens a chat template adds around one user message (role markers, the assistant's cue)."""
+SYSTEM_FRAMING = 4
+"""Tokens it adds around a system prompt, when there is one."""
+IMAGE_TOKENS = 1_600
+"""What one image is counted as: about the most a 1568-px image costs at OpenAI or Anthropic."""
 
 # One match per counted piece: a run of ASCII letters, a run of spaces/tabs, or one other character.
 _PIECES = re.compile(r"[A-Za-z]+|[ \t]+|.", re.DOTALL)
@@ -45,6 +59,39 @@ def estimate(text: str) -> int:
         else:
             count += len(first.encode("utf-8", "surrogatepass"))
     return count
+
+
+def request_tokens(prompt: str, system: str | None = None, history_texts: Iterable[str] = (),
+                   images: int = 0) -> int:
+    """One chat request's input tokens by `estimate`: the prompt, the system prompt, the texts of earlier
+    turns and `IMAGE_TOKENS` per image, plus the chat template's framing."""
+    total = estimate(prompt) + CHAT_FRAMING + sum(estimate(text) for text in history_texts)
+    if system:
+        total += estimate(system) + SYSTEM_FRAMING
+    return total + IMAGE_TOKENS * images
+
+
+def schema_tokens(output_type: Any, target: "Target | None" = None) -> int:
+    """The tokens an output type adds to a request by `estimate`: the instructions it appends to the system
+    prompt (their framing too, as if there were no other system prompt), or the tool's / native schema.
+
+    With `target`, the form that target's model is asked in (as the estimate counts it); without one the
+    largest of the forms, so a bound that holds for any target. 0 for no output type."""
+    if output_type is None:
+        return 0
+    from .counting import output_schema, schema_forms
+
+    forms = [output_schema(target, output_type)] if target is not None else schema_forms(output_type)
+    return max(_schema_cost(instructions, approximate) for instructions, approximate in forms)
+
+
+def _schema_cost(instructions: str, approximate: str) -> int:
+    """Instructions join the system prompt after a blank line ("\n\n" is 2 tokens: `estimate` is additive
+    across newlines, so this is never below what joining them adds)."""
+    cost = estimate(approximate) if approximate else 0
+    if instructions:
+        cost += estimate("\n\n" + instructions) + SYSTEM_FRAMING
+    return cost
 
 
 def context_window(spec_name: str, model: str, settings: "ProviderSettings | None" = None) -> int | None:

@@ -34,20 +34,21 @@ def priced(local_provider, monkeypatch):
 def test_a_kernel_budget_stops_sending_when_it_cannot_cover_the_next_request(priced) -> None:
     limit = 0.05
     nbllm.budget(limit)
-    # worst case per request: ~1 prompt token + 10 answer tokens = $0.011; each really costs 7 + 2 = $0.009
+    # worst case per request: ~1 prompt token + 7 of chat framing + 10 answer tokens = $0.018;
+    # each really costs 7 + 2 = $0.009
     answered = []
     with pytest.raises(BudgetExhausted) as caught:
         for _ in range(20):
             answered.append(nbllm.ask("hi"))
-    assert len(answered) == len(priced.chat_requests()) == 5
+    assert len(answered) == len(priced.chat_requests()) == 4
     message = str(caught.value)
     assert "kernel budget of $0.05" in message and "nothing more is sent" in message
     assert "\n" not in message
     state = nbllm.budget()
-    assert state is not None and state.spent == pytest.approx(5 * 9 * PER_TOKEN) and state.spent <= limit
-    assert "1 refused" in repr(state) and "left $0.0050" in repr(state)
-    nbllm.ask("hi", max_tokens=1)  # a cheaper request still fits: ~1 + 1 tokens reserved, $0.008 spent
-    assert len(priced.chat_requests()) == 6
+    assert state is not None and state.spent == pytest.approx(4 * 9 * PER_TOKEN) and state.spent <= limit
+    assert "1 refused" in repr(state) and "left $0.0140" in repr(state)
+    nbllm.ask("hi", max_tokens=1)  # a cheaper request still fits: 1 + 7 + 1 tokens reserved
+    assert len(priced.chat_requests()) == 5
 
 
 def test_a_chain_moves_on_to_a_free_link_when_the_budget_cannot_cover_the_first(priced, make_server,
@@ -120,7 +121,7 @@ def test_compare_takes_a_budget_of_its_own(priced, make_server, monkeypatch) -> 
     monkeypatch.setenv("OLLAMA_PRICE_OUTPUT", "1000")
     monkeypatch.setenv("OLLAMA_MAX_TOKENS", "10")
     reset_nbllm()
-    table = nbllm.compare("hi", providers=["lmstudio", "ollama"], budget=0.015)  # room for one worst case
+    table = nbllm.compare("hi", providers=["lmstudio", "ollama"], budget=0.025)  # room for one worst case ($0.018)
     assert table["error"].notna().sum() == 1 and table["error"].str.contains("budget of this comparison").any()
     assert len(priced.chat_requests()) + len(other.chat_requests()) == 1
     with pytest.raises(ConfigurationError, match="budget="):
@@ -131,8 +132,8 @@ def test_a_scoped_budget_and_the_kernel_budget_both_apply(priced) -> None:
     nbllm.budget(1.0)
 
     async def inside() -> None:
-        with budgets.scoped(0.012, "test budget"):
-            await nbllm.ask_async("one")  # $0.011 reserved, $0.009 spent
+        with budgets.scoped(0.02, "test budget"):
+            await nbllm.ask_async("one")  # $0.018 reserved, $0.009 spent
             with pytest.raises(BudgetExhausted, match="test budget"):
                 await nbllm.ask_async("two")
 
@@ -173,3 +174,21 @@ def test_spend_counts_unknown_costs_apart_and_draws_one_bar_per_provider(priced,
     bars = plt.gcf().axes[0].patches
     assert len(bars) == 2
     assert bars[0].get_height() == pytest.approx(frame["cost_usd"].iloc[0])
+
+
+def test_the_budget_reserves_at_least_what_the_estimate_says(priced) -> None:
+    from pydantic import BaseModel
+
+    from nbllm import bridge, pipeline
+
+    class Review(BaseModel):
+        label: str
+        score: int
+
+    for output_type in (None, Review):
+        prompt = "Rate this kettle: it boils fast but the lid sticks."
+        estimated = nbllm.estimate_prompt(prompt, output_type=output_type, system="be brief")
+        call = pipeline.describe(prompt, output_type=output_type, system="be brief")
+        reserved, _, _ = budgets.worst_case(call, bridge.run(pipeline.route(call)))
+        assert estimated.usd_high is not None and reserved >= estimated.usd_high, output_type
+    assert priced.chat_requests() == []

@@ -424,3 +424,117 @@ def test_embedded_estimate_sends_no_chat_request(monkeypatch):
     reset_nbllm()
     estimate(VARIED[:5], "{value}", provider="embedded")
     assert len(nbllm.history(limit=None)) == 0
+
+
+# ---- one rule for a request's tokens: tokens.request_tokens / schema_tokens -----------------------------
+
+
+def test_request_tokens_adds_each_part_and_its_framing():
+    base = tokens.request_tokens("hello there")
+    assert base == tokens.estimate("hello there") + tokens.CHAT_FRAMING
+    system = "You are terse."
+    assert tokens.request_tokens("hello there", system) == base + tokens.estimate(system) + tokens.SYSTEM_FRAMING
+    turns = ["an earlier question", "its answer, 42"]
+    assert tokens.request_tokens("hello there", history_texts=turns) == base + sum(map(tokens.estimate, turns))
+    assert tokens.request_tokens("hello there", images=2) == base + 2 * tokens.IMAGE_TOKENS == base + 3_200
+
+
+def test_the_fallback_estimate_is_request_tokens(local_provider):
+    prompts = ["hello", "a somewhat longer prompt with 12 digits 123456789012"]
+    system = "You are a careful reviewer."
+    result = estimate(prompts, "{value}", system=system)
+    assert result.input_method == "tokenizer estimate, conservative"
+    assert list(result.counts) == [tokens.request_tokens(p, system) for p in prompts]
+
+
+class _Review:  # built lazily: pydantic is imported by the tests that use it
+    @staticmethod
+    def model() -> Any:
+        from pydantic import BaseModel
+
+        class Review(BaseModel):
+            sentiment: str
+            stars: int
+            summary: str
+
+        return Review
+
+
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_schema_tokens_covers_what_an_estimate_adds_for_the_schema(local_provider, system):
+    review = _Review.model()
+    options = {"system": system} if system else {}
+    plain = estimate(["great"], "{value}", **options)
+    typed = estimate(["great"], "{value}", output_type=review, **options)
+    added = typed.input_tokens - plain.input_tokens
+    assert added > 10
+    assert added <= tokens.schema_tokens(review) <= added * 2  # a bound for any target, and not a wild one
+    assert tokens.schema_tokens(None) == 0
+
+
+# ---- local servers: one HTTP helper, one set of error words; the embedded model's template ---------------
+
+
+class FailingTokenizer(TokenizerServer):
+    """llama.cpp whose tokenizer measures the template, then answers HTTP 500 to every prompt."""
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if path == "/tokenize" and len(self.posts("/tokenize")) > 2:
+            return 500, {"error": "tokenizer broke"}
+        return super().answer(path, body)
+
+
+def test_a_tokenizer_failing_midway_falls_back_in_the_probes_words(monkeypatch):
+    with FailingTokenizer("llama.cpp") as server:
+        monkeypatch.setenv("LLAMACPP_BASE_URL", server.url)
+        reset_nbllm()
+        result = estimate(["one two three"], "{value}", provider="llamacpp")  # one: no request left to cancel
+        assert result.input_method == "tokenizer estimate, conservative"
+        assert list(result.counts) == [tokens.request_tokens("one two three")]
+        assert f"HTTP 500: server error at {server.url}/tokenize" in result.notes
+
+
+def test_an_unreadable_call_log_means_no_observations(local_provider):
+    from nbllm.calllog import history_path
+
+    path = history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not a sqlite database at all " * 40)
+    result = estimate(["hello"], "{value}", max_tokens=50)
+    assert (result.output_tokens_expected, result.output_basis) == (50, "max_tokens")
+
+
+def _gguf(path: Any, entries: list[tuple[str, int, bytes]]) -> None:
+    """A GGUF header: magic, version 3, no tensors, then (key, value type, packed value) entries."""
+    import struct
+
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, len(entries))
+    for key, kind, value in entries:
+        data += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", kind) + value
+    path.write_bytes(data)
+
+
+def test_the_chat_template_is_read_from_a_gguf_header(tmp_path):
+    import struct
+
+    from nbllm.embedded import gguf_chat_template, served_chat_template
+
+    def text(s: str) -> bytes:
+        return struct.pack("<Q", len(s.encode())) + s.encode()
+
+    strings = struct.pack("<IQ", 8, 2) + text("<s>") + text("</s>")  # an array of strings, skipped item by item
+    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+    good = tmp_path / "model.gguf"
+    _gguf(good, [("general.alignment", 4, struct.pack("<I", 32)), ("tokenizer.ggml.tokens", 9, strings),
+                 ("general.name", 8, text("tiny")), ("tokenizer.chat_template", 8, text(template))])
+    assert gguf_chat_template(str(good)) == template
+    none = tmp_path / "none.gguf"
+    _gguf(none, [("general.name", 8, text("tiny"))])
+    assert gguf_chat_template(str(none)) is None
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(good.read_bytes()[:40])
+    assert gguf_chat_template(str(truncated)) is None
+    (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04 a zip")
+    assert gguf_chat_template(str(tmp_path / "not.gguf")) is None
+    assert gguf_chat_template(str(tmp_path / "missing.gguf")) is None
+    assert served_chat_template("http://127.0.0.1:9/v1") is None  # not the server nbllm runs
