@@ -16,7 +16,9 @@
 - Results: a pandas Series with the input's index (a list gets a RangeIndex), in
   input order. An answer is its text; a failure is a `Failed` value carrying the
   error — never dropped, never stopping the rest. `failures(result)` lists them.
-  `result.attrs["nbllm"]` has counts, tokens, cost and elapsed time.
+  `result.attrs["nbllm"]` has counts, tokens, cost and elapsed time: `cost_usd` sums the known
+  costs of this run's answers and `unknown_cost` counts those of unknown cost (never 0 for unknown);
+  a resumed job's rows from its file cost nothing now (the job's total is under `["job"]`).
 - Typed results (`output_type=X`): a DataFrame with the input's index, one typed column
   per field of X (a pydantic model, dataclass or TypedDict; `output` for any other type)
   and `_error` — None, or why that row has no value (its fields are NA). Its
@@ -32,6 +34,9 @@
 - Budgets (`budget=0.50`, and the kernel's `nbllm.budget`): once the budget cannot cover
   the next request nothing more is sent; the rest are `Failed(kind="budget")` and the
   finished part is returned. `dry_run=True` returns `nbllm.estimate(...)`: nothing is sent.
+- Provider batches (`job="name", batch=True`): submitted through the provider's batch API, the
+  call returns at once with the job's state (rows not answered yet: `Failed(kind="pending")`);
+  running it again collects (batch_jobs.py has the rules).
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline
-from .errors import ConfigurationError, MapInterrupted, OutputInvalid
+from .errors import BudgetExhausted, ConfigurationError, MapInterrupted, ModelError, OutputInvalid, Unsuitable
 from .frames import ERROR, Shape, Slot, Template, as_literal, checked_labels, frame, record_template
 from .pipeline import Call
 from .retry import RetryPolicy
@@ -62,7 +67,8 @@ class Failed:
 
     `kind`: "error" (the provider failed), "invalid" (a typed answer did not validate;
     `text` keeps what was sent back), "missing" (the input was None/NaN; nothing was
-    sent), "interrupted" (Ctrl-C came first) or "budget" (not sent: the budget ran out).
+    sent), "interrupted" (Ctrl-C came first), "budget" (not sent: the budget ran out) or
+    "pending" (`batch=True`: submitted in a provider batch not collected yet; run the cell again).
     Falsy, so `result[result.map(bool)]` keeps the answers. `reason` is the one line a typed result's `_error` shows.
     """
 
@@ -73,8 +79,12 @@ class Failed:
     text: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
-    """What the failed attempt still spent (an invalid typed answer was generated, and retried once)."""
+    cost_usd: float | None = 0.0
+    """What the failed attempt still spent (an invalid typed answer was generated, and retried once; None:
+    unknown)."""
+    lasting: bool = False
+    """Whether another try would fail the same way because of this input (a 400 about the prompt, an invalid
+    typed answer): a durable job keeps only these as done; any other failure is sent again on a re-run."""
 
     def __bool__(self) -> bool:
         return False
@@ -103,14 +113,27 @@ def render(template: str, value: Any, label: Any = None) -> str:
     return Template.parse(template).fill(value, label)
 
 
+_INPUT_STATUSES = (400, 413, 422)
+"""HTTP statuses that say this request's content is wrong (too long, malformed): the same input fails again."""
+
+
+def _lasting(exc: Exception) -> bool:
+    """Whether `exc` is tied to the input, so another try would fail the same way. Not: a retryable failure
+    (429, 5xx, a timeout), nothing answered, 401/403/404 (configuration), `Unsuitable`, a budget."""
+    if isinstance(exc, OutputInvalid):
+        return True
+    return (isinstance(exc, ModelError) and not isinstance(exc, Unsuitable) and not exc.retryable
+            and exc.status in _INPUT_STATUSES)
+
+
 def _failed(exc: Exception) -> Failed:
     """A call's failure as a value: the full message, and the one line a typed result's `_error` shows."""
     attempts = getattr(exc, "attempts", 1)
     if isinstance(exc, OutputInvalid):
         return Failed(str(exc), attempts, "invalid", f"invalid output: {exc.problem}", exc.text,
-                      exc.input_tokens or 0, exc.output_tokens or 0, exc.cost_usd or 0.0)
+                      exc.input_tokens or 0, exc.output_tokens or 0, exc.cost_usd, lasting=True)
     message = str(exc) or type(exc).__name__
-    return Failed(message, attempts, "error", " ".join(message.split()))
+    return Failed(message, attempts, "error", " ".join(message.split()), lasting=_lasting(exc))
 
 
 def _pd() -> Any:
@@ -137,14 +160,6 @@ class _Plan:
         return range(len(self.prompts)) if self.todo is None else self.todo
 
 
-def _is_budget(exc: Exception) -> bool:
-    """`nbllm.errors.BudgetExhausted` (looked up lazily: the budgets layer may be absent)."""
-    from . import errors
-
-    kind = getattr(errors, "BudgetExhausted", None)
-    return kind is not None and isinstance(exc, kind)
-
-
 async def _attempts(plan: _Plan, prompt: str) -> Any:
     """An Answer, or Failed (with the attempts made), for one prompt; the pipeline retries what is worth it."""
     assert plan.call is not None
@@ -153,7 +168,7 @@ async def _attempts(plan: _Plan, prompt: str) -> Any:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        if not _is_budget(exc):
+        if not isinstance(exc, BudgetExhausted):
             return _failed(exc)
         message = " ".join((str(exc) or "the budget ran out").split())
         if plan.stopped is None:  # nothing more is sent: the inputs not started yet get this
@@ -178,26 +193,24 @@ async def _results(plan: _Plan) -> AsyncIterator[tuple[int, Any]]:
                 continue
             await done.put((position, await _attempts(plan, prompt)))
 
-    scope = _budget_scope(plan.budget)
-    scope.__enter__()  # before the workers start: each task copies the context, the budget with it
+    # The run's budget scope (`_run` enters it around the iteration) is in this task's context, and each
+    # worker copies it.
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(plan.concurrency, len(todo)) or 1)]
     try:
-        workers = [asyncio.ensure_future(worker()) for _ in range(min(plan.concurrency, len(todo)) or 1)]
-        try:
-            for _ in range(len(todo)):
-                yield await done.get()
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        for _ in range(len(todo)):
+            yield await done.get()
     finally:
-        try:
-            scope.__exit__(None, None, None)
-        except ValueError:  # closed from another context than it was entered in: its tasks are gone anyway
-            pass
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
 
 
 def _budget_scope(limit: float | None) -> Any:
-    """`nbllm.budgets.scoped(limit)` for this run, or nothing (the kernel's budget applies either way)."""
+    """`nbllm.budgets.scoped(limit)` for this run, or nothing (the kernel's budget applies either way).
+
+    Entered around the whole iteration by `_run` / `_run_async`, in the caller's context: the bridge starts
+    the producer task from there, so the task (and its workers) inherit the scope, and it is closed in the
+    context that opened it."""
     if limit is None:
         return contextlib.nullcontext()
     from .budgets import scoped
@@ -292,43 +305,62 @@ async def _route(plan: _Plan) -> _Plan:
     return plan
 
 
-_SKIP = {"missing": "skipped", "interrupted": "interrupted", "budget": "budget"}
+_SKIP = {"missing": "skipped", "interrupted": "interrupted", "budget": "budget", "pending": "pending"}
 
 
-def _tally(results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """Each input's answer or `Failed` (an unfinished one: interrupted), and the counts, tokens and cost."""
-    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "budget": 0, "invalid": 0,
-             "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+def _tally(results: list[Any], stored: "Collection[int]" = ()) -> tuple[list[Any], dict[str, Any]]:
+    """Each input's answer or `Failed` (an unfinished one: interrupted), and the counts, tokens and cost.
+
+    `cost_usd` is what this run's results are known to cost (the positions in `stored` came from a job's
+    file: they cost nothing now) and `unknown_cost` how many of them have no known cost — never 0 for unknown.
+    """
+    stats = {"rows": len(results), "ok": 0, "failed": 0, "skipped": 0, "interrupted": 0, "budget": 0, "pending": 0,
+             "invalid": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "unknown_cost": 0}
     items = []
-    for item in results:
+    for position, item in enumerate(results):
         item = _INTERRUPTED if item is None else item
         if isinstance(item, Failed):
             stats[_SKIP.get(item.kind, "failed")] += 1
             stats["invalid"] += item.kind == "invalid"
         else:
             stats["ok"] += 1
-        stats["cost_usd"] += item.cost_usd or 0.0
         stats["input_tokens"] += item.input_tokens or 0
         stats["output_tokens"] += item.output_tokens or 0
         items.append(item)
+    stats["cost_usd"], stats["unknown_cost"] = _costs(item for position, item in enumerate(items)
+                                                     if position not in stored)
     return items, stats
 
 
-def _series(index: Any, results: list[Any], started: float, interrupted: bool) -> "pd.Series":
+def _costs(results: "Iterable[Any]") -> tuple[float, int]:
+    """The sum of the known costs of `results` (answers and `Failed`), and how many have no known cost."""
+    known, unknown = 0.0, 0
+    for item in results:
+        if item.cost_usd is None:
+            unknown += 1
+        else:
+            known += item.cost_usd
+    return known, unknown
+
+
+def _series(index: Any, results: list[Any], started: float, interrupted: bool,
+            stored: "Collection[int]" = ()) -> "pd.Series":
     pd = _pd()
-    items, stats = _tally(results)
+    items, stats = _tally(results, stored)
     values = [item if isinstance(item, Failed) else item.text for item in items]
     series = pd.Series(values, index=index, dtype=object, name="answer")
-    counts = {key: stats[key] for key in ("ok", "failed", "interrupted", "budget", "input_tokens", "output_tokens")}
+    counts = {key: stats[key] for key in ("ok", "failed", "interrupted", "budget", "pending", "input_tokens",
+                                          "output_tokens")}
     counts["failed"] += stats["skipped"]  # a text map counts a skipped (missing) input among the failed
-    series.attrs["nbllm"] = {**counts, "cost_usd": stats["cost_usd"],
+    series.attrs["nbllm"] = {**counts, "cost_usd": stats["cost_usd"], "unknown_cost": stats["unknown_cost"],
                              "elapsed_s": round(time.perf_counter() - started, 3), "was_interrupted": interrupted}
     return series
 
 
-def _typed(shape: Shape, index: Any, results: list[Any], started: float, interrupted: bool) -> "pd.DataFrame":
+def _typed(shape: Shape, index: Any, results: list[Any], started: float, interrupted: bool,
+           stored: "Collection[int]" = ()) -> "pd.DataFrame":
     """A typed run's DataFrame: the fields of each answer in its row, NA and `_error` where there is none."""
-    items, stats = _tally(results)
+    items, stats = _tally(results, stored)
     outputs = [None if isinstance(item, Failed) else item.output for item in items]
     errors = [(item.reason or item.error) if isinstance(item, Failed) else None for item in items]
     result = frame(shape, index, outputs, errors)
@@ -352,14 +384,19 @@ def _labelled(typed: "pd.DataFrame") -> "pd.Series":
 
 @dataclass(frozen=True)
 class _Durable:
-    """A run's job options (`job=`, `restart=`, `retry_failed=`) and its budget (`budget=`), checked once."""
+    """A run's job options (`job=`, `restart=`, `retry_failed=`, `batch=`) and its budget (`budget=`), checked once."""
 
     job: str | None = None
     restart: bool = False
     retry_failed: bool = False
     budget: float | None = None
+    batch: bool = False
 
     def __post_init__(self) -> None:
+        if self.batch and self.job is None:
+            from .batch_jobs import NEEDS_JOB
+
+            raise ConfigurationError(NEEDS_JOB + ".")
         if self.job is None and (self.restart or self.retry_failed):
             flag = "restart=True" if self.restart else "retry_failed=True"
             raise ConfigurationError(f"{flag} works on a durable job: give it one with job='name'.")
@@ -384,16 +421,33 @@ class _Run:
         self.progress = progress
         self.bar: Any = None
         self.cost: float | None = None
+        self.unknown = 0
+        """This run's known cost so far (None until one is known) and how many answers had no known cost."""
         self.job: Any = None
-        if durable.job is not None and self.plan.call is not None:
-            from . import jobstore
+        if not durable.batch:  # a batch job opens its job once the provider is known (batch_jobs.py)
+            self.open_job(durable)
 
-            self.job = jobstore.start(durable.job, self.plan.call, ask.template, ask.output_type, self.plan.prompts,
-                                      durable.restart, durable.retry_failed)
-            for position, stored in self.job.stored.items():
-                self.results[position] = stored
-                self._count(stored)
-            self.plan.todo = [p for p, r in enumerate(self.results) if r is None]
+    def open_job(self, durable: _Durable) -> None:
+        """Open the run's durable job (if any): the fingerprint checked, the stored results loaded."""
+        if durable.job is None or self.plan.call is None:
+            return
+        from . import jobstore
+
+        self.job = jobstore.start(durable.job, self.plan.call, self.ask.template, self.ask.output_type,
+                                  self.plan.prompts, durable.restart, durable.retry_failed)
+        if self.job.dropped_batches and not durable.batch:  # restart=True: the old batches stop first
+            from .batch_jobs import cancel_open, notice
+
+            for line in cancel_open(self.job.dropped_batches):
+                notice(f"job {self.job.name!r}: {line}")
+        open_ = [b["ticket"]["batch_id"] for b in self.job.batches if not b.get("collected")]
+        if open_ and not durable.batch:
+            raise ConfigurationError(f"Job {self.job.name!r} has batch {', '.join(open_)} open at "
+                                     f"{self.job.batches[-1]['ticket']['provider']}: run it with batch=True to "
+                                     "collect, or restart=True to cancel it and start over.")
+        for position, stored in self.job.stored.items():
+            self.results[position] = stored  # from the file: costs nothing now (the bar counts this run)
+        self.plan.todo = [p for p, r in enumerate(self.results) if r is None]
 
     @property
     def todo(self) -> int:
@@ -401,9 +455,12 @@ class _Run:
         return len(self.plan.positions)
 
     def _count(self, result: Any) -> None:
-        """The cost so far, for the bar (None until some answer's cost is known; a failure's 0 says nothing)."""
-        cost = (result.cost_usd or None) if isinstance(result, Failed) else getattr(result, "cost_usd", None)
-        if cost is not None:
+        """The cost so far, for the bar (None until some answer's cost is known; a failure's 0 says nothing;
+        an unknown cost is counted apart, never as 0)."""
+        cost = result.cost_usd
+        if cost is None:
+            self.unknown += 1
+        elif cost or not isinstance(result, Failed):
             self.cost = (self.cost or 0.0) + cost
 
     def add(self, position: int, result: Any) -> None:
@@ -412,19 +469,24 @@ class _Run:
             self.job.record(position, result)
         self._count(result)
         if self.bar is not None:
-            if self.cost is not None:
-                self.bar.set_postfix_str(f"${self.cost:.4f}", refresh=False)
+            postfix = _postfix(self.cost, self.unknown)
+            if postfix is not None:
+                self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.update(1)
 
     def result(self, interrupted: bool = False) -> "pd.Series | pd.DataFrame":
+        """The Series/DataFrame a fresh run returns; `cost_usd` is this run's, a job's total is under "job"."""
+        stored = self.job.stored if self.job is not None else ()
         if self.shape is None:
-            result = _series(self.index, self.results, self.started, interrupted)
+            result = _series(self.index, self.results, self.started, interrupted, stored)
         else:
-            typed = _typed(self.shape, self.index, self.results, self.started, interrupted)
+            typed = _typed(self.shape, self.index, self.results, self.started, interrupted, stored)
             result = _labelled(typed) if self.ask.labels else typed
         if self.job is not None:
+            total, unknown = _costs(_INTERRUPTED if r is None else r for r in self.results)
             result.attrs["nbllm"]["job"] = {"name": self.job.name, "stored": len(self.job.stored),
-                                            "kept_failures": self.job.kept_failures}
+                                            "kept_failures": self.job.kept_failures,
+                                            "cost_usd": round(total, 6), "unknown_cost": unknown}
         return result
 
     def __enter__(self) -> "_Run":
@@ -454,11 +516,18 @@ def _progress(total: int, enabled: bool, desc: str = "nbllm.map", initial: int =
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as notebook_tqdm
 
-    postfix = f"${cost:.4f}" if cost is not None else None
+    postfix = _postfix(cost, 0)
     if issubclass(tqdm, notebook_tqdm):
         return _NotebookBar(tqdm(total=total, desc=desc, unit="prompt", display=False, initial=initial,
                                  postfix=postfix))
     return tqdm(total=total, desc=desc, unit="prompt", initial=initial, postfix=postfix)
+
+
+def _postfix(cost: float | None, unknown: int) -> str | None:
+    """The bar's cost so far: "$0.0123", "+?" added when some answers' cost is unknown (None: nothing yet)."""
+    if cost is None and not unknown:
+        return None
+    return f"${cost or 0.0:.4f}" + ("+?" if unknown else "")
 
 
 class _NotebookBar:
@@ -486,9 +555,13 @@ class _NotebookBar:
 def _run(values: Any, ask: _Ask, provider: str | None, concurrency: int, retries: int | None, progress: bool,
          backoff: float, max_wait: float, options: dict[str, Any], durable: _Durable = _Durable()) -> Any:
     run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress, durable)
+    if durable.batch:
+        from . import batch_jobs
+
+        return batch_jobs.run(run, durable)
     if run.todo:  # a finished job is answered from its store: nothing is routed or sent
         run.plan = bridge.run(_route(run.plan))
-        with run:
+        with run, _budget_scope(run.plan.budget):
             for position, result in bridge.iterate(_results(run.plan)):
                 run.add(position, result)
     return run.result()
@@ -498,9 +571,13 @@ async def _run_async(values: Any, ask: _Ask, provider: str | None, concurrency: 
                      progress: bool, backoff: float, max_wait: float, options: dict[str, Any],
                      durable: _Durable = _Durable()) -> Any:
     run = _Run(values, ask, provider, concurrency, RetryPolicy(retries, backoff, max_wait), options, progress, durable)
+    if durable.batch:
+        from . import batch_jobs
+
+        return await batch_jobs.run_async(run, durable)
     if run.todo:
         run.plan = await bridge.run_async(_route(run.plan))
-        with run:
+        with run, _budget_scope(run.plan.budget):
             async for position, result in bridge.aiterate(_results(run.plan)):
                 run.add(position, result)
     return run.result()
@@ -516,7 +593,7 @@ def _estimate(values: Any, template: str, provider: str | None, output_type: Any
 def map(values: Any, template: str, provider: str | None = None, concurrency: int = 8, retries: int | None = None,
         *, progress: bool = True, backoff: float = 0.5, max_wait: float = 60.0, output_type: Any = None,
         job: str | None = None, restart: bool = False, retry_failed: bool = False, budget: float | None = None,
-        dry_run: bool = False, **options: Any) -> "pd.Series | pd.DataFrame":
+        dry_run: bool = False, batch: bool = False, **options: Any) -> "pd.Series | pd.DataFrame":
     """Ask once per value (or DataFrame row), `concurrency` at a time, aligned with the input.
 
     Without `output_type`: a Series of answers (or `Failed`). With it: a DataFrame of typed
@@ -528,25 +605,29 @@ def map(values: Any, template: str, provider: str | None = None, concurrency: in
     starts the job over, `retry_failed=True` sends its failed inputs again. `budget=0.50`
     stops sending once 50 cents cannot cover the next request. `dry_run=True` returns the
     estimate (`nbllm.estimate`) instead; nothing is sent.
+
+    `batch=True` (with `job=`) sends the inputs through the provider's batch API (half price at
+    OpenAI and Anthropic, results within 24 h) and returns at once: rows not answered yet are
+    `Failed(kind="pending")`; run the cell again to collect (batch_jobs.py has the rules).
     """
     if dry_run:
         return _estimate(values, template, provider, output_type, options)
     return _run(values, _Ask("map", template, output_type), provider, concurrency, retries, progress, backoff,
-                max_wait, options, _Durable(job, restart, retry_failed, budget))
+                max_wait, options, _Durable(job, restart, retry_failed, budget, batch))
 
 
 async def map_async(values: Any, template: str, provider: str | None = None, concurrency: int = 8,
                     retries: int | None = None, *, progress: bool = True, backoff: float = 0.5,
                     max_wait: float = 60.0, output_type: Any = None, job: str | None = None, restart: bool = False,
                     retry_failed: bool = False, budget: float | None = None, dry_run: bool = False,
-                    **options: Any) -> "pd.Series | pd.DataFrame":
+                    batch: bool = False, **options: Any) -> "pd.Series | pd.DataFrame":
     """`map` for `await`; if the task is cancelled, `last_partial()` keeps what finished (and a job what arrived)."""
     if dry_run:
         from .estimates import estimate_async
 
         return await estimate_async(values, template, provider, output_type=output_type, **options)
     return await _run_async(values, _Ask("map", template, output_type), provider, concurrency, retries, progress,
-                            backoff, max_wait, options, _Durable(job, restart, retry_failed, budget))
+                            backoff, max_wait, options, _Durable(job, restart, retry_failed, budget, batch))
 
 
 # ---- classify and extract -----------------------------------------------------------------------

@@ -182,5 +182,3 @@ def reserve(call: "Call", target: "Target") -> Hold | None:
         taken.append(each)
     return Hold(tuple(taken), amount)
 
-
-_worst_case = worst_case  # (the name batch_jobs used before it was public; removed once it uses worst_case)

@@ -8,8 +8,9 @@ data directory (`platformdirs.user_data_dir("nbllm")/history.sqlite`);
 `NBLLM_HISTORY=/path/file.sqlite` puts it elsewhere.
 
 Why a writer thread: a call hands its row to a queue and returns at once; one
-daemon thread batches the rows into the file (WAL mode), so logging never adds
-disk latency to a call. `history()` waits for pending rows before it reads.
+daemon thread (`store.BatchedWriter`) batches the rows into the file (WAL mode), so
+logging never adds disk latency to a call; a row SQLite refuses is skipped alone.
+`history()` waits for pending rows before it reads.
 
 Keys never reach the file: rows are built from prompts, answers and settings, and
 every text is scrubbed of every key the process knows (`errors.scrub`).
@@ -30,20 +31,16 @@ that had arrived. A file that cannot be written costs one warning, never a call.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import queue
 import re
 import sqlite3
-import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import scrub
-from .store import cast_usage, connect, data_file, shortened
+from .store import BatchedWriter, cast_usage, connect, data_file, shortened
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,123 +113,33 @@ def history_path() -> Path:
 # ---- the writer ------------------------------------------------------------------
 
 
-class _Writer:
-    """One daemon thread that batches queued rows into the file of each row's path."""
+class _Writer(BatchedWriter):
+    """The call log's writer thread: rows appended to `calls`; an unusable file is one warning with the fix."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Path, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._conn: tuple[Path, sqlite3.Connection] | None = None
-        self._warned = False
+        super().__init__("nbllm-calllog", _open, _insert, _warning)
 
-    def put(self, path: Path, row: tuple[Any, ...]) -> None:
-        self._ensure_thread()
-        self._queue.put((path, row))
-
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every row queued so far is in the file."""
-        if self._thread is None or not self._thread.is_alive():
-            return
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
-
-    def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve, name="nbllm-calllog", daemon=True)
-                self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            if not isinstance(batch[0], threading.Event):
-                time.sleep(0.02)  # let rows gather: one wake-up and one transaction per batch, not per call
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            rows: dict[Path, list[tuple[Any, ...]]] = {}
-            waiters = []
-            for item in batch:
-                if isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    rows.setdefault(item[0], []).append(item[1])
-            for path, items in rows.items():
-                self._write(path, items)
-            for event in waiters:
-                event.set()
-
-    def _write(self, path: Path, rows: list[tuple[Any, ...]]) -> None:
-        try:
-            conn = self._connect(path)
-            conn.execute("BEGIN")
-            conn.executemany(_INSERT, rows)
-            conn.execute("COMMIT")
-            return
-        except sqlite3.Error as exc:
-            problem: Exception = exc
-        except Exception as exc:  # e.g. a value SQLite cannot bind: find the row, keep the others
-            problem = exc
-        self._rollback()
-        if isinstance(problem, (OSError, sqlite3.OperationalError, sqlite3.DatabaseError)) and \
-                not isinstance(problem, sqlite3.IntegrityError):
-            self._close()
-            self.warn_once(f"could not write the call log {path} ({problem})")
-            return
-        self._write_one_by_one(path, rows)
-
-    def _write_one_by_one(self, path: Path, rows: list[tuple[Any, ...]]) -> None:
-        """A batch failed because of one row: write the others, skip that one and say which."""
-        try:
-            conn = self._connect(path)
-        except Exception as exc:
-            self.warn_once(f"could not write the call log {path} ({exc})")
-            return
-        for row in rows:
-            try:
-                conn.execute(_INSERT, row)
-            except Exception as exc:  # this row only; its neighbours are written
-                self.warn_once(f"one call's row could not be written to {path} ({type(exc).__name__}: {exc}) "
-                               f"and was skipped; the other rows are kept", fix=False)
-
-    def _connect(self, path: Path) -> sqlite3.Connection:
-        if self._conn is None or self._conn[0] != path:
-            self._close()
-            self._conn = (path, _open(path))
-        return self._conn[1]
-
-    def _rollback(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn[1].execute("ROLLBACK")
-            except Exception:  # no transaction was open
-                pass
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn[1].close()
-            except Exception:
-                pass
-            self._conn = None
-
-    def warn_once(self, problem: str, fix: bool = True) -> None:
+    def warn_once(self, problem: str, fix: bool = True) -> None:  # type: ignore[override]
         """One warning per process; `fix` adds the advice for an unusable file (not for one bad row)."""
-        if not self._warned:
-            self._warned = True
-            advice = ("; point NBLLM_HISTORY at a writable file or turn logging off with NBLLM_LOG=0 "
-                      "(or nbllm.history.disable())") if fix else ""
-            log.warning("nbllm: %s%s", problem, advice)
+        super().warn_once(problem + (_ADVICE if fix else ""))
+
+
+_ADVICE = ("; point NBLLM_HISTORY at a writable file or turn logging off with NBLLM_LOG=0 "
+           "(or nbllm.history.disable())")
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    conn.executemany(_INSERT, rows)
+
+
+def _warning(path: Path, problem: Exception, one_row: bool) -> str:
+    if one_row:
+        return (f"one call's row could not be written to {path} ({type(problem).__name__}: {problem}) "
+                "and was skipped; the other rows are kept")
+    return f"could not write the call log {path} ({problem}){_ADVICE}"
 
 
 _writer = _Writer()
-atexit.register(_writer.flush, 2.0)
 
 
 # ---- recording -------------------------------------------------------------------
@@ -343,7 +250,7 @@ class CallLog:
     def reset(self) -> None:
         """Forget enable()/disable() (`NBLLM_LOG` decides again) and warn again about an unusable file."""
         self._override = None
-        _writer._warned = False
+        _writer.warned = False
 
     @property
     def path(self) -> Path:

@@ -271,6 +271,11 @@ class BudgetExhausted(NbllmError):
     kind = "budget"
 
 
+class NotRun(ModelError):
+    """A request a provider's batch never ran (it expired after 24 h, or was cancelled): sending it again
+    may work. A durable job submits these again in a new batch (batch_jobs.py)."""
+
+
 class ReplayMiss(ModelError):
     """Strict replay found no recorded answer for this call; nothing was sent."""
 

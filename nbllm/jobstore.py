@@ -14,22 +14,27 @@ and cost in `attrs` included).
   its own input), so rows may be appended, removed or reordered: only prompts without a
   result are sent, a changed row is a new input, a removed one is not returned (its result
   stays stored and is used again if it comes back).
-- Done: an answer ("ok"), or a failure the provider gave ("error", "invalid"): a re-run does
-  not send a failed row again unless `retry_failed=True` (one warning says how many were kept).
-  Interrupted and budget-stopped rows are never done: they are "left".
-- Writes: one daemon thread batches results into the file (one transaction per ~20 ms batch,
-  WAL mode): a `kill -9` loses at most the answers of the last batch, never the file. `map`
-  waits for its rows to be written before it returns.
+- Done: an answer ("ok"), or a failure tied to the input ("error": a 400/413/422 about this
+  prompt; "invalid": a typed answer that did not validate): a re-run does not send such a row
+  again unless `retry_failed=True` (one warning says how many were kept). A failure another try
+  may not share — retryable (429, 5xx, a timeout), nothing answered (refused, unreachable),
+  401/403/404 (the key or the model: configuration), `Unsuitable` — is stored "left" with its
+  error, as interrupted and budget-stopped rows are: fix the server or the key and run it again.
+- Writes: one daemon thread (`store.BatchedWriter`) batches results into the file (one transaction
+  per ~20 ms batch, WAL mode): a `kill -9` loses at most the answers of the last batch, never the
+  file. A row SQLite refuses is skipped alone (the batch is written row by row). `map` waits for its
+  rows to be written before it returns, and one warning per run says how many could not be.
 - Keys never reach the file: texts are scrubbed of every key the process knows (`errors.scrub`);
   prompts are stored only as hashes.
 
-`nbllm.jobs()` lists the jobs (rows, done, failed, left, cost, age); `nbllm.jobs.drop(name)`
-removes one. The file is `platformdirs.user_data_dir("nbllm")/jobs.sqlite`; `NBLLM_JOBS` moves it.
+`nbllm.jobs()` lists the jobs (rows, done, failed, left, cost, age, and a `batch=True` job's provider
+batch with its state); `nbllm.jobs.drop(name)` removes one (cancelling an open batch first). The file is `platformdirs.user_data_dir("nbllm")/jobs.sqlite`; `NBLLM_JOBS` moves it.
 
-Schema (`PRAGMA user_version = 1`)::
+Schema (`PRAGMA user_version = 2`; a version-1 file is migrated in place, its rows kept)::
 
     jobs(name TEXT PRIMARY KEY, created TEXT, updated TEXT (ISO 8601, UTC), provider TEXT, model TEXT,
-         fingerprint TEXT (JSON: field → hash), asked TEXT (JSON: field → the value, scrubbed, shortened))
+         fingerprint TEXT (JSON: field → hash), asked TEXT (JSON: field → the value, scrubbed, shortened),
+         batch TEXT (2: JSON list of the job's provider batches, batch_jobs.py; NULL: none))
     results(job TEXT, key TEXT (hash of the prompt[#k]), position INTEGER (in the job's last run; NULL: not in
          it), status TEXT ('left' | 'ok' | 'error' | 'invalid'), text TEXT, error TEXT, reason TEXT,
          attempts INTEGER, provider TEXT, model TEXT, input_tokens INTEGER, output_tokens INTEGER,
@@ -38,21 +43,17 @@ Schema (`PRAGMA user_version = 1`)::
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
-import queue
 import sqlite3
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
-from .store import connect, data_file
+from .store import BatchedWriter, connect, data_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +70,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     provider TEXT,
     model TEXT,
     fingerprint TEXT NOT NULL,
-    asked TEXT NOT NULL
+    asked TEXT NOT NULL,
+    batch TEXT
 );
 CREATE TABLE IF NOT EXISTS results (
     job TEXT NOT NULL,
@@ -90,8 +92,14 @@ CREATE TABLE IF NOT EXISTS results (
     time TEXT,
     PRIMARY KEY (job, key)
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
 """
+
+SCHEMA_VERSION = 2
+_MIGRATIONS = {
+    # 2: the job's provider batches (`map(..., batch=True)`): tickets, submitted keys, last known state.
+    2: ("jobs", "batch", "ALTER TABLE jobs ADD COLUMN batch TEXT"),
+}
+"""Schema changes applied in order to an older file: version → (table, the column it adds, its SQL)."""
 
 DONE = ("ok", "error", "invalid")
 """The statuses a re-run does not send again (failures only without `retry_failed=True`)."""
@@ -106,6 +114,35 @@ _UPSERT = (f"INSERT INTO results ({', '.join(_RESULT_COLUMNS)}) VALUES ({', '.jo
            "ON CONFLICT(job, key) DO UPDATE SET "
            + ", ".join(f"{c} = excluded.{c}" for c in _RESULT_COLUMNS[3:]))
 _FIX = "point NBLLM_JOBS at a writable file, or run without job="
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The jobs file with the current schema (a version-1 file is migrated in place, in one transaction, so
+    two kernels opening it at once agree); a file of a newer nbllm is one ConfigurationError."""
+    conn = connect(path, _SCHEMA)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return conn
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(f"The jobs store {path} was written by a newer nbllm (schema {version}, this "
+                                     f"one reads {SCHEMA_VERSION}): upgrade nbllm, or point NBLLM_JOBS at another "
+                                     "file.")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for number in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                table, column, sql = _MIGRATIONS[number]
+                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(sql)  # a new file has it already; a racing kernel may have just added it
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def jobs_path() -> Path:
@@ -212,16 +249,29 @@ class Job:
     stored: dict[int, Any] = field(default_factory=dict)
     """Position → the stored `Answer` or `Failed` this run returns without sending."""
     kept_failures: int = 0
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    """The job's provider batches (`batch=True`; batch_jobs.py reads and writes them)."""
+    dropped_batches: list[dict[str, Any]] = field(default_factory=list)
+    """Batches not collected yet that `restart=True` just dropped (the caller cancels them)."""
 
     def record(self, position: int, result: Any) -> None:
-        """Queue a finished input's result for the file (returns at once; interrupted/budget/missing: nothing)."""
+        """Queue a finished input's result for the file (returns at once; interrupted/budget/missing: nothing;
+        a failure not tied to the input is stored as "left", so a re-run sends it again)."""
         kind = getattr(result, "kind", None)
         if kind is None or kind in ("error", "invalid"):
             _writer.put(self.path, (self.name, self.keys[position], position, result))
 
+    lost: int = 0
+    """How many results the writer had failed to put in this job's file when this run started."""
+
     def finish(self, timeout: float = 5.0) -> None:
-        """Wait until this run's results are in the file."""
+        """Wait until this run's results are in the file; one warning per run says how many could not be."""
         _writer.flush(timeout)
+        lost, self.lost = _writer.lost[self.path] - self.lost, _writer.lost[self.path]
+        if lost:
+            log.warning("nbllm: job %r: %d result(s) could not be written to %s (%s); they are returned, but a "
+                        "re-run sends those inputs again; %s.", self.name, lost, self.path,
+                        _problems.get(self.path, "?"), _FIX)
 
 
 def start(name: Any, call: Any, template: Any, output_type: Any, prompts: list[str | None], restart: bool = False,
@@ -236,10 +286,11 @@ def start(name: Any, call: Any, template: Any, output_type: Any, prompts: list[s
     keys = input_keys(prompts)
     _writer.flush()  # rows of an earlier run (e.g. just interrupted) land before this one reads
     try:
-        conn = connect(path, _SCHEMA)
+        conn = _open(path)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigurationError(f"The jobs store {path} cannot be used ({exc}): {_FIX}.") from None
     problem: str | None = None
+    batches: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -248,6 +299,7 @@ def start(name: Any, call: Any, template: Any, output_type: Any, prompts: list[s
                 problem = rows
                 conn.execute("ROLLBACK")
             else:
+                rows, batches = rows
                 conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -258,7 +310,7 @@ def start(name: Any, call: Any, template: Any, output_type: Any, prompts: list[s
         conn.close()
     if problem is not None:
         raise ConfigurationError(problem)
-    job = Job(name, path, keys)
+    job = Job(name, path, keys, batches=batches[0], dropped_batches=batches[1], lost=_writer.lost[path])
     _revive_into(job, rows, output_type, retry_failed)
     if job.kept_failures:
         log.warning("nbllm: job %r: %d input(s) failed in an earlier run and were not sent again "
@@ -267,12 +319,15 @@ def start(name: Any, call: Any, template: Any, output_type: Any, prompts: list[s
 
 
 def _prepare(conn: sqlite3.Connection, name: str, values: dict[str, Any], keys: list[str | None],
-             restart: bool) -> dict[str, tuple[Any, ...]] | str:
-    """In one transaction: the job's row (checked, or created), this run's positions, and the stored results
-    by key — or the refusal's text."""
-    row = conn.execute("SELECT fingerprint, asked FROM jobs WHERE name = ?", (name,)).fetchone()
+             restart: bool) -> "tuple[dict[str, tuple[Any, ...]], tuple[list[Any], list[Any]]] | str":
+    """In one transaction: the job's row (checked, or created), this run's positions, the stored results
+    by key and the job's batches (kept, dropped by a restart) — or the refusal's text."""
+    row = conn.execute("SELECT fingerprint, asked, batch FROM jobs WHERE name = ?", (name,)).fetchone()
     now = _now()
+    batches: list[dict[str, Any]] = json.loads(row[2]) if row is not None and row[2] else []
+    dropped: list[dict[str, Any]] = []
     if row is not None and restart:
+        dropped, batches = [b for b in batches if not b.get("collected")], []
         conn.execute("DELETE FROM results WHERE job = ?", (name,))
         conn.execute("DELETE FROM jobs WHERE name = ?", (name,))
         row = None
@@ -294,7 +349,7 @@ def _prepare(conn: sqlite3.Connection, name: str, values: dict[str, Any], keys: 
                      [(name, key, position) for position, key in enumerate(keys) if key is not None])
     stored = conn.execute(f"SELECT key, {', '.join(_RESULT_COLUMNS[3:15])} FROM results "
                           "WHERE job = ? AND position IS NOT NULL AND status != 'left'", (name,)).fetchall()
-    return {r[0]: r[1:] for r in stored}
+    return {r[0]: r[1:] for r in stored}, (batches, dropped)
 
 
 def _revive_into(job: Job, rows: dict[str, tuple[Any, ...]], output_type: Any, retry_failed: bool) -> None:
@@ -318,7 +373,8 @@ def _revive_into(job: Job, rows: dict[str, tuple[Any, ...]], output_type: Any, r
             if retry_failed:
                 continue
             job.stored[position] = Failed(error or "", attempts or 0, status, reason or "", text, input_tokens or 0,
-                                          output_tokens or 0, cost or 0.0)
+                                          output_tokens or 0, cost if status == "invalid" else cost or 0.0,
+                                          lasting=True)
             job.kept_failures += 1
             continue
         output = None
@@ -329,7 +385,7 @@ def _revive_into(job: Job, rows: dict[str, tuple[Any, ...]], output_type: Any, r
                 continue
         answer = Answer(text or "", provider or "", model or "", latency or 0.0, input_tokens, output_tokens,
                         cost_usd=cost, output=output, attempts=attempts or 1)
-        if source is not None and hasattr(answer, "cost_source"):
+        if source is not None:
             answer.cost_source = source
         job.stored[position] = answer
 
@@ -337,93 +393,21 @@ def _revive_into(job: Job, rows: dict[str, tuple[Any, ...]], output_type: Any, r
 # ---- the writer ------------------------------------------------------------------------------
 
 
-class _Writer:
-    """One daemon thread that batches results into the jobs file (one transaction per batch)."""
+def _write_results(conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
+    """Some results as rows (the writer thread's transaction is open): texts scrubbed off the loop."""
+    now = _now()
+    rows = [_row(item, now) for item in items]
+    conn.executemany(_UPSERT, rows)
+    conn.executemany("UPDATE jobs SET updated = ? WHERE name = ?", [(now, n) for n in {r[0] for r in rows}])
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Path, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._conn: tuple[Path, sqlite3.Connection] | None = None
-        self._warned = False
 
-    def put(self, path: Path, item: tuple[Any, ...]) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._start()
-        self._queue.put((path, item))
+_problems: dict[Path, str] = {}
+"""Path → the last reason a result could not be written there (`Job.finish` reports the losses of its run)."""
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every result queued so far is in the file."""
-        if self._thread is None or not self._thread.is_alive():
-            return
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve, name="nbllm-jobs", daemon=True)
-                self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            if not isinstance(batch[0], threading.Event):
-                time.sleep(0.02)  # let results gather: one transaction per batch, not per answer
-            while len(batch) < 5000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            items: dict[Path, list[tuple[Any, ...]]] = {}
-            waiters = []
-            for entry in batch:
-                if isinstance(entry, threading.Event):
-                    waiters.append(entry)
-                else:
-                    items.setdefault(entry[0], []).append(entry[1])
-            for path, results in items.items():
-                self._write(path, results)
-            for event in waiters:
-                event.set()
-
-    def _write(self, path: Path, items: list[tuple[Any, ...]]) -> None:
-        try:
-            now = _now()
-            rows = [_row(item, now) for item in items]
-            conn = self._connect(path)
-            conn.execute("BEGIN")
-            try:
-                conn.executemany(_UPSERT, rows)
-                conn.executemany("UPDATE jobs SET updated = ? WHERE name = ?", [(now, n) for n in {r[0] for r in rows}])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except Exception as exc:  # the answers are still returned; only a re-run would send them again
-            self._close()
-            self.warn_once(f"could not write {len(items)} job result(s) to {path} ({type(exc).__name__}: {exc}); "
-                           f"the answers are returned, but a re-run sends those inputs again; {_FIX}")
-
-    def _connect(self, path: Path) -> sqlite3.Connection:
-        if self._conn is None or self._conn[0] != path:
-            self._close()
-            self._conn = (path, connect(path, _SCHEMA))
-        return self._conn[1]
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn[1].close()
-            except Exception:
-                pass
-            self._conn = None
-
-    def warn_once(self, problem: str) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning("nbllm: %s", problem)
+def _warning(path: Path, problem: Exception, one_row: bool) -> None:
+    _problems[path] = f"{type(problem).__name__}: {problem}"
+    return None
 
 
 def _row(item: tuple[Any, ...], now: str) -> tuple[Any, ...]:
@@ -436,26 +420,77 @@ def _row(item: tuple[Any, ...], now: str) -> tuple[Any, ...]:
         return (name, key, position, "ok", clean(result.text), None, None, result.attempts, result.provider,
                 result.model, result.input_tokens, result.output_tokens, result.cost_usd,
                 getattr(result, "cost_source", None), round(result.latency_ms or 0.0, 2), now)
-    return (name, key, position, kind, clean(result.text), clean(result.error), clean(result.reason), result.attempts,
-            None, None, result.input_tokens, result.output_tokens, result.cost_usd, None, None, now)
+    status = kind if getattr(result, "lasting", False) else "left"  # another try may succeed: sent again
+    return (name, key, position, status, clean(result.text), clean(result.error), clean(result.reason),
+            result.attempts, None, None, result.input_tokens, result.output_tokens, result.cost_usd, None, None, now)
 
 
-_writer = _Writer()
-atexit.register(_writer.flush, 2.0)
+_writer = BatchedWriter("nbllm-jobs", _open, _write_results, _warning, max_batch=5000)
+
+
+def save_batches(job: Job, batches: list[dict[str, Any]],
+                 results: "list[tuple[str, int | None, Any]] | tuple[()]" = ()) -> None:
+    """Write the job's batches and the results collected from them (key, position, Answer | Failed) in ONE
+    transaction: after a crash a re-run has both, or neither and collects again (never half)."""
+    _writer.flush()  # this run's earlier rows first
+    now = _now()
+    rows = [_row((job.name, key, position, result), now) for key, position, result in results]
+    try:
+        conn = _open(job.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT, rows)
+                conn.execute("UPDATE jobs SET batch = ?, updated = ? WHERE name = ?",
+                             (json.dumps(batches, sort_keys=True) if batches else None, now, job.name))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigurationError(f"The jobs store {job.path} cannot be used ({exc}): {_FIX}.") from None
+
+
+def batch_summary(batches: list[dict[str, Any]]) -> str:
+    """`nbllm.jobs()`'s batch column: each batch not collected yet as "id state", else the last one's
+    ("id done, collected"); "" for a job without batches."""
+    if not batches:
+        return ""
+    open_ = [b for b in batches if not b.get("collected")]
+    shown = open_ or batches[-1:]
+    return "; ".join(f"{b['ticket']['batch_id']} {b.get('state', '?')}" + (", collected" if b.get("collected") else "")
+                     for b in shown)
 
 
 # ---- nbllm.jobs ---------------------------------------------------------------------------------
 
-_LIST_COLUMNS = ["name", "provider", "model", "rows", "done", "failed", "left", "cost_usd", "created", "updated", "age"]
+_LIST_COLUMNS = ["name", "provider", "model", "rows", "done", "failed", "left", "cost_usd", "created", "updated", "age",
+                 "batch"]
+
+
+def _answering_models(conn: sqlite3.Connection) -> dict[str, str]:
+    """Job → the model most of its answers came from (ties: the first by name)."""
+    chosen: dict[str, str] = {}
+    for job, model, _ in conn.execute(
+            "SELECT job, model, COUNT(*) AS n FROM results WHERE status = 'ok' AND model IS NOT NULL AND model != '' "
+            "GROUP BY job, model ORDER BY job, n DESC, model"):
+        chosen.setdefault(job, model)
+    return chosen
 
 
 class Jobs:
     """`nbllm.jobs()` → a DataFrame of the jobs, oldest first; `nbllm.jobs.drop(name)` removes one.
 
+    model: the model that answered (the most common among the job's answers; the model asked for
+    until one answered — a server may answer with another model than configured);
     rows: the inputs of the job's last run (missing ones not counted); done: answered;
     failed: failed or invalid (not sent again without `retry_failed=True`); left: not
-    answered yet (never sent, interrupted or stopped by a budget); cost_usd: what all its
-    stored results cost (NaN when unknown); age: the time since the job last ran or wrote.
+    answered yet (never sent, interrupted, stopped by a budget, or a failure another try may not
+    share: 5xx, 429, unreachable, 401/403/404); cost_usd: what all its
+    stored results cost (NaN when unknown); age: the time since the job last ran or wrote;
+    batch: a `batch=True` job's provider batch and its state ("batch_abc running"; "" for none).
     """
 
     def __call__(self) -> "pd.DataFrame":
@@ -466,25 +501,35 @@ class Jobs:
             "COALESCE(SUM(r.position IS NOT NULL), 0), "
             "COALESCE(SUM(r.position IS NOT NULL AND r.status = 'ok'), 0), "
             "COALESCE(SUM(r.position IS NOT NULL AND r.status IN ('error', 'invalid')), 0), "
-            "SUM(r.cost_usd), j.created, j.updated "
+            "SUM(r.cost_usd), j.created, j.updated, j.batch "
             "FROM jobs j LEFT JOIN results r ON r.job = j.name GROUP BY j.name ORDER BY j.created").fetchall(),
             [])
-        frame = pd.DataFrame([(*r[:6], r[3] - r[4] - r[5], *r[6:]) for r in rows],
-                             columns=_LIST_COLUMNS[:-1])
+        answered = self._use(_answering_models, {})
+        frame = pd.DataFrame([(r[0], r[1], answered.get(r[0], r[2]), *r[3:6], r[3] - r[4] - r[5], *r[6:9])
+                              for r in rows], columns=[c for c in _LIST_COLUMNS if c not in ("age", "batch")])
         for column in ("rows", "done", "failed", "left"):
             frame[column] = frame[column].astype("int64")
         frame["cost_usd"] = frame["cost_usd"].astype("float64")
         for column in ("created", "updated"):
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
         frame["age"] = (pd.Timestamp.now(tz="UTC") - frame["updated"]).dt.round("s")
+        frame["batch"] = pd.Series([batch_summary(json.loads(r[9]) if r[9] else []) for r in rows], dtype=object)
         return frame.set_index("name")
 
     def drop(self, name: str) -> int:
-        """Remove job `name` and its results; returns how many results were removed."""
-        names = self._use(lambda conn: [r[0] for r in conn.execute("SELECT name FROM jobs ORDER BY created")], [])
+        """Remove job `name` and its results; returns how many results were removed. A provider batch of the
+        job that has not ended is cancelled first (best effort; one line says how it went)."""
+        listed = self._use(lambda conn: conn.execute("SELECT name, batch FROM jobs ORDER BY created").fetchall(), [])
+        names = [r[0] for r in listed]
         if name not in names:
             known = ", ".join(repr(n) for n in names) if names else "none yet"
             raise ConfigurationError(f"There is no job named {name!r}; jobs: {known}.")
+        batches = next((json.loads(r[1]) for r in listed if r[0] == name and r[1]), [])
+        if any(not b.get("collected") for b in batches):
+            from .batch_jobs import cancel_open, notice
+
+            for line in cancel_open(batches):
+                notice(f"job {name!r}: {line}")
 
         def remove(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
@@ -507,7 +552,7 @@ class Jobs:
         if not path.exists():
             return empty
         try:
-            conn = connect(path, _SCHEMA)
+            conn = _open(path)
             try:
                 return action(conn)
             finally:

@@ -45,13 +45,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigurationError, ModelError, NbllmError, OutputInvalid, NotValid, scrub
+from .errors import ConfigurationError, ModelError, NbllmError, NotRun, NotValid, OutputInvalid, scrub
 from .request import Answer, Call, Target
 
 if TYPE_CHECKING:
     from pydantic_ai.messages import ModelResponse
 
-__all__ = ["BatchTicket", "BatchStatus", "submit", "status", "collect", "cancel", "check", "protocol_for",
+__all__ = ["BatchTicket", "BatchStatus", "NotRun", "submit", "status", "collect", "cancel", "check", "protocol_for",
            "BATCH_DISCOUNT", "State"]
 
 State = Literal["submitted", "running", "done", "failed", "expired", "cancelled"]
@@ -376,7 +376,7 @@ def _anthropic_status(raw: Any) -> BatchStatus:
 async def collect(ticket: BatchTicket, call: Call | None = None) -> dict[str, "Answer | NbllmError"]:
     """Every request's outcome once the batch has ended: an `Answer` (text, tokens, batch-price cost), or the
     error that request got (`ModelError`; `OutputInvalid` for a typed answer that does not validate); a
-    request the batch never ran (expired, cancelled) is a retryable `ModelError`. `{}` while it still runs.
+    request the batch never ran (expired, cancelled) is a `NotRun` (a retryable `ModelError`). `{}` while it still runs.
     `call`: the call it was submitted for; needed when it asked for an `output_type`."""
     target = _target(ticket)
     if ticket.typed is not None:
@@ -447,7 +447,8 @@ async def _files_collect(ticket: BatchTicket, target: Target) -> dict[str, Any]:
         for line in (await client.files.content(raw.input_file_id)).text.splitlines():
             custom_id = json.loads(line).get("custom_id") if line.strip() else None
             if custom_id and custom_id not in outcomes:
-                outcomes[custom_id] = ModelError(target.provider, why, target.url, retryable=raw.status != "failed")
+                outcomes[custom_id] = (ModelError(target.provider, why, target.url) if raw.status == "failed" else
+                                       NotRun(target.provider, why, target.url, retryable=True))
     return outcomes
 
 
@@ -471,7 +472,7 @@ def _files_outcome(line: dict[str, Any], target: Target, ticket: BatchTicket) ->
         reason = {"batch_expired": "the batch expired (24 h) before this request ran",
                   "batch_cancelled": "the batch was cancelled before this request ran"}.get(code)
         if reason:
-            return custom_id, ModelError(target.provider, reason, target.url, retryable=True)
+            return custom_id, NotRun(target.provider, reason, target.url, retryable=True)
         return custom_id, ModelError(target.provider, f"the batch request failed: {scrub(error.get('message'))}",
                                      target.url, retryable=True)
     code, body = int(response.get("status_code") or 500), response.get("body") or {}
@@ -577,7 +578,7 @@ def _request_failure(exc: BaseException, target: Target, result_status: str) -> 
     """One request's own failure in a batch; one the batch never ran (expired, cancelled) may be sent again."""
     if result_status in ("expired", "canceled"):
         what = "expired (24 h)" if result_status == "expired" else "was cancelled"
-        return ModelError(target.provider, f"the batch {what} before this request ran", target.url, retryable=True)
+        return NotRun(target.provider, f"the batch {what} before this request ran", target.url, retryable=True)
     from .failures import describe_failure
 
     return describe_failure(exc, target.provider, target.url, target.spec)

@@ -104,6 +104,9 @@ class Behaviour:
     batch_expire_after: int = 1
     batch_fail_ids: tuple[str, ...] = ()
     """custom_ids answered with HTTP 400 (in the batch's error file)."""
+    stamp_file: str | None = None
+    """A stream appends `time.monotonic()` here just before it writes its first text chunk (benchmarks:
+    the clock is shared by processes on one machine, so a client can time that chunk's way to the user)."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -708,6 +711,9 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                         return
                     if b.chunk_delay and not (b.mode == "trickle" and i == 0):  # trickle: the first at once
                         time.sleep(b.chunk_delay)
+                    if i == 0 and b.stamp_file:
+                        with open(b.stamp_file, "a") as stamps:
+                            stamps.write(f"{time.monotonic()!r}\n")
                     event(chunk({"content": piece}))
                 final = chunk({}, "stop")
                 if b.send_usage:
@@ -730,9 +736,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--probe-latency", type=float, default=None, help="GET latency (default: --latency)")
     parser.add_argument("--slots", type=int, default=0, help="chat requests processed at once (default: no limit)")
+    parser.add_argument("--mode", default="ok", help="ok | hang | error | ... (see Behaviour)")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds before each streamed text chunk")
+    parser.add_argument("--stamp-file", default=None, help="append the monotonic time of each stream's first chunk")
     args = parser.parse_args()
     server = FakeLLMServer(args.port, reply=args.reply, models=[args.model], loaded=args.model, latency=args.latency,
-                           probe_latency=args.probe_latency, slots=args.slots)
+                           probe_latency=args.probe_latency, slots=args.slots, mode=args.mode,
+                           chunk_delay=args.chunk_delay, stamp_file=args.stamp_file)
     print(server.url, flush=True)
     try:
         server.httpd.serve_forever(poll_interval=0.1)

@@ -192,7 +192,7 @@ def test_failed_rows_are_kept_unless_retry_failed(lms, caplog):
 
 def test_jobs_lists_and_drop_removes(lms):
     assert nbllm.jobs().empty and list(nbllm.jobs().columns) == [
-        "provider", "model", "rows", "done", "failed", "left", "cost_usd", "created", "updated", "age"]
+        "provider", "model", "rows", "done", "failed", "left", "cost_usd", "created", "updated", "age", "batch"]
     run(["a", "b"], job="one")
     run(["x"], job="two")
     listed = nbllm.jobs()
@@ -291,7 +291,7 @@ def test_the_kernel_budget_stops_a_map_too(priced):
 
 def test_a_typed_run_counts_budget_rows_apart(priced):
     priced.set(reply='{"name": "x", "price": 3}')
-    result = run([f"v{i}" for i in range(20)], output_type=Item, budget=0.1, max_tokens=10, concurrency=1)
+    result = run([f"v{i}" for i in range(20)], output_type=Item, budget=0.3, max_tokens=10, concurrency=1)
     stats = result.attrs["nbllm"]
     assert stats["budget"] > 0 and stats["ok"] > 0 and stats["failed"] == 0
     assert stats["ok"] + stats["budget"] == 20 and stats["valid_rate"] == 1.0
@@ -413,3 +413,152 @@ def _run_and_print(client: Any, code: str, timeout: float = 90) -> str:
         elif kind == "status" and content["execution_state"] == "idle":
             return "".join(out)
     raise AssertionError("the cell did not finish")
+
+
+# ---- what a job keeps as done, what it costs, which model answered -------------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 429, 401, 404])
+def test_failures_another_try_may_not_share_are_sent_again(lms, status, caplog):
+    """A 503 ("loading its model"), 429, a bad key or model: fixed, the re-run sends those rows again."""
+    lms.set(fail_first=2, status=status)
+    first = run(["a", "b", "c"], job="transient", concurrency=1)
+    assert [v.kind if isinstance(v, Failed) else v for v in first] == ["error", "error", "Echo: Q c"]
+    listed = nbllm.jobs().loc["transient"]
+    assert (listed["done"], listed["failed"], listed["left"]) == (1, 0, 2)
+    with caplog.at_level(logging.WARNING, logger="nbllm"):
+        again = run(["a", "b", "c"], job="transient", concurrency=1)
+    assert sorted(sent(lms, 3)) == ["Q a", "Q b"] and list(again) == ["Echo: Q a", "Echo: Q b", "Echo: Q c"]
+    assert "failed in an earlier run" not in caplog.text and again.attrs["nbllm"]["job"]["kept_failures"] == 0
+
+
+def test_nothing_answering_is_sent_again(lms, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9/v1")  # connection refused
+    reset_nbllm()
+    first = run(["a", "b"], job="refused")
+    assert all(isinstance(v, Failed) and v.kind == "error" for v in first) and lms.chat_requests() == []
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", lms.url + "/v1")  # the server is up now
+    reset_nbllm()
+    again = run(["a", "b"], job="refused")
+    assert list(again) == ["Echo: Q a", "Echo: Q b"] and sorted(sent(lms)) == ["Q a", "Q b"]
+
+
+def test_an_invalid_typed_answer_is_tied_to_the_input_and_kept(lms):
+    lms.set(reply="not json at all")
+    first = run(["a"], output_type=Item, job="invalid")
+    assert first.attrs["nbllm"]["invalid"] == 1
+    count = len(lms.chat_requests())
+    lms.set(reply='{"name": "x", "price": 3}')
+    again = run(["a"], output_type=Item, job="invalid")
+    assert len(lms.chat_requests()) == count and again.loc[0, "_error"] == first.loc[0, "_error"]
+
+
+def test_a_resumed_job_reports_this_runs_cost_and_the_jobs_total(priced):
+    values = [f"v{i}" for i in range(6)]
+    fresh = run(values, job="fresh", max_tokens=10)
+    first = run(values[:4], job="cost", max_tokens=10)
+    again = run(values, job="cost", max_tokens=10)
+    assert len(sent(priced)) == 6 + 4 + 2
+    pd.testing.assert_series_equal(again, fresh)  # the values are those of a fresh run
+    whole, part, now = (r.attrs["nbllm"]["cost_usd"] for r in (fresh, first, again))
+    assert whole > 0 and now == pytest.approx(whole - part) and now < part  # only the 2 rows sent now
+    assert again.attrs["nbllm"]["job"]["cost_usd"] == pytest.approx(whole)
+    assert again.attrs["nbllm"]["unknown_cost"] == 0 and again.attrs["nbllm"]["job"]["unknown_cost"] == 0
+    finished = run(values, job="cost", max_tokens=10)  # nothing sent: this run cost nothing
+    assert finished.attrs["nbllm"]["cost_usd"] == 0.0 and finished.attrs["nbllm"]["job"]["cost_usd"] == (
+        pytest.approx(whole))
+
+
+def test_an_unknown_cost_is_never_summed_as_zero(priced, capsys, monkeypatch):
+    """Answers of unknown cost (a model no price list knows): counted apart, never summed as 0."""
+    from nbllm import prices
+
+    known = prices.answer_cost
+    unknown = lambda *args, **kwargs: (None, "unknown")  # noqa: E731
+    monkeypatch.setattr(prices, "answer_cost", unknown)
+    result = nbllm.map(["a", "b"], "Q {value}", provider="lmstudio", max_tokens=10)
+    assert list(result) == ["Echo: Q a", "Echo: Q b"]
+    stats = result.attrs["nbllm"]
+    assert stats["unknown_cost"] == 2 and stats["cost_usd"] == 0.0  # the sum of the known costs: none
+    assert re.search(r"2/2 .*\$0\.0000\+\?", capsys.readouterr().err)
+    monkeypatch.setattr(prices, "answer_cost", known)
+    mixed = run(["c", "d"], job="mixed", max_tokens=10, concurrency=1)
+    assert mixed.attrs["nbllm"]["unknown_cost"] == 0 and mixed.attrs["nbllm"]["cost_usd"] > 0
+    monkeypatch.setattr(prices, "answer_cost", unknown)
+    more = run(["c", "d", "e"], job="mixed", max_tokens=10)
+    assert more.attrs["nbllm"]["unknown_cost"] == 1 and more.attrs["nbllm"]["cost_usd"] == 0.0
+    assert more.attrs["nbllm"]["job"]["unknown_cost"] == 1
+    assert more.attrs["nbllm"]["job"]["cost_usd"] == pytest.approx(mixed.attrs["nbllm"]["cost_usd"])
+
+
+def test_a_local_run_has_no_unknown_cost(lms):
+    assert run(["a", "b"]).attrs["nbllm"]["unknown_cost"] == 0
+
+
+def test_jobs_shows_the_model_that_answered(lms, tmp_path):
+    """lmstudio is configured with "local-model"; the server answers with the model it has loaded."""
+    result = run(["a", "b"], job="model")
+    assert list(result) == ["Echo: Q a", "Echo: Q b"]
+    listed = nbllm.jobs().loc["model"]
+    assert listed["model"] == "fake-model" == lms.chat_requests()[0]["body"]["model"]
+    assert listed["provider"] == "lmstudio"
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as conn:  # the fingerprint keeps the model as asked
+        assert conn.execute("SELECT model FROM jobs WHERE name = 'model'").fetchone() == ("local-model",)
+    run(["a", "b"], job="model")  # unchanged fingerprint: no refusal, nothing sent
+    assert len(lms.chat_requests()) == 2
+
+
+# ---- the writer ------------------------------------------------------------------------------------------
+
+
+def test_a_row_that_cannot_be_written_loses_only_itself(lms, monkeypatch, caplog):
+    real = jobstore._row
+
+    def refusing(item: Any, now: str) -> Any:
+        if getattr(item[3], "text", "") == "Echo: Q b":
+            raise ValueError("cannot store this one")
+        return real(item, now)
+
+    monkeypatch.setattr(jobstore, "_row", refusing)
+    with caplog.at_level(logging.WARNING, logger="nbllm"):
+        first = run(["a", "b", "c"], job="one-bad", concurrency=3)
+    assert list(first) == ["Echo: Q a", "Echo: Q b", "Echo: Q c"]  # returned all the same
+    lines = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(lines) == 1 and "job 'one-bad': 1 result(s)" in lines[0] and "cannot store this one" in lines[0]
+    monkeypatch.setattr(jobstore, "_row", real)
+    run(["a", "b", "c"], job="one-bad")
+    assert sent(lms, 3) == ["Q b"]  # its neighbours in the batch were stored
+
+
+def test_the_batched_writer_skips_one_bad_row_and_counts_it(tmp_path, caplog):
+    from nbllm.store import BatchedWriter, connect
+
+    path = tmp_path / "rows.sqlite"
+    warnings: list[tuple[bool, str]] = []
+    writer = BatchedWriter("nbllm-test-writer", lambda p: connect(p, "CREATE TABLE IF NOT EXISTS t (x INTEGER);"),
+                           lambda conn, rows: conn.executemany("INSERT INTO t VALUES (?)", [(r,) for r in rows]),
+                           lambda p, exc, one: warnings.append((one, type(exc).__name__)) or "one row skipped")
+    for value in (1, 2**70, 3):  # 2**70 does not fit SQLite's integer: that row only is lost
+        writer.put(path, value)
+    writer.flush()
+    with sqlite3.connect(path) as conn:
+        assert [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
+    assert writer.lost[path] == 1 and warnings == [(True, "OverflowError")]
+
+
+def test_a_maps_budget_scope_ends_with_the_map_sync_and_async(priced):
+    import asyncio
+
+    from nbllm import bridge, budgets
+
+    async def scopes_on_the_loop() -> tuple[Any, ...]:
+        return budgets._scopes.get()
+
+    result = run([f"v{i}" for i in range(20)], budget=0.05, max_tokens=10, concurrency=1)
+    assert 0 < result.attrs["nbllm"]["ok"] < 20 and result.attrs["nbllm"]["budget"] > 0
+    later = asyncio.run(nbllm.map_async([f"w{i}" for i in range(20)], "Q {value}", provider="lmstudio",
+                                        progress=False, budget=0.05, max_tokens=10, concurrency=1))
+    assert 0 < later.attrs["nbllm"]["ok"] < 20 and later.attrs["nbllm"]["budget"] > 0
+    assert budgets._scopes.get() == () and bridge.run(scopes_on_the_loop()) == ()
+    free = run(["x", "y"], max_tokens=10)  # no budget now: nothing is stopped
+    assert list(free) == ["Echo: Q x", "Echo: Q y"]
