@@ -146,8 +146,8 @@ def _cell_names(shell: Any) -> dict[str, str]:
     return {name: f"In[{n}]" for name, n in names.items()} if isinstance(names, dict) else {}
 
 
-def _rename(te: traceback.TracebackException, names: dict[str, str]) -> None:
-    """Cell file names (`/tmp/ipykernel_1/2736.py`) shown as `In[3]`, through the chain."""
+def _chained(te: traceback.TracebackException) -> Iterator[traceback.TracebackException]:
+    """`te` and every exception chained to it (causes, contexts), each once."""
     seen: set[int] = set()
     todo = [te]
     while todo:
@@ -155,12 +155,18 @@ def _rename(te: traceback.TracebackException, names: dict[str, str]) -> None:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        yield current
+        todo.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+
+
+def _rename(te: traceback.TracebackException, names: dict[str, str]) -> None:
+    """Cell file names (`/tmp/ipykernel_1/2736.py`) shown as `In[3]`, through the chain."""
+    for current in _chained(te):
         for frame in current.stack:
             frame.line  # noqa: B018 - read the source line while the real file name still finds it
             frame.filename = names.get(frame.filename, frame.filename)
         if getattr(current, "filename", None) in names:  # a SyntaxError's own location
             current.filename = names[current.filename]
-        todo.extend(t for t in (current.__cause__, current.__context__) if t is not None)
 
 
 def _library(filename: str) -> bool:
@@ -186,19 +192,12 @@ def _short(filename: str) -> str:
 def _tidy(te: traceback.TracebackException) -> None:
     """Library paths shortened; a chained exception raised wholly inside libraries (pandas' KeyError behind
     `df["x"]`) keeps its line and loses its frames: the model needs what was raised, not hashtable internals."""
-    seen: set[int] = set()
-    todo = [te]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _chained(te):
         if current is not te and all(_library(frame.filename) for frame in current.stack):
             current.stack = traceback.StackSummary()
         for frame in current.stack:
             if _library(frame.filename):
                 frame.filename = _short(frame.filename)
-        todo.extend(t for t in (current.__cause__, current.__context__) if t is not None)
 
 
 def format_error(error: BaseException, shell: Any = None) -> str:

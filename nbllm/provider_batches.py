@@ -324,27 +324,22 @@ def _client(ticket: BatchTicket, target: Target) -> Any:
 
 async def status(ticket: BatchTicket) -> BatchStatus:
     """The batch's state and counts, as the provider says now (one request)."""
-    target = _target(ticket)
-    try:
-        if ticket.protocol == "anthropic":
-            raw = await _client(ticket, target).beta.messages.batches.retrieve(ticket.batch_id)
-            return _anthropic_status(raw)
-        raw = await _client(ticket, target).batches.retrieve(ticket.batch_id)
-    except NbllmError:
-        raise
-    except Exception as exc:
-        raise _failure(exc, target) from None
-    return _openai_status(raw, ticket.total)
+    return await _batch_call(ticket, "retrieve")
 
 
 async def cancel(ticket: BatchTicket) -> BatchStatus:
     """Ask the provider to stop the batch (what already ran stays collectable); its status after asking."""
+    return await _batch_call(ticket, "cancel")
+
+
+async def _batch_call(ticket: BatchTicket, action: str) -> BatchStatus:
+    """`retrieve` or `cancel` the batch through the provider's SDK; its status, or one described failure."""
     target = _target(ticket)
     try:
         if ticket.protocol == "anthropic":
-            raw = await _client(ticket, target).beta.messages.batches.cancel(ticket.batch_id)
+            raw = await getattr(_client(ticket, target).beta.messages.batches, action)(ticket.batch_id)
             return _anthropic_status(raw)
-        raw = await _client(ticket, target).batches.cancel(ticket.batch_id)
+        raw = await getattr(_client(ticket, target).batches, action)(ticket.batch_id)
     except NbllmError:
         raise
     except Exception as exc:

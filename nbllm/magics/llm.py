@@ -393,6 +393,11 @@ def _estimate(shell: Any, args: Namespace, prompt: Any, options: dict[str, Any],
         raise CellError(str(exc)) from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted; nothing was sent") from None
+    return _shown(shell, args, result, show)
+
+
+def _shown(shell: Any, args: Namespace, result: Any, show: bool) -> Any:
+    """A result stored in `-o`'s variable, then shown (the cell form) or returned (the line form)."""
     if args.out and shell is not None:
         shell.user_ns[args.out] = result
     if not show:
@@ -419,11 +424,4 @@ def _many(shell: Any, args: Namespace, prompt: Any, options: dict[str, Any], sho
         raise CellError(str(exc)) from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted, the requests were cancelled") from None
-    if args.out and shell is not None:
-        shell.user_ns[args.out] = result
-    if not show:
-        return result
-    from IPython.display import display
-
-    display(result)
-    return None
+    return _shown(shell, args, result, show)
