@@ -98,24 +98,21 @@ def _kind(value: Any) -> str | None:
         return _path_kind(value)
     if isinstance(value, (str, int, float, list, tuple, dict, set)) or value is None:
         return None  # the common case, answered without looking at any library
-    figure_base = _loaded("matplotlib.figure", "FigureBase")
-    if figure_base is not None and isinstance(value, figure_base):
-        return "figure"
-    axes = _loaded("matplotlib.axes", "Axes")
-    if axes is not None and isinstance(value, axes):
-        return "axes"
-    pil_image = _loaded("PIL.Image", "Image")
-    if pil_image is not None and isinstance(value, pil_image):
-        return "pil"
-    ipython_image = _loaded("IPython.core.display", "Image")
-    if ipython_image is not None and isinstance(value, ipython_image):
-        return "ipython"
+    for module, name, kind in _LIBRARY_KINDS:
+        cls = _loaded(module, name)
+        if cls is not None and isinstance(value, cls):
+            return kind
     ndarray = _loaded("numpy", "ndarray")
     if ndarray is not None and isinstance(value, ndarray):
         shape = value.shape
         if value.dtype == "uint8" and len(shape) == 3 and shape[2] in (3, 4) and shape[0] > 0 and shape[1] > 0:
             return "array"
     return None
+
+
+_LIBRARY_KINDS = (("matplotlib.figure", "FigureBase", "figure"), ("matplotlib.axes", "Axes", "axes"),
+                  ("PIL.Image", "Image", "pil"), ("IPython.core.display", "Image", "ipython"))
+"""The image classes of libraries, asked about only when the library is already loaded."""
 
 
 def is_image_like(value: Any) -> bool:
