@@ -120,7 +120,7 @@ class Outcome:
 
     message: str = ""
     table: Any = None
-    """A pandas DataFrame, or None."""
+    """A `nbllm.tables.Table` (plain rows: drawing it needs no pandas), or None."""
     data: Any = field(default_factory=dict)
     """The same facts as plain JSON-able values (for --json)."""
     error: str | None = None
@@ -246,7 +246,7 @@ def _status(timeout: float | None) -> Outcome:
     message = f"default: {selection}\n{summary}"
     aliases, more = _aliases()
     data = {"default": {"provider": selection.provider, "model": selection.model}, **checked, "aliases": aliases}
-    return Outcome(message, tables.health_frame(health, tables.STATUS_COLUMNS), data, more=more)
+    return Outcome(message, tables.health_table(health, tables.STATUS_COLUMNS), data, more=more)
 
 
 def _aliases(files: bool = False) -> tuple[dict[str, dict[str, str]], list[tuple[str, Any]]]:
@@ -258,7 +258,7 @@ def _aliases(files: bool = False) -> tuple[dict[str, dict[str, str]], list[tuple
     if not rows:
         return {}, []
     columns = tables.ALIAS_COLUMNS if files else [c for c in tables.ALIAS_COLUMNS if c != "file"]
-    table = tables.frame(rows, columns).set_index("alias")
+    table = tables.table(rows, columns)
     return {row["alias"]: {k: v for k, v in row.items() if k != "alias"} for row in rows}, [("aliases:", table)]
 
 
@@ -268,7 +268,7 @@ def _health(timeout: float | None) -> Outcome:
 
     health, summary, data = _checked(timeout)
     error = None if summary.available else f"no provider is available. {NOTHING_USABLE_ADVICE}"
-    return Outcome(str(summary), tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data, error)
+    return Outcome(str(summary), tables.health_table(health, tables.HEALTH_TABLE_COLUMNS), data, error)
 
 
 def _list() -> Outcome:
@@ -276,17 +276,17 @@ def _list() -> Outcome:
     from .registry import get_registry
 
     registry = get_registry()
-    df = tables.variables_frame()
+    variables = tables.table(tables.variable_rows(), tables.VARIABLE_COLUMNS)
     aliases, more = _aliases(files=True)
     problems = [p for name in registry.names() for p in registry.settings(name).problems]
     problems += [*registry.global_settings.problems, *registry.endpoint_problems]
     files = registry.endpoint_files()
     shown = ", ".join(f"{path} ({'exists' if exists else 'not found'})" for path, exists in files)
     message = "\n".join([f"user config file: {registry.config_path}", f"endpoints files: {shown}", *problems])
-    data = {"config_file": str(registry.config_path), "variables": df.to_dict("records"), "problems": problems,
+    data = {"config_file": str(registry.config_path), "variables": variables.records(), "problems": problems,
             "endpoints_files": [{"path": str(path), "exists": exists} for path, exists in files],
             "aliases": aliases}
-    return Outcome(message, df, data, more=more)
+    return Outcome(message, variables, data, more=more)
 
 
 def _set_enabled(name: str, enabled: bool, persist: bool) -> Outcome:
@@ -368,7 +368,7 @@ def _test_one(name: str, model: str | None, timeout: float | None) -> Outcome:
     shown = model or h.model_id
     message = f"{spec.name}: answering at {h.base_url} in {h.latency_ms:.0f} ms; model {shown}"
     data = {"provider": spec.name, "ok": True, "model": shown, "health": h.as_dict()}
-    return Outcome(message, tables.health_frame(health, tables.HEALTH_TABLE_COLUMNS), data)
+    return Outcome(message, tables.health_table(health, tables.HEALTH_TABLE_COLUMNS), data)
 
 
 def _reinit() -> Outcome:

@@ -1,25 +1,34 @@
-"""Tables for people: health and configuration as pandas DataFrames, text or HTML.
+"""Tables for people: one renderer for provider tables (status, health, the panel, the CLI).
+
+A `Table` is plain rows; `to_text` draws it for terminals (fits the width, text
+left-aligned, long cells shortened at a word boundary keeping an error's hint) and
+`to_html` for notebooks (left-aligned, the status a coloured word, long cells
+shortened with the whole text on hover and behind a "details" toggle, never broken
+mid-word). Drawing needs only the standard library: the first `%llm_providers
+--status` must not pay for pandas. The API still returns DataFrames
+(`health_frame`, `variables_frame`), and the renderers accept a DataFrame too.
 
 Keys never reach a table: rows are built from `ProviderHealth` and the masked
-variable listing, which hold no secrets. Styling (a pandas Styler) is only for
-display; every function that returns data returns a plain DataFrame.
+variable listing, which hold no secrets.
 """
 
 from __future__ import annotations
 
 import html
+import shutil
+import sys
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .health import ProviderHealth
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pandas.io.formats.style import Styler
 
 __all__ = [
-    "HEALTH_COLUMNS", "HEALTH_TABLE_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS",
-    "health_rows", "health_frame", "server_label",
-    "variables_frame", "frame", "to_text", "to_html", "styled", "display_bundle",
+    "HEALTH_COLUMNS", "HEALTH_TABLE_COLUMNS", "STATUS_COLUMNS", "VARIABLE_COLUMNS", "ALIAS_COLUMNS", "Table",
+    "health_rows", "health_table", "table", "terminal_width", "health_frame", "server_label", "variable_rows", "variables_frame",
+    "alias_rows", "frame", "shorten", "to_text", "to_html", "display_bundle",
 ]
 
 HEALTH_COLUMNS = ["provider", "status", "enabled", "connected", "model", "latency_ms", "base_url", "error", "note"]
@@ -40,6 +49,34 @@ _STATUS_COLOURS = {
     "not configured": "#9a6700",
     "not installed": "#9a6700",
 }
+
+
+@dataclass
+class Table:
+    """Rows to draw: `columns` are the keys, `headings` optional labels (key → label)."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    headings: dict[str, str] = field(default_factory=dict)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as dicts (JSON-able when the values are)."""
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+    def column(self, name: str) -> list[Any]:
+        at = self.columns.index(name)
+        return [row[at] for row in self.rows]
+
+    def to_frame(self) -> "pd.DataFrame":
+        """The same rows as a DataFrame indexed by the first column (imports pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=self.columns).set_index(self.columns[0])
+
+
+def table(rows: list[dict[str, Any]], columns: list[str], headings: dict[str, str] | None = None) -> Table:
+    """A Table of `columns` from dict rows (a missing key is an empty cell)."""
+    return Table(list(columns), [[row.get(c) for c in columns] for row in rows], dict(headings or {}))
 
 
 def server_label(provider: str, number: int) -> str:
@@ -77,6 +114,11 @@ def _row(h: ProviderHealth, label: str) -> dict[str, Any]:
     }
 
 
+def health_table(health: dict[str, ProviderHealth], columns: list[str] | None = None) -> Table:
+    """The health facts as a Table (no pandas): what `--status`, `--health-check` and `--test` draw."""
+    return table(health_rows(health), columns or HEALTH_COLUMNS)
+
+
 def frame(rows: list[dict[str, Any]], columns: list[str] | None = None) -> "pd.DataFrame":
     import pandas as pd
 
@@ -84,21 +126,26 @@ def frame(rows: list[dict[str, Any]], columns: list[str] | None = None) -> "pd.D
 
 
 def health_frame(health: dict[str, ProviderHealth], columns: list[str] | None = None) -> "pd.DataFrame":
-    """The health table as a DataFrame indexed by provider."""
+    """The health table as a DataFrame indexed by provider (the API's `health_table()`)."""
     return frame(health_rows(health), columns or HEALTH_COLUMNS).set_index("provider")
 
 
-def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
-    """Every variable each provider reads, whether it is set and from where (keys masked)."""
-    from .registry import get_registry
-
+def variable_rows(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every variable each provider reads, whether it is set and from where (keys masked);
+    without `names`, then the NBLLM_* variables, which are nobody's provider."""
     from .config import global_variable_rows
+    from .registry import get_registry
 
     registry = get_registry()
     rows = [row for name in (names or registry.names()) for row in registry.variables(name)]
-    if names is None:  # then the NBLLM_* variables, which are nobody's provider
+    if names is None:
         rows += global_variable_rows(registry.global_settings, registry.environment)
-    return frame(rows, VARIABLE_COLUMNS)
+    return rows
+
+
+def variables_frame(names: list[str] | None = None) -> "pd.DataFrame":
+    """`variable_rows` as a DataFrame."""
+    return frame(variable_rows(names), VARIABLE_COLUMNS)
 
 
 def alias_rows() -> list[dict[str, Any]]:
@@ -111,96 +158,203 @@ def alias_rows() -> list[dict[str, Any]]:
              "file": a.source or "(this process only)"} for name, a in sorted(registry.aliases.items())]
 
 
+# ---- shortening ------------------------------------------------------------------------
+
+_HINT = " — "
+"""Where a `ModelError` puts what to do: the part of an error a shortened cell keeps."""
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` in at most `width` characters, ending in "…" when cut.
+
+    Cut at a word boundary (a URL is one word: kept whole or left out, never halved); an
+    error's hint (after " — ") is kept and its start shortened instead. A single word
+    longer than `width` is the only thing cut inside.
+    """
+    if len(text) <= width:
+        return text
+    if width < 2:
+        return "…"[:width]
+    head, sep, hint = text.rpartition(_HINT)
+    if sep and len(hint) + len(sep) + 1 <= width:
+        room = width - len(sep) - len(hint)
+        return _cut_words(head, room, whole=True) + sep + hint
+    return _cut_words(text, width)
+
+
+def _cut_words(text: str, width: int, whole: bool = False) -> str:
+    """`text` cut to `width` at a word boundary; with `whole`, "…" alone rather than part of a word."""
+    if len(text) <= width:
+        return text
+    room = text[: width - 1]
+    space = room.rfind(" ")
+    if space >= max(1, width // 3) or (whole and space > 0):  # a boundary not too far back: cut there
+        room = room[:space].rstrip(" ,;:—-")
+        return room + " …" if room and len(room) + 2 <= width else "…"
+    return "…" if whole else room + "…"
+
+
+# ---- text ----------------------------------------------------------------------------------
+
 TEXT_CELL_WIDTH = 60
-"""Longest cell a text table shows; longer ones end in "…" (the HTML view keeps the full text)."""
+"""Longest a short-text column (provider, model, URL…) gets in a text table."""
 TEXT_TABLE_WIDTH = 120
-"""Text tables narrow their widest text columns (not below `_MIN_CELL_WIDTH`) to fit this."""
+"""The width a text table fits when it is not printed to a terminal (a terminal's own width is used there)."""
+_LONG = ("error", "note", "models")
+"""Columns of sentences: uncapped (they take what the width leaves); the error narrows last."""
+_WHOLE = ("provider", "kind", "status", "enabled", "connected")
+"""Short words that name the row and its state: never shortened."""
 _MIN_CELL_WIDTH = 24
 _MIN_ERROR_WIDTH = 48
 """The error column says what to do (e.g. which key to set): it narrows last and least."""
 _GAP = "  "
 
 
-def to_text(df: "pd.DataFrame", width: int = TEXT_TABLE_WIDTH) -> str:
-    """A plain-text rendering for terminals: every column, text left-aligned, numbers
-    right-aligned, and long text cells cut with "…" so the table fits about `width` columns."""
-    import pandas as pd
+def terminal_width() -> int | None:
+    """The terminal's width when printing to one; None for notebooks, pipes and captures."""
+    try:
+        if sys.stdout is not None and sys.stdout.isatty():
+            return max(40, shutil.get_terminal_size((TEXT_TABLE_WIDTH, 24)).columns)
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
 
-    keep_index = df.index.name is not None or not isinstance(df.index, pd.RangeIndex)
-    table = df.reset_index() if keep_index else df
-    columns = [str(c) for c in table.columns]
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
-               for c in table.columns]
-    cells = [[_text_cell(value) for value in row] for row in table.itertuples(index=False, name=None)]
+
+def to_text(data: Any, width: int | None = None) -> str:
+    """A plain-text rendering for terminals: every column, text left-aligned, numbers
+    right-aligned, long cells shortened (`shorten`) so each line fits `width` (default: the
+    terminal's). A width given or a terminal's is a hard limit (every column but the row's name
+    and status narrows to fit); without either, TEXT_TABLE_WIDTH is a goal that keeps URLs
+    and model names readable."""
+    t = as_table(data)
+    strict = width is not None or terminal_width() is not None
+    width = width or terminal_width() or TEXT_TABLE_WIDTH
+    columns = [t.headings.get(c, c) for c in t.columns]
+    numeric = [_numeric(t.column(c)) for c in t.columns]
+    cells = [[_text_cell(value) for value in row] for row in t.rows]
     natural = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
-    floors = [_MIN_ERROR_WIDTH if name == "error" else _MIN_CELL_WIDTH for name in columns]
-    widths = _fit(natural, [len(name) for name in columns], numeric, floors, width)
+    floors = [_MIN_ERROR_WIDTH if c == "error" else _MIN_CELL_WIDTH for c in t.columns]
+    long = [c in _LONG for c in t.columns]
+    numeric = [right or c in _WHOLE for right, c in zip(numeric, t.columns)]  # kept whole, like numbers
+    aligned = [_numeric(t.column(c)) for c in t.columns]
+    widths = _fit(natural, [len(name) for name in columns], numeric, long, floors, width, strict)
 
     def line(values: list[str]) -> str:
-        parts = [_cut(v, w).rjust(w) if right else _cut(v, w).ljust(w) for v, w, right in zip(values, widths, numeric)]
+        parts = [shorten(v, w).rjust(w) if right else shorten(v, w).ljust(w)
+                 for v, w, right in zip(values, widths, aligned)]
         return _GAP.join(parts).rstrip()
 
     return "\n".join([line(columns), *(line(row) for row in cells)])
 
 
-def _fit(natural: list[int], headings: list[int], numeric: list[bool], least: list[int], width: int) -> list[int]:
-    """Column widths: text columns capped at TEXT_CELL_WIDTH, then the widest narrowed one
-    character at a time until the table fits `width` (or none can give more)."""
-    widths = [w if right else min(w, max(TEXT_CELL_WIDTH, head)) for w, head, right in zip(natural, headings, numeric)]
-    floors = [w if right else max(head, min(w, low)) for w, head, right, low in zip(widths, headings, numeric, least)]
-    while sum(widths) + len(_GAP) * (len(widths) - 1) > width:
+def _fit(natural: list[int], headings: list[int], numeric: list[bool], long: list[bool], least: list[int],
+         width: int, strict: bool = True) -> list[int]:
+    """Column widths: short-text columns capped at TEXT_CELL_WIDTH, then narrowed (the widest first)
+    until the table fits `width`: to their usual floors, then (`strict`) the other columns down to
+    their headings, then the error column too — it says what to do, so it gives last."""
+    widths = [w if right or wide else min(w, max(TEXT_CELL_WIDTH, head))
+              for w, head, right, wide in zip(natural, headings, numeric, long)]
+    excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
+    usual = [w if right else max(head, min(w, low)) for w, head, right, low in zip(widths, headings, numeric, least)]
+    error = [low == _MIN_ERROR_WIDTH for low in least]
+    tight = [u if right or err else min(u, max(head, 3))
+             for u, head, right, err in zip(usual, headings, numeric, error)]
+    tightest = [t if right else min(t, max(head, 3)) for t, head, right in zip(tight, headings, numeric)]
+    for floors in (usual, tight, tightest) if strict else (usual,):
+        excess = _shrink(widths, floors, excess)
+    return widths
+
+
+def _shrink(widths: list[int], floors: list[int], excess: int) -> int:
+    """Narrow the widest columns above their floors by `excess` characters in all; what is left over."""
+    while excess > 0:
         shrinkable = [i for i, w in enumerate(widths) if w > floors[i]]
         if not shrinkable:
             break
         widest = max(shrinkable, key=lambda i: widths[i])
-        widths[widest] -= 1
-    return widths
+        others = [widths[i] for i in shrinkable if i != widest]
+        step = max(1, min(excess, widths[widest] - max(floors[widest], max(others, default=0))))
+        widths[widest] -= step
+        excess -= step
+    return excess
+
+
+def _numeric(values: list[Any]) -> bool:
+    present = [v for v in values if v is not None and not (isinstance(v, float) and v != v)]
+    return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
 
 
 def _text_cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if value is None or (isinstance(value, float) and value != value):
         return ""
     text = f"{value:.0f}" if isinstance(value, float) else str(value)
     return " ".join(text.split())  # one line per row, whatever a server's message held
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+# ---- HTML ----------------------------------------------------------------------------------
+
+HTML_CELL_CHARS = 48
+"""Characters a cell shows in HTML before it is shortened (the whole text on hover and in "details")."""
+_CELL = "text-align:left; padding:2px 8px; vertical-align:top; white-space:nowrap"
+_NUMBER = "text-align:right; padding:2px 8px; vertical-align:top; white-space:nowrap"
+_DETAILS = "white-space:normal; word-break:normal; overflow-wrap:normal; max-width:40em"
 
 
-def styled(df: "pd.DataFrame") -> "Styler":
-    """The DataFrame with its `status` column coloured (display only).
-
-    Cells are HTML-escaped: model names and error texts come from servers, and the
-    Styler would otherwise put them into the page as markup.
-    """
-
-    def colour(value: Any) -> str:
-        code = _STATUS_COLOURS.get(str(value))
-        return f"color: {code}; font-weight: bold" if code else ""
-
-    formats = None
-    if "latency_ms" in df.columns:
-        formats = {"latency_ms": lambda v: "" if v is None or v != v else f"{v:.0f}"}
-    styler = df.style.format(formats, escape="html").format_index(escape="html")
-    if "status" in df.columns:
-        styler = styler.map(colour, subset=["status"])
-    return styler
+def to_html(data: Any, caption: str | None = None, *, table_class: str = "nbllm-table") -> str:
+    """HTML for notebooks: text left-aligned, the status a coloured word, long cells shortened
+    (the whole text in `title` and behind a "details" toggle); every text escaped."""
+    t = as_table(data)
+    numeric = [_numeric(t.column(c)) for c in t.columns]
+    head = "".join(f"<th style='{_NUMBER if right else _CELL}'>{_escape(t.headings.get(c, c))}</th>"
+                   for c, right in zip(t.columns, numeric))
+    body = "".join("<tr>" + "".join(_td(c, v, right) for c, v, right in zip(t.columns, row, numeric)) + "</tr>"
+                   for row in t.rows)
+    top = f"<caption style='text-align:left; caption-side:top'>{_escape(caption)}</caption>" if caption else ""
+    return (f"<table class='{table_class}' style='border-collapse:collapse; font-size:0.9em; line-height:1.3'>"
+            f"{top}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def to_html(df: "pd.DataFrame") -> str:
-    """HTML for notebooks: the styled table, or pandas' plain HTML if styling is unavailable."""
-    try:
-        return styled(df).to_html()
-    except ImportError:  # Styler needs jinja2
-        return df.to_html()
+def _td(column: str, value: Any, right: bool) -> str:
+    text = _text_cell(value)
+    if column == "status":
+        colour = _STATUS_COLOURS.get(text.split(" (")[0])
+        inner = f"<span style='color:{colour}; font-weight:bold'>{_escape(text)}</span>" if colour else _escape(text)
+        return f"<td style='{_CELL}'>{inner}</td>"
+    if len(text) <= HTML_CELL_CHARS:
+        return f"<td style='{_NUMBER if right else _CELL}'>{_escape(text)}</td>"
+    short = _escape(shorten(text, HTML_CELL_CHARS))
+    full = _escape(text)
+    return (f"<td style='{_CELL}' title=\"{full}\"><details><summary>{short}</summary>"
+            f"<div style='{_DETAILS}'>{full}</div></details></td>")
 
 
-def display_bundle(df: "pd.DataFrame", caption: str | None = None) -> dict[str, str]:
-    """A MIME bundle: HTML for notebooks, plain text for terminals."""
-    text = to_text(df)
-    body = to_html(df)
+def _escape(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+# ---- both ----------------------------------------------------------------------------------
+
+def as_table(data: Any) -> Table:
+    """A Table as it is; a DataFrame (e.g. `compare`'s) as a Table, its index first when it has one."""
+    if isinstance(data, Table):
+        return data
+    if hasattr(data, "itertuples") and hasattr(data, "columns"):  # a DataFrame: pandas is loaded already
+        import pandas as pd
+
+        keep_index = data.index.name is not None or not isinstance(data.index, pd.RangeIndex)
+        df = data.reset_index() if keep_index else data
+        return Table([str(c) for c in df.columns], [list(row) for row in df.itertuples(index=False, name=None)])
+    raise TypeError(f"expected a nbllm.tables.Table or a DataFrame, got {type(data).__name__}")
+
+
+def display_bundle(data: Any, caption: str | None = None) -> dict[str, str]:
+    """A MIME bundle: HTML for notebooks, plain text for terminals (both from the same rows)."""
+    t = as_table(data)
+    text = to_text(t)
+    body = to_html(t)
     if caption:
         text = f"{caption}\n{text}"
-        body = f"<p>{html.escape(caption)}</p>\n{body}"
+        body = f"<p>{_escape(caption)}</p>\n{body}"
     return {"text/plain": text, "text/html": body}

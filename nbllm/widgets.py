@@ -36,7 +36,8 @@ from .errors import NbllmError, display_url, scrub
 from .health import ProviderHealth, known_without_probe, probed, unfinished
 from .registry import get_registry
 from .session import Selection
-from .tables import _STATUS_COLOURS, health_rows
+from . import tables
+from .tables import health_rows
 
 if TYPE_CHECKING:
     from .registry import ProviderRegistry
@@ -50,10 +51,9 @@ LISTING = "listing models…"
 DEFAULT_MODEL = ""
 """Model selector value meaning "the provider's own default" (configured, or detected at call time)."""
 
-_CELL_STYLE = "style='text-align:left; padding:2px 8px; vertical-align:top'"
 _TABLE_HEADINGS = [
     ("provider", "provider"), ("status", "status"), ("enabled", "enabled"), ("connected", "connected"),
-    ("model", "model"), ("latency_ms", "latency"), ("base_url", "base URL"), ("error", "error"), ("note", "note"),
+    ("model", "model"), ("latency_ms", "ms"), ("base_url", "base URL"), ("error", "error"), ("note", "note"),
 ]
 PANEL_MARGIN = 2.0
 """Seconds the panel waits for a provider beyond the health timeout before marking it timed out."""
@@ -423,14 +423,12 @@ def _default_html(selection: Selection, health: ProviderHealth | None, note: str
 
 
 def _table_html(rows: list[dict[str, Any]], checking: bool) -> str:
-    """The health table as escaped HTML (a "checking…" caption while a check runs)."""
-    head = "".join(f"<th {_CELL_STYLE}>{label}</th>" for _key, label in _TABLE_HEADINGS)
-    body = "".join(
-        "<tr>" + "".join(_td(key, row.get(key)) for key, _label in _TABLE_HEADINGS) + "</tr>" for row in rows
-    )
-    caption = f"<caption style='text-align:left; caption-side:top'>{CHECKING}</caption>" if checking else ""
-    return ("<div style='overflow-x:auto'><table class='nbllm-health' style='border-collapse:collapse;"
-            f" font-size:0.9em; line-height:1.3'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    """The health table, drawn by the renderer every face uses (a "checking…" caption while a check runs)."""
+    clean = [{k: scrub(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    columns = [key for key, _label in _TABLE_HEADINGS]
+    table = tables.table(clean, columns, dict(_TABLE_HEADINGS))
+    body = tables.to_html(table, CHECKING if checking else None, table_class="nbllm-health")
+    return f"<div style='overflow-x:auto'>{body}</div>"
 
 
 def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, str]], value: str | None = None) -> None:
@@ -481,29 +479,6 @@ def _pending_row(registry: "ProviderRegistry", name: str) -> dict[str, Any]:
     return {"provider": name, "status": CHECKING, "enabled": settings.enabled, "connected": "—",
             "model": settings.model, "latency_ms": None, "base_url": display_url(settings.base_url), "error": "",
             "note": ""}
-
-
-def _td(key: str, value: Any) -> str:
-    style = _CELL_STYLE
-    if key == "status":
-        colour = _STATUS_COLOURS.get(str(value).split(" (")[0])
-        if colour:
-            style = style[:-1] + f"; color:{colour}; font-weight:bold'"
-    if key in ("error", "base_url"):
-        style = style[:-1] + "; max-width:24em; overflow-wrap:anywhere'"
-    else:
-        style = style[:-1] + "; white-space:nowrap'"
-    return f"<td {style}>{_cell(key, value)}</td>"
-
-
-def _cell(key: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if key == "latency_ms":
-        return f"{value:.0f} ms"
-    if key == "enabled":
-        return "yes" if value else "no"
-    return _escape(scrub(str(value)))
 
 
 def _escape(text: str) -> str:

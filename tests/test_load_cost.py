@@ -34,6 +34,34 @@ def test_the_probe_really_sees_heavy_imports():
     assert {"pydantic_ai", "openai"} <= set(loaded_after("import nbllm\nnbllm.get_model('lmstudio')"))
 
 
+SHELL = ("from IPython.core.interactiveshell import InteractiveShell\n"
+         "from IPython.utils.capture import capture_output\n"
+         "ip = InteractiveShell.instance()\nip.run_line_magic('load_ext', 'nbllm')\n"
+         "with capture_output() as shown:\n    {action}\n"
+         "seen = shown.stdout + ''.join(str(o.data) for o in shown.outputs)\n"
+         "assert {expect!r} in seen, (seen, shown.stderr)\n")
+
+
+def test_first_status_draws_its_tables_without_pandas():
+    """`%llm_providers --status` in a fresh process: probes, HTML and text tables, no pandas."""
+    code = SHELL.format(action="ip.run_line_magic('llm_providers', '--status')", expect="not configured")
+    loaded = loaded_after(code + "assert '<table' in str(shown.outputs[0].data['text/html'])")
+    assert "pandas" not in loaded and "ipywidgets" not in loaded, loaded
+
+
+def test_first_llm_cell_loads_no_pandas(fake_server, monkeypatch):
+    """`%load_ext nbllm` and the first `%%llm` (a local server): the answer arrives, pandas is never imported."""
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_server.url + "/v1")
+    code = SHELL.format(action="ip.run_cell_magic('llm', '-p lmstudio', 'Say hi')", expect="Echo: Say hi")
+    loaded = loaded_after(code)
+    assert "pandas" not in loaded and "ipywidgets" not in loaded, loaded
+
+
+def test_the_api_table_still_is_a_dataframe():
+    """The check above can fail: `nbllm.health_table()` (the API) returns a DataFrame, so it loads pandas."""
+    assert "pandas" in loaded_after("import nbllm\nassert type(nbllm.health_table()).__name__ == 'DataFrame'")
+
+
 def test_no_exported_name_equals_a_module_name():
     package = Path(nbllm.__file__).parent
     modules = {info.name for info in pkgutil.iter_modules([str(package)])}
