@@ -17,19 +17,25 @@ with its `phase`, `ModelTimeoutError`, `ModelHTTPError` with `status_code`, `hea
 `retry_after`); the transport's own exception is its `__cause__`, which is the only
 place that says "refused" from "reset". The ModelError built here chains nothing: what
 nbllm raises never carries the SDK's exception (whose text may echo a header).
+
+An HTTP status is described from (status, body, headers) by `http_failure`, the one function
+both paths use: pydantic-ai's `ModelHTTPError` and nbllm's own wire path (wire.py), which
+never imports pydantic-ai — so nothing here imports it either unless it is loaded already
+(an exception cannot be one of its classes otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 from .catalog import ProviderSpec, key_names
 from .errors import ModelError, scrub
 from .probes import describe_http_error
 
-__all__ = ["describe_failure", "timed_out", "server_said"]
+__all__ = ["describe_failure", "http_failure", "malformed", "timed_out", "server_said"]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -42,11 +48,22 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _pydantic_ai_errors() -> Any:
+    """pydantic-ai's exceptions module when it is loaded, else None (then no exception can be one of them)."""
+    return sys.modules.get("pydantic_ai.exceptions")
+
+
+def _http_error(chain: list[BaseException]) -> Any:
+    """The `ModelHTTPError` in `chain`, or None."""
+    errors = _pydantic_ai_errors()
+    if errors is None:
+        return None
+    return next((e for e in chain if isinstance(e, errors.ModelHTTPError)), None)
+
+
 def server_said(exc: BaseException) -> str:
     """The message in the error body of the HTTP reply behind `exc` (any status), scrubbed; "" without one."""
-    from pydantic_ai.exceptions import ModelHTTPError
-
-    http = next((e for e in _chain(exc) if isinstance(e, ModelHTTPError)), None)
+    http = _http_error(_chain(exc))
     return scrub(_body_text(getattr(http, "body", None)))[:300] if http is not None else ""
 
 
@@ -65,9 +82,21 @@ def _prefix(provider: str, spec: ProviderSpec | None) -> str:
 
 
 def _http(exc: Any, provider: str, url: str | None, spec: ProviderSpec | None) -> ModelError:
-    status = int(exc.status_code)
+    """pydantic-ai's `ModelHTTPError` (its `retry_after` reads whole seconds; the header is read again)."""
+    error = http_failure(int(exc.status_code), getattr(exc, "body", None), getattr(exc, "headers", None) or {},
+                         provider, url, spec)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None and error.retryable:
+        error.retry_after = retry_after
+    return error
+
+
+def http_failure(status: int, body: Any, headers: Any, provider: str, url: str | None,
+                 spec: ProviderSpec | None) -> ModelError:
+    """An HTTP error status as one ModelError: `body` the reply's text, bytes or parsed JSON, `headers` any
+    mapping (its `retry-after` read, in seconds or as an HTTP date)."""
     message = describe_http_error(status)
-    body = _body_text(getattr(exc, "body", None))
+    body = _body_text(body)
     if body and status < 500:
         message += f" ({body[:200]})"
     prefix = _prefix(provider, spec)
@@ -77,12 +106,30 @@ def _http(exc: Any, provider: str, url: str | None, spec: ProviderSpec | None) -
         message = f"HTTP {status}: the server refused the credentials" + (f" ({body[:200]})" if body else "")
     elif status == 404:
         hint = f"check the model name ({prefix}_MODEL) and base URL ({prefix}_BASE_URL)"
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is None:  # pydantic-ai reads whole seconds only; servers also send "0.5"
-        retry_after = _seconds((getattr(exc, "headers", None) or {}).get("retry-after"))
     retryable = status == 429 or status >= 500
-    return ModelError(provider, message, url=url, hint=hint, retryable=retryable,
-                      retry_after=retry_after if retryable else None, status=status)
+    retry_after = _retry_after(headers.get("retry-after") or headers.get("Retry-After")) if retryable else None
+    return ModelError(provider, message, url=url, hint=hint, retryable=retryable, retry_after=retry_after,
+                      status=status)
+
+
+def malformed(provider: str, url: str | None, detail: str) -> ModelError:
+    """A 200 whose body is not the answer's shape (not JSON, no choices)."""
+    return ModelError(provider, f"the server sent a malformed answer ({detail})", url=url)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds: a number ("0.5" too), or an HTTP date from now."""
+    seconds = _seconds(value)
+    if seconds is not None or not value:
+        return seconds
+    import email.utils
+    import time
+
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - time.time())
 
 
 def _seconds(value: str | None) -> float | None:
@@ -113,10 +160,9 @@ def describe_failure(exc: BaseException, provider: str, url: str | None, spec: P
     """One readable ModelError (with `retryable`, `retry_after`, `status`) for any exception of a model call."""
     if isinstance(exc, ModelError):
         return exc
-    from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UnexpectedModelBehavior
-
+    errors = _pydantic_ai_errors()
     chain = _chain(exc)
-    http = next((e for e in chain if isinstance(e, ModelHTTPError)), None)
+    http = _http_error(chain)
     if http is not None:
         return _http(http, provider, url, spec)
     low = _names(chain)
@@ -156,9 +202,9 @@ def describe_failure(exc: BaseException, provider: str, url: str | None, spec: P
         detail = next((str(e) for e in reversed(chain) if str(e)), "")
         return ModelError(provider, f"cannot connect ({detail[:160]})" if detail else "cannot connect", url=url,
                           hint=hint)
-    if isinstance(exc, UnexpectedModelBehavior) or any(w in low for w in ("json", "decode", "validation")):
-        return ModelError(provider, f"the server sent a malformed answer ({type(exc).__name__}: "
-                                    f"{scrub(str(exc))[:160]})", url=url)
-    if isinstance(exc, ModelAPIError):
+    unexpected = errors is not None and isinstance(exc, errors.UnexpectedModelBehavior)
+    if unexpected or any(w in low for w in ("json", "decode", "validation")):
+        return malformed(provider, url, f"{type(exc).__name__}: {scrub(str(exc))[:160]}")
+    if errors is not None and isinstance(exc, errors.ModelAPIError):
         return ModelError(provider, scrub(str(exc))[:300], url=url, retryable=False)
     return ModelError(provider, f"{type(exc).__name__}: {scrub(str(exc))[:300]}", url=url)

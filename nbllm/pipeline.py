@@ -45,7 +45,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import budgets, calllog, fits, replay, routing, typed
+from . import budgets, calllog, fits, replay, routing, typed, wire
 from .catalog import AUTO, Link
 from .errors import BudgetExhausted, ModelError, NbllmError, NotValid, OutputInvalid, detached
 from .failures import describe_failure
@@ -187,9 +187,39 @@ def _finish(answer: Answer, responses: Any, call: Call, sent: list[Any], target:
     return answer
 
 
+def _finish_wire(answer: Answer, reply: wire.Reply, target: Target) -> Answer:
+    """Usage and cost of a reply that came over the wire path (a local or declared price: no response
+    objects needed). No pydantic-ai messages: the wire path never serves a call with chat memory."""
+    from .prices import answer_cost
+
+    if reply.input_tokens is not None or reply.output_tokens is not None:
+        answer.input_tokens, answer.output_tokens = reply.input_tokens, reply.output_tokens
+    answer.cost_usd, answer.cost_source = answer_cost(target.spec, target.settings, target.model, [],
+                                                      answer.input_tokens, answer.output_tokens)
+    return answer
+
+
+async def _wire_attempt(call: Call, target: Target) -> Answer:
+    """`_attempt` for a text-only call to a local OpenAI-compatible server: straight on httpx2 (wire.py)."""
+    started = time.perf_counter()
+    failure: ModelError | None = None
+    try:
+        reply = await wire.request(call, target)
+    except ModelError as exc:
+        failure = exc
+    if failure is not None:
+        routing.invalidate(target.provider)  # as `_failed`: `auto`/model detection look again next time
+        raise await _crash_report(target, failure)
+    answer = Answer(reply.text, target.provider, target.model, (time.perf_counter() - started) * 1000,
+                    reason=target.reason)
+    return _finish_wire(answer, reply, target)
+
+
 async def _attempt(call: Call, target: Target) -> Answer:
     """One request (two for a typed answer whose first reply did not validate: the problem is fed
     back once), no retry; raises a described ModelError (`OutputInvalid` for a reply that stays invalid)."""
+    if wire.serves(call, target):
+        return await _wire_attempt(call, target)
     from pydantic_ai.direct import model_request
 
     model, options = _model_and_options(call, target, streamed=False)
@@ -336,17 +366,18 @@ def _retry_wait(call: Call, target: Target, error: ModelError, attempt: int) -> 
 
 def _replayed(hit: replay.Recording, call: Call, started: float) -> Answer:
     """An Answer from the replay cache; chat memory gets the same turn a live answer adds."""
-    from pydantic_ai.messages import ModelResponse, TextPart
-    from pydantic_ai.usage import RequestUsage
-
     answer = Answer(hit.text, hit.provider, hit.model, (time.perf_counter() - started) * 1000,
                     hit.input_tokens, hit.output_tokens, reason="replayed from the cache", cost_usd=0.0,
                     cost_source="cached", cached=True)  # a replay costs nothing (the recording's cost is its own)
     if call.request.output_type is not None:  # the recorded JSON, validated again as the type asked for
         answer.output = typed.plan_for(call.request.output_type).parse_text(hit.text)
-    usage = RequestUsage(input_tokens=hit.input_tokens or 0, output_tokens=hit.output_tokens or 0)
-    answer.messages = [_user_request(call), ModelResponse(parts=[TextPart(hit.text)], usage=usage, model_name=hit.model)]
-    if call.request.chat is not None:
+    if call.request.chat is not None:  # only chat memory reads the messages (a replay without chat: no import)
+        from pydantic_ai.messages import ModelResponse, TextPart
+        from pydantic_ai.usage import RequestUsage
+
+        usage = RequestUsage(input_tokens=hit.input_tokens or 0, output_tokens=hit.output_tokens or 0)
+        answer.messages = [_user_request(call),
+                           ModelResponse(parts=[TextPart(hit.text)], usage=usage, model_name=hit.model)]
         call.request.chat.extend(answer.messages)
     return answer
 
@@ -603,9 +634,7 @@ async def _stream_one(call: Call, logged: Call, recorder: replay.Recorder | None
 
 async def _stream_target(call: Call, target: Target, recorder: replay.Recorder | None, logged: Call,
                          fallbacks: list[Fallback], may_move_on: str | None) -> AsyncIterator[str | Answer | Fallback]:
-    from pydantic_ai.direct import model_request_stream
-
-    messages = _request_messages(call)
+    messages: list[Any] = []  # pydantic-ai's, built only when a request goes through it
     chunks: list[str] = []
     result = Answer("", target.provider, target.model, reason=target.reason, fallbacks=list(fallbacks),
                     request=logged.request)
@@ -627,20 +656,36 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
     try:
         while refused is None:
             sent, lease = plan.next()
-            model, options = _model_and_options(call, sent, streamed=True)
+            on_wire = wire.serves(call, sent)
+            if not on_wire:
+                from pydantic_ai.direct import model_request_stream
+
+                model, options = _model_and_options(call, sent, streamed=True)
+                messages = messages or _request_messages(call)
             response = None
             error: ModelError | None = None
             try:
                 with lease:
-                    async with model_request_stream(model, messages, model_settings=options) as streamed:
-                        async for event in streamed:
-                            delta = _delta(event)
-                            if delta:
-                                chunks.append(delta)
-                                yield delta
-                        response = streamed.get()
+                    if on_wire:  # a text-only call to a local OpenAI-compatible server: straight on httpx2
+                        async for item in wire.stream(call, sent):
+                            if isinstance(item, str):
+                                chunks.append(item)
+                                yield item
+                            else:
+                                response = item
+                    else:
+                        async with model_request_stream(model, messages, model_settings=options) as streamed:
+                            async for event in streamed:
+                                delta = _delta(event)
+                                if delta:
+                                    chunks.append(delta)
+                                    yield delta
+                            response = streamed.get()
             except asyncio.CancelledError:
                 raise
+            except ModelError as exc:  # the wire path's failures come described
+                routing.invalidate(sent.provider)
+                error = exc
             except Exception as exc:
                 error = _failed(exc, sent, options["timeout"], call.request)
             if error is None:
@@ -665,7 +710,10 @@ async def _stream_target(call: Call, target: Target, recorder: replay.Recorder |
         result.attempts = plan.requests
         result.latency_ms = (time.perf_counter() - started) * 1000
         if response is not None:
-            _finish(result, response, call, messages, target)
+            if isinstance(response, wire.Reply):
+                _finish_wire(result, response, target)
+            else:
+                _finish(result, response, call, messages, target)
             if recorder is not None and result.ok:
                 await recorder.save(result)
         calllog.record(logged, result, _logged_options(call, target))
