@@ -13,7 +13,10 @@ logging never adds disk latency to a call; a row SQLite refuses is skipped alone
 `history()` waits for pending rows before it reads.
 
 Keys never reach the file: rows are built from prompts, answers and settings, and
-every text is scrubbed of every key the process knows (`errors.scrub`).
+every text is scrubbed of every key the process knows (`errors.scrub`) — unless one
+look at the row's texts together shows scrubbing would change nothing
+(`errors.might_hold_secret`: ASCII, no known key, no key-like word, no URL), which
+saves its regular-expression passes on most rows.
 
 Schema (table `calls`, `PRAGMA user_version = 2`; a version-1 file is migrated in place)::
 
@@ -39,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import scrub
+from .errors import might_hold_secret, scrub
 from .store import BatchedWriter, cast_usage, connect, data_file, shortened
 
 if TYPE_CHECKING:
@@ -103,11 +106,22 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _INSERT = f"INSERT INTO calls ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' for _ in COLUMNS[1:])})"
 
 
+_path_for: tuple[Any, Path] | None = None
+"""The settings `history_path` last read and the path they gave (every call asks: it is read once per settings)."""
+
+
 def history_path() -> Path:
     """Where the call log lives (`NBLLM_HISTORY` overrides the user data directory)."""
+    global _path_for
     from .registry import get_registry
 
-    return data_file(get_registry().global_settings.value("NBLLM_HISTORY"), "history.sqlite")
+    settings = get_registry().global_settings
+    known = _path_for
+    if known is not None and known[0] is settings:
+        return known[1]
+    path = data_file(settings.value("NBLLM_HISTORY"), "history.sqlite")
+    _path_for = (settings, path)
+    return path
 
 
 # ---- the writer ------------------------------------------------------------------
@@ -145,17 +159,25 @@ _writer = _Writer()
 # ---- recording -------------------------------------------------------------------
 
 
+_SETTINGS_KEYS = ("temperature", "max_tokens", "timeout", "chat_turns")
+_settings_texts: dict[tuple[Any, ...], str] = {}
+"""The settings column for each combination of values seen (a map's rows all share one: json once, not per row)."""
+
+
 def _settings_json(call: Any, options: dict[str, Any] | None) -> str:
     request = call.request
     options = options or {}
     chat = request.chat
-    values = {
-        "temperature": options.get("temperature", request.temperature),
-        "max_tokens": options.get("max_tokens", request.max_tokens),
-        "timeout": options.get("timeout", request.timeout),
-        "chat_turns": len(chat.messages) // 2 if chat is not None else None,
-    }
-    return json.dumps({k: v for k, v in values.items() if v is not None}, sort_keys=True)
+    values = (options.get("temperature", request.temperature), options.get("max_tokens", request.max_tokens),
+              options.get("timeout", request.timeout), len(chat.messages) // 2 if chat is not None else None)
+    key = tuple((type(v), v) for v in values)  # 1 and 1.0 and True are different JSON
+    text = _settings_texts.get(key)
+    if text is None:
+        text = json.dumps({k: v for k, v in zip(_SETTINGS_KEYS, values) if v is not None}, sort_keys=True)
+        if len(_settings_texts) > 256:
+            _settings_texts.clear()
+        _settings_texts[key] = text
+    return text
 
 
 def _outcome(answer: Any) -> str:
@@ -172,6 +194,16 @@ def clean(text: str | None) -> str | None:
     return _SURROGATE.sub("\ufffd", scrub(text))
 
 
+def _cleaned(texts: list[str | None]) -> list[str | None]:
+    """`clean` of each text, skipped when one look at them all shows it would change nothing (the usual row:
+    ASCII, no key, no credential, no URL — `errors.might_hold_secret`)."""
+    try:
+        joined = "\n".join(t for t in texts if t)
+    except TypeError:  # not all text: `clean` makes it text
+        return [clean(t) for t in texts]
+    return [clean(t) for t in texts] if might_hold_secret(joined) else texts
+
+
 def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcome: str | None = None) -> None:
     """Queue one row for the log (returns at once; does nothing when logging is off; never raises).
 
@@ -182,13 +214,17 @@ def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcom
         return
     try:
         request = call.request
+        fallbacks = getattr(answer, "fallbacks", ())
+        prompt, system, text, error, passed = _cleaned([
+            shortened(request.prompt), request.system, answer.text, answer.error,
+            "\n".join(str(f) for f in fallbacks) if fallbacks else None])
         row = (
             datetime.now(timezone.utc).isoformat(timespec="milliseconds"), call.kind,
-            answer.provider, answer.model, clean(shortened(request.prompt)), clean(request.system),
-            _settings_json(call, options), clean(answer.text), answer.input_tokens, answer.output_tokens,
-            round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), clean(answer.error),
+            answer.provider, answer.model, prompt, system,
+            _settings_json(call, options), text, answer.input_tokens, answer.output_tokens,
+            round(answer.latency_ms, 2), answer.cost_usd, outcome or _outcome(answer), error,
             getattr(call, "asked", "") or call.provider + (f":{call.model}" if call.model else ""),
-            clean("\n".join(str(f) for f in getattr(answer, "fallbacks", ()))) or None,
+            passed or None,
         )
         _writer.put(history_path(), row)
     except Exception as exc:  # logging must never fail the call it logs

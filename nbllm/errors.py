@@ -35,7 +35,7 @@ from typing import Any
 __all__ = [
     "NbllmError", "ConfigurationError", "ModelError", "OutputInvalid", "ReplayMiss", "ProbeError", "Cancelled", "CellError",
     "Interrupted", "MapInterrupted", "ServerCrashed", "BadValue", "BudgetExhausted", "Unsuitable", "scrub", "display_url",
-    "remember_secrets", "detached", "scrub_library_logs", "server_failed",
+    "remember_secrets", "detached", "scrub_library_logs", "server_failed", "might_hold_secret",
 ]
 
 MASK = "***"
@@ -71,6 +71,28 @@ def remember_secrets(values: Iterable[str]) -> None:
     with _lock:
         _known = tuple(found)
         _known_pattern = re.compile("|".join(re.escape(v) for v in found)) if found else None
+
+
+# What every secret `scrub` masks contains, lowercased: one of `_SHAPES`' literal parts (each alternative
+# has one), or the "://" of a URL. Kept beside `_SHAPES`: a new shape there needs its word here
+# (tests/test_calllog.py checks every shape against this list).
+_HINTS = ("bearer", "basic", "token", "api-key", "api_key", "apikey", "key=", "sk-", "xai-", "aiza", "gsk_",
+          "hf_", "://")
+
+
+def might_hold_secret(text: str) -> bool:
+    """Whether `scrub` could change `text`; False means `scrub(text) == text` for sure.
+
+    Why: scrubbing is four regular-expression passes over a call-log row (~10 µs); most rows hold
+    no key, no credential and no URL, which a few substring checks show at once. Only ASCII text is
+    decided here (re's IGNORECASE folds some non-ASCII letters, `ſ` → `s`, that `lower()` does not):
+    any other text answers True."""
+    if not text.isascii():
+        return True
+    if any(secret in text for secret in _known):
+        return True
+    lowered = text.lower()
+    return any(hint in lowered for hint in _HINTS)
 
 
 def _shape(match: re.Match[str]) -> str:

@@ -330,3 +330,33 @@ def test_a_saved_notebook_keeps_the_final_progress(tmp_path):
     assert "nbllm.map" in text and "3/3" in text and "100%" in text, text
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "['Echo: Q: a', 'Echo: Q: b', 'Echo: Q: c']" in printed
+
+
+# ---- what a map keeps per prompt (issue 14) ---------------------------------------------------------
+
+
+def test_a_map_keeps_no_answer_object_once_it_is_counted(lms, monkeypatch):
+    """Each result keeps its text, tokens, cost and attempts, never the whole Answer (pydantic-ai messages,
+    the request): when each answer arrives, the earlier ones are already gone."""
+    import gc
+    import weakref
+
+    from nbllm import pipeline
+
+    seen: list[weakref.ref] = []
+    alive: list[int] = []
+    real = pipeline.answer
+
+    async def spied(call, target=None):
+        answer = await real(call, target)
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in seen))
+        seen.append(weakref.ref(answer))
+        return answer
+
+    monkeypatch.setattr(pipeline, "answer", spied)
+    result = nbllm.map([f"p{i}" for i in range(20)], "{}", provider="lmstudio", concurrency=1, progress=False)
+    assert len(alive) == 20 and max(alive) <= 1  # (kept: one for 19 answers, before)
+    assert list(result) == [f"Echo: p{i}" for i in range(20)]
+    info = result.attrs["nbllm"]
+    assert info["ok"] == 20 and info["input_tokens"] > 0 and info["output_tokens"] > 0 and info["cost_usd"] == 0.0

@@ -332,9 +332,9 @@ def test_per_call_timeouts_share_one_client_and_are_honoured(local_provider, mon
     reset_nbllm()
     for timeout in (5, 6, 7, None):
         assert nbllm.ask("hi", timeout=timeout).text == "Echo: hi"
-    models = [key for key in bridge.run(_cached()) if key[0] == "model"]
-    assert len(models) == 1, models
-    assert "sk-" not in repr(models)
+    shared = [key for key in bridge.run(_cached()) if key[0] in ("model", "wire")]  # (a local server: the wire path)
+    assert shared == [("wire",)], shared
+    assert "sk-" not in repr(shared)
     local_provider.set(mode="hang")
     with pytest.raises(nbllm.ModelError, match="timed out"):  # not the provider's hour
         bridge.run(nbllm.ask_async("hang", timeout=0.3), timeout=30)
@@ -356,16 +356,15 @@ def test_clear_and_shutdown_close_the_cached_clients(local_provider):
     nbllm.ask("warm up")
     cached = bridge.run(_cached())
     probe = cached[("probe",)]
-    (model,) = [value for key, value in cached.items() if key[0] == "model"]
-    sdk = model.client
-    assert not probe.is_closed and not sdk.is_closed()
+    wire = cached[("wire",)]  # the local server's client (wire.py)
+    assert not probe.is_closed and not wire.is_closed
     clients.clear()
-    assert _wait(lambda: probe.is_closed and sdk.is_closed())
+    assert _wait(lambda: probe.is_closed and wire.is_closed)
     assert bridge.run(_cached()) == {}
 
     nbllm.ask("again")  # new clients, closed by shutdown before the loop stops
     probe = bridge.run(_probe_client())
-    sdk = next(v for k, v in bridge.run(_cached()).items() if k[0] == "model").client
+    wire = bridge.run(_cached())[("wire",)]
     bridge.shutdown()
-    assert probe.is_closed and sdk.is_closed()
+    assert probe.is_closed and wire.is_closed
     assert nbllm.ask("after").text == "Echo: after"

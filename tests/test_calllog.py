@@ -209,3 +209,74 @@ def test_an_unwritable_log_never_fails_a_call(local_provider, monkeypatch, tmp_p
     lines = [r.getMessage() for r in caplog.records if r.name == "nbllm" and "call log" in r.getMessage()]
     (line,) = lines
     assert str(blocker / "history.sqlite") in line and "NBLLM_HISTORY" in line and "NBLLM_LOG=0" in line
+
+
+# ---- cheap rows (issue 14): one look decides whether a row needs scrubbing ------------------------------
+
+
+_SECRETS = ["sk-unknownKEY0123456789", "xai-abcdefgh12345", "AIzaSyA1234567890abcdefghij", "gsk_abcdefgh1234",
+            "hf_abcdefgh1234"]
+_CREDENTIALS = ["Bearer tok3nvalue99", "BASIC dXNlcjpwYXNz", "x-api-key: hdrsecret42", "api_key=paramsecret7",
+                "https://bob:pw-s3cret@example.com/v1", "https://x.test/m?key=querysecret5"]
+_PLAIN = ["summarise", "the", "tokens", "Key", "sk", "bear", "api", "hf", "://", "@", "-", "_", "=", "?", "\n",
+          "42", "x", " ", "ſk-abcdefgh123", "é"]
+
+
+def test_keys_unknown_to_the_process_never_reach_the_log_from_a_map(local_provider, tmp_path):
+    """Rows of a map take the fast path when nothing looks like a secret: every shape `scrub` masks (no key
+    in the environment) must still be masked in prompts and answers (the fake server echoes the prompt)."""
+    prompts = [f"note {secret} end" for secret in _SECRETS + _CREDENTIALS] + ["nothing secret here"]
+    nbllm.map(prompts, "{}", provider="lmstudio", progress=False)
+    nbllm.history.flush()
+    stored = b"".join(f.read_bytes() for f in tmp_path.glob("history.sqlite*"))
+    for needle in ["unknownKEY0123456789", "abcdefgh12345", "SyA1234567890", "abcdefgh1234", "tok3nvalue99",
+                   "dXNlcjpwYXNz", "hdrsecret42", "paramsecret7", "pw-s3cret", "querysecret5"]:
+        assert needle.encode() not in stored, needle
+    df = nbllm.history(limit=None)
+    assert (df["prompt"] == "nothing secret here").sum() == 1  # a plain row is stored as it was
+    assert not set(df["prompt"]) & set(prompts[:-1]) and len(df) == len(prompts)  # each secret's row was scrubbed
+
+
+def test_the_quick_look_never_misses_what_scrub_would_change(monkeypatch):
+    """`might_hold_secret(t)` False must mean `scrub(t) == t`: seeded texts of near-misses, secrets and
+    credentials, with a known key too."""
+    import random
+
+    from nbllm import errors
+
+    monkeypatch.setattr(errors, "_known", ())
+    errors.remember_secrets(["Known-Value-Zq9"])
+    try:
+        pieces = _PLAIN * 4 + _SECRETS + _CREDENTIALS + ["Known-Value-Zq9", "Known-Value"]
+        rng = random.Random(14)
+        changed = 0
+        for _ in range(3000):
+            text = "".join(rng.choice(pieces) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 6)))
+            if errors.scrub(text) != text:
+                changed += 1
+                assert errors.might_hold_secret(text), text
+        assert changed > 500  # the check was exercised (secrets did turn up)
+        for secret in _SECRETS + _CREDENTIALS + ["Known-Value-Zq9"]:
+            assert errors.scrub(secret) != secret and errors.might_hold_secret(secret)
+        assert not errors.might_hold_secret("summarise the text? x = 42, at home")  # the point: most rows skip scrubbing
+    finally:
+        errors.remember_secrets([])
+
+
+def test_settings_of_a_row_keep_each_value_as_given(local_provider):
+    """The settings column is built once per combination of values: 1 and 1.0 are still told apart."""
+    nbllm.ask("a", temperature=1)
+    nbllm.ask("b", temperature=1.0)
+    nbllm.ask("c", temperature=1)
+    temperatures = [json.loads(s)["temperature"] for s in nbllm.history()["settings"]]
+    assert temperatures == [1, 1.0, 1] and [type(t) for t in temperatures] == [int, float, int]
+
+
+def test_thousands_of_rows_queued_at_once_are_all_written_before_history_reads(local_provider):
+    from nbllm.request import Answer, describe
+
+    call = describe("row", provider="lmstudio")
+    for number in range(2500):  # more than one writer batch (1000): the writer must not stop at one
+        calllog.record(call.with_prompt(f"row {number}"), Answer(f"answer {number}", "lmstudio", "m"))
+    df = nbllm.history(limit=None)
+    assert len(df) == 2500 and df["prompt"].iloc[-1] == "row 2499" and df["answer"].iloc[0] == "answer 0"
