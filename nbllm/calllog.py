@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import might_hold_secret, scrub
-from .store import BatchedWriter, cast_usage, connect, data_file, shortened
+from .store import BatchedWriter, cast_usage, connect, data_file, read_file, shortened
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -320,17 +320,7 @@ def query(sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[tuple[Any,
 
 def _read(path: Path, use: Any) -> Any:
     """`use(connection)` on the log file; a file SQLite cannot use is one ConfigurationError."""
-    try:
-        conn = _open(path)
-        try:
-            return use(conn)
-        finally:
-            conn.close()
-    except (OSError, sqlite3.Error) as exc:
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(f"The call log {path} cannot be read ({exc}): point NBLLM_HISTORY at another "
-                                 "file.") from None
+    return read_file(path, _open, use, "call log", "NBLLM_HISTORY")
 
 
 def _typed(frame: "pd.DataFrame") -> "pd.DataFrame":

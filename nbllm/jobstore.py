@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
-from .store import BatchedWriter, connect, data_file
+from .store import BatchedWriter, connect, data_file, read_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -551,15 +551,7 @@ class Jobs:
         _writer.flush()
         if not path.exists():
             return empty
-        try:
-            conn = _open(path)
-            try:
-                return action(conn)
-            finally:
-                conn.close()
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigurationError(f"The jobs store {path} cannot be read ({exc}): point NBLLM_JOBS at "
-                                     "another file.") from None
+        return read_file(path, _open, action, "jobs store", "NBLLM_JOBS")
 
     def __repr__(self) -> str:
         return f"<nbllm jobs at {self.path}; call jobs() for a DataFrame, jobs.drop(name) to remove one>"

@@ -9,7 +9,7 @@ uses `prompt_text(parts)`, where each image is a placeholder such as
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -84,15 +84,18 @@ def to_user_content(parts: Sequence[Part]) -> list[Any]:
             for part in parts]
 
 
-def content_text(content: Any) -> str:
-    """A pydantic-ai user prompt's content as text for people (chat memory's turns): images as
-    `<image png, 41 KB>` placeholders (the message no longer knows their size in pixels)."""
+def content_text(content: Any, image: Callable[[bytes, str], str] | None = None) -> str:
+    """A pydantic-ai user prompt's content as text: for people (chat memory's turns) each image is a
+    `<image png, 41 KB>` placeholder (the message no longer knows its size in pixels); `image(data,
+    media_type)` renders it otherwise (the replay cache: by its hash)."""
     if isinstance(content, str):
         return content
     if isinstance(content, (list, tuple)):
-        return "".join(content_text(item) for item in content)
+        return "".join(content_text(item, image) for item in content)
     data = getattr(content, "data", None)
     if isinstance(data, bytes):
         kind = str(getattr(content, "media_type", "file"))
+        if image is not None:
+            return image(data, kind)
         return f"<{kind.split('/')[0]} {kind.split('/')[-1]}, {_size(len(data))}>"
     return str(content)

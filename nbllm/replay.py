@@ -172,16 +172,9 @@ def _transcript(messages: list[Any]) -> list[list[str]]:
 
 def _content_key(content: Any) -> str:
     """A message's content for the key: text as is, an image by its hash (never its bytes)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(_content_key(item) for item in content)
-    data = getattr(content, "data", None)
-    if isinstance(data, bytes):
-        import hashlib
+    from .parts import content_text
 
-        return f"<{getattr(content, 'media_type', 'file')} {hashlib.sha256(data).hexdigest()[:16]}>"
-    return repr(content)
+    return content_text(content, lambda data, kind: f"<{kind} {hashlib.sha256(data).hexdigest()[:16]}>")
 
 
 class Recorder:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["data_file", "connect", "cast_usage", "shortened", "MAX_STORED_PROMPT", "BatchedWriter"]
+__all__ = ["data_file", "connect", "cast_usage", "shortened", "read_file", "MAX_STORED_PROMPT", "BatchedWriter"]
 
 log = logging.getLogger("nbllm")
 
@@ -228,3 +228,20 @@ def _unusable(problem: Exception) -> bool:
     """Whether a failed write says the file cannot be used (not that one row was wrong)."""
     row_level = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError)
     return isinstance(problem, (OSError, sqlite3.DatabaseError)) and not isinstance(problem, row_level)
+
+
+def read_file(path: Path, open_file: Callable[[Path], sqlite3.Connection], use: Callable[[sqlite3.Connection], Any],
+              what: str, variable: str) -> Any:
+    """`use(connection)` on a store's file; a file SQLite cannot use is one ConfigurationError naming the
+    store (`what`) and the variable that moves it."""
+    try:
+        conn = open_file(path)
+        try:
+            return use(conn)
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"The {what} {path} cannot be read ({exc}): point {variable} at another "
+                                 "file.") from None
