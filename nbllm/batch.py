@@ -45,12 +45,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, pipeline
-from .errors import BudgetExhausted, ConfigurationError, MapInterrupted, ModelError, OutputInvalid, Unsuitable
-from .frames import ERROR, Shape, Slot, Template, as_literal, checked_labels, frame, record_template
+from .errors import BudgetExhausted, ConfigurationError, MapInterrupted
+from .frames import ERROR, Ask as _Ask, Shape, Slot, Template, as_literal, checked_labels, frame, record_template
+from .frames import rows_of as _rows, template_for as _template
+from .outcomes import INTERRUPTED as _INTERRUPTED, MISSING as _MISSING, Answered, Failed, failed as _failed
 from .pipeline import Call
 from .retry import RetryPolicy
 
@@ -61,46 +63,7 @@ __all__ = ["map", "map_async", "classify", "classify_async", "extract", "extract
            "MapInterrupted", "failures", "last_partial", "render"]
 
 
-@dataclass(frozen=True)
-class Failed:
-    """An input whose answer could not be had: what went wrong, after how many attempts.
-
-    `kind`: "error" (the provider failed), "invalid" (a typed answer did not validate;
-    `text` keeps what was sent back), "missing" (the input was None/NaN; nothing was
-    sent), "interrupted" (Ctrl-C came first), "budget" (not sent: the budget ran out) or
-    "pending" (`batch=True`: submitted in a provider batch not collected yet; run the cell again).
-    Falsy, so `result[result.map(bool)]` keeps the answers. `reason` is the one line a typed result's `_error` shows.
-    """
-
-    error: str
-    attempts: int = 0
-    kind: str = "error"
-    reason: str = ""
-    text: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float | None = 0.0
-    """What the failed attempt still spent (an invalid typed answer was generated, and retried once; None:
-    unknown)."""
-    lasting: bool = False
-    """Whether another try would fail the same way because of this input (a 400 about the prompt, an invalid
-    typed answer): a durable job keeps only these as done; any other failure is sent again on a re-run."""
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return f"<failed: {self.error}>"
-
-    __repr__ = __str__
-
-
 _last_partial: "pd.Series | pd.DataFrame | None" = None
-
-_MISSING = Failed("the input is missing (None/NaN); nothing was sent", 0, "missing",
-                  "the input is missing (None/NaN); nothing was sent")
-_INTERRUPTED = Failed("interrupted before it finished", 0, "interrupted", "interrupted before it finished")
-
 
 def last_partial() -> "pd.Series | pd.DataFrame | None":
     """The partial result of the last interrupted `map` (None if none was interrupted)."""
@@ -111,29 +74,6 @@ def render(template: str, value: Any, label: Any = None) -> str:
     """The prompt for one value: `{value}`/`{}` replaced (and `{index}` by `label`), `{{`/`}}` made single,
     the rest untouched."""
     return Template.parse(template).fill(value, label)
-
-
-_INPUT_STATUSES = (400, 413, 422)
-"""HTTP statuses that say this request's content is wrong (too long, malformed): the same input fails again."""
-
-
-def _lasting(exc: Exception) -> bool:
-    """Whether `exc` is tied to the input, so another try would fail the same way. Not: a retryable failure
-    (429, 5xx, a timeout), nothing answered, 401/403/404 (configuration), `Unsuitable`, a budget."""
-    if isinstance(exc, OutputInvalid):
-        return True
-    return (isinstance(exc, ModelError) and not isinstance(exc, Unsuitable) and not exc.retryable
-            and exc.status in _INPUT_STATUSES)
-
-
-def _failed(exc: Exception) -> Failed:
-    """A call's failure as a value: the full message, and the one line a typed result's `_error` shows."""
-    attempts = getattr(exc, "attempts", 1)
-    if isinstance(exc, OutputInvalid):
-        return Failed(str(exc), attempts, "invalid", f"invalid output: {exc.problem}", exc.text,
-                      exc.input_tokens or 0, exc.output_tokens or 0, exc.cost_usd, lasting=True)
-    message = str(exc) or type(exc).__name__
-    return Failed(message, attempts, "error", " ".join(message.split()), lasting=_lasting(exc))
 
 
 def _pd() -> Any:
@@ -159,29 +99,6 @@ class _Plan:
     @property
     def positions(self) -> "list[int] | range":
         return range(len(self.prompts)) if self.todo is None else self.todo
-
-
-class Answered:
-    """What `map` keeps of one answer: its text (or typed output), tokens, cost and attempts. Why not the
-    `Answer`: that keeps pydantic-ai's messages and the request (~2.5 KB a prompt); this is ~0.15 KB with
-    its text, taken the moment the answer arrives (a durable job gets the whole Answer first)."""
-
-    __slots__ = ("text", "output", "input_tokens", "output_tokens", "cost_usd", "attempts")
-
-    error = None
-    ok = True
-
-    def __init__(self, answer: Any):
-        self.text, self.output, self.attempts = answer.text, answer.output, answer.attempts
-        self.input_tokens, self.output_tokens = answer.input_tokens, answer.output_tokens
-        cost = answer.cost_usd
-        self.cost_usd = cost if cost else (None if cost is None else 0.0)  # one shared 0.0 for every free answer
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return f"Answered({self.text!r})"
 
 
 class _Prompted:
@@ -280,59 +197,6 @@ def _budget_scope(limit: float | None) -> Any:
     from .budgets import scoped
 
     return scoped(limit)
-
-
-@dataclass(frozen=True)
-class _Ask:
-    """What a run asks of each row and what its result is: `where` names the function in errors,
-    `shape` (with `output_type`) makes typed columns, `labels` makes classify's Categorical Series."""
-
-    where: str
-    template: str | Template
-    output_type: Any = None
-    labels: tuple[str, ...] | None = None
-    shape: Shape | None = field(default=None, compare=False)
-    """The output type's columns, read once (a type that cannot be columns: one error, here)."""
-
-    def __post_init__(self) -> None:
-        if self.shape is None and self.output_type is not None:
-            object.__setattr__(self, "shape", Shape.of(self.output_type))
-
-
-def _rows(values: Any, where: str) -> Any:
-    """The input as a Series or DataFrame (a list becomes a Series with a RangeIndex)."""
-    pd = _pd()
-    if isinstance(values, (pd.Series, pd.DataFrame)):
-        return values
-    if hasattr(values, "__iter__") and not isinstance(values, (str, bytes, dict)):
-        import numpy as np
-
-        items = list(values)
-        cells = np.empty(len(items), dtype=object)
-        for position, item in enumerate(items):  # each item one cell, even a list or a tuple
-            cells[position] = item
-        return pd.Series(cells, dtype=object)
-    raise ConfigurationError(f"{where}() takes a list or a pandas Series of values, or a DataFrame of rows, "
-                             f"not {type(values).__name__}.")
-
-
-def _template(data: Any, ask: _Ask) -> Template:
-    """The template parsed for this input; one clear error when it cannot fill a prompt per row."""
-    pd = _pd()
-    frame_input = isinstance(data, pd.DataFrame)
-    template = ask.template
-    if not isinstance(template, Template):
-        constants = {"labels": ", ".join(ask.labels)} if ask.labels else None
-        template = Template.parse(template, list(data.columns) if frame_input else None, constants)
-    kinds = {slot.kind for slot in template.slots}
-    if frame_input and "column" not in kinds:
-        raise ConfigurationError("The template names no column, so every row would get the same prompt: "
-                                 "put {column} where each row's value goes (columns: "
-                                 f"{', '.join(str(c) for c in data.columns) or 'none'}).")
-    if not frame_input and "value" not in kinds:
-        raise ConfigurationError("The template needs a {value} (or {}) placeholder where each value goes, "
-                                 "e.g. 'Summarise: {value}'. Write {{ and }} for literal braces.")
-    return template
 
 
 def _plan(values: Any, ask: _Ask, provider: str | None, concurrency: int, retry: RetryPolicy,
@@ -500,7 +364,7 @@ class _Run:
         self.job = jobstore.start(durable.job, self.plan.call, self.ask.template, self.ask.output_type,
                                   self.plan.prompts, durable.restart, durable.retry_failed)
         if self.job.dropped_batches and not durable.batch:  # restart=True: the old batches stop first
-            from .batch_jobs import cancel_open, notice
+            from .provider_batches import cancel_open, notice
 
             for line in cancel_open(self.job.dropped_batches):
                 notice(f"job {self.job.name!r}: {line}")

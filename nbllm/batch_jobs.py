@@ -42,18 +42,22 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import bridge, jobstore, pipeline, provider_batches
-from .batch import Failed, _failed, _MISSING
-from .errors import BudgetExhausted, ConfigurationError, NbllmError, NotRun
-from .provider_batches import BatchTicket
+from .outcomes import MISSING as _MISSING, Failed, failed as _failed
+from .errors import BudgetExhausted, ConfigurationError, NotRun
+from .provider_batches import BatchTicket, cancel_record, notice
 from .request import Answer
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .batch import _Durable, _Run
     from .request import Call, Target
 
-__all__ = ["PENDING", "run", "run_async", "custom_id", "cancel_open", "notice"]
+__all__ = ["PENDING", "run", "run_async", "custom_id"]
+
+Run = Any
+"""`batch._Run`, the map run this works for (named loosely: `batch` calls in here, never the other way)."""
+Durable = Any
+"""`batch._Durable`, the job options of that run."""
 
 PENDING = "pending"
 """`Failed.kind` of a row submitted in a batch that has not been collected yet."""
@@ -68,26 +72,21 @@ def custom_id(key: str) -> str:
     return key.replace("#", "-")
 
 
-def notice(text: str) -> None:
-    """One line in the notebook's output (or the terminal)."""
-    print(f"nbllm: {text}", flush=True)
-
-
 # ---- one run ---------------------------------------------------------------------------------------
 
 
-def run(state: "_Run", durable: "_Durable") -> "pd.Series | pd.DataFrame":
+def run(state: Run, durable: Durable) -> "pd.Series | pd.DataFrame":
     """`map(..., batch=True)`: collect what has ended, submit what is left, return the job's state at once."""
     lines = bridge.run(_go(state, durable))
     return _finish(state, lines)
 
 
-async def run_async(state: "_Run", durable: "_Durable") -> "pd.Series | pd.DataFrame":
+async def run_async(state: Run, durable: Durable) -> "pd.Series | pd.DataFrame":
     lines = await bridge.run_async(_go(state, durable))
     return _finish(state, lines)
 
 
-async def _go(state: "_Run", durable: "_Durable") -> list[str]:
+async def _go(state: Run, durable: Durable) -> list[str]:
     call = state.plan.call
     if call is None:  # no input: nothing to submit
         return []
@@ -100,7 +99,7 @@ async def _go(state: "_Run", durable: "_Durable") -> list[str]:
     provider_batches.check(call, target, prompts or None)  # before anything is written
     state.open_job(durable)  # the fingerprint checked, the stored results loaded
     job = state.job
-    lines = [await _cancel(record) for record in job.dropped_batches]
+    lines = [await cancel_record(record) for record in job.dropped_batches]
     lines += await _collect(state, call, target)
     waiting = _open_keys(job.batches)
     todo = []
@@ -128,7 +127,7 @@ def _open_keys(batches: list[dict[str, Any]]) -> set[str]:
     return {key for record in batches if not record.get("collected") for key in record["keys"]}
 
 
-def _mark_pending(state: "_Run") -> None:
+def _mark_pending(state: Run) -> None:
     """Each row still waiting in an open batch: `Failed(kind="pending")` naming the batch."""
     job = state.job
     where = {key: record for record in job.batches if not record.get("collected") for key in record["keys"]}
@@ -144,7 +143,7 @@ def _mark_pending(state: "_Run") -> None:
 # ---- collect ------------------------------------------------------------------------------------------
 
 
-async def _collect(state: "_Run", call: "Call", target: "Target") -> list[str]:
+async def _collect(state: Run, call: "Call", target: "Target") -> list[str]:
     """Poll the job's open batches; store, log and settle the ones that have ended. One line per batch."""
     job = state.job
     position_of = {key: position for position, key in enumerate(job.keys) if key is not None}
@@ -221,7 +220,7 @@ def _settle(job: str, batch_id: str, outcomes: list[Any]) -> None:
 # ---- submit -------------------------------------------------------------------------------------------
 
 
-async def _submit(state: "_Run", call: "Call", target: "Target", todo: list[int], limit: float | None) -> str:
+async def _submit(state: Run, call: "Call", target: "Target", todo: list[int], limit: float | None) -> str:
     job = state.job
     chosen = {custom_id(job.keys[p]): state.plan.prompts[p] for p in todo}
     protocol = provider_batches.protocol_for(target)
@@ -283,29 +282,6 @@ def _reserve(call: "Call", target: "Target", prompts: list[str], limit: float | 
 # ---- cancel ------------------------------------------------------------------------------------------
 
 
-async def _cancel(record: dict[str, Any]) -> str:
-    ticket = BatchTicket.from_dict(record["ticket"])
-    try:
-        status = await provider_batches.cancel(ticket)
-    except NbllmError as exc:
-        return f"could not cancel batch {ticket.batch_id} at {ticket.provider} ({exc}): cancel it there"
-    return f"cancelled batch {ticket.batch_id} at {ticket.provider} (it is {status.state})"
-
-
-def cancel_open(batches: list[dict[str, Any]]) -> list[str]:
-    """Cancel every batch not collected yet (best effort): one line each saying how it went."""
-    lines = []
-    for record in batches:
-        if record.get("collected"):
-            continue
-        if bridge.on_loop_thread():
-            lines.append(f"batch {record['ticket']['batch_id']} at {record['ticket']['provider']} was not "
-                         "cancelled (called from nbllm's loop): cancel it there")
-            continue
-        lines.append(bridge.run(_cancel(record)))
-    return lines
-
-
 # ---- the result --------------------------------------------------------------------------------------
 
 
@@ -316,7 +292,7 @@ def _summary(record: dict[str, Any], pending: int) -> dict[str, Any]:
             "collected": bool(record.get("collected")), "pending": pending}
 
 
-def _finish(state: "_Run", lines: list[str]) -> "pd.Series | pd.DataFrame":
+def _finish(state: Run, lines: list[str]) -> "pd.Series | pd.DataFrame":
     result = state.result()
     if state.job is not None:
         pending_in: dict[str, int] = {}

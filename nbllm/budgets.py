@@ -140,7 +140,8 @@ def worst_case(call: "Call", target: "Target") -> tuple[float | None, int, int]:
     and the chat framing; the output type's schema), plus `max_tokens` of answer — twice for a typed
     answer, whose reply is asked once more when it does not validate."""
     from .prices import price_for
-    from .tokens import request_tokens, schema_tokens
+    from .counting import schema_tokens
+    from .tokens import request_tokens
 
     request = call.request
     history = ()

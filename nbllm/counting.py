@@ -26,7 +26,7 @@ from .errors import ProbeError
 if TYPE_CHECKING:
     from .request import Call, Target
 
-__all__ = ["Counted", "count_inputs", "output_schema", "schema_forms", "EXACT_LIMIT", "CONCURRENCY"]
+__all__ = ["Counted", "count_inputs", "output_schema", "schema_forms", "schema_tokens", "EXACT_LIMIT", "CONCURRENCY"]
 
 EXACT_LIMIT = {"local": 500, "cloud": 100}
 """At most this many prompts are counted one by one by a server (local) or a vendor's count endpoint (cloud)."""
@@ -344,3 +344,24 @@ def schema_forms(output_type: Any) -> list[tuple[str, str]]:
         template = f"{template}\n\n{{schema}}"
     tool = json.dumps({"name": _TOOL, "description": f"Give the answer as {plan.name}.", "parameters": plan.schema})
     return [(template.format(schema=titled), ""), ("", tool), ("", json.dumps(plan.schema))]
+
+
+def schema_tokens(output_type: Any, target: "Target | None" = None) -> int:
+    """The tokens an output type adds to a request by `estimate`: the instructions it appends to the system
+    prompt (their framing too, as if there were no other system prompt), or the tool's / native schema.
+
+    With `target`, the form that target's model is asked in (as the estimate counts it); without one the
+    largest of the forms, so a bound that holds for any target. 0 for no output type."""
+    if output_type is None:
+        return 0
+    forms = [output_schema(target, output_type)] if target is not None else schema_forms(output_type)
+    return max(_schema_cost(instructions, approximate) for instructions, approximate in forms)
+
+
+def _schema_cost(instructions: str, approximate: str) -> int:
+    """Instructions join the system prompt after a blank line ("\n\n" is 2 tokens: `estimate` is additive
+    across newlines, so this is never below what joining them adds)."""
+    cost = _tokens.estimate(approximate) if approximate else 0
+    if instructions:
+        cost += _tokens.estimate("\n\n" + instructions) + _tokens.SYSTEM_FRAMING
+    return cost

@@ -3,7 +3,7 @@
 Why here and not in `map`: the same numbers serve `map(..., dry_run=True)`, `%%llm --estimate`
 and a user deciding whether to send 10,000 prompts at all; nothing here sends a prompt to a model.
 
-- Prompts are rendered exactly as `map` renders them (`batch._rows`, `batch._template`, the
+- Prompts are rendered exactly as `map` renders them (`frames.rows_of`, `frames.template_for`, the
   template's `prompts`), so a missing input (None/NaN) is skipped — never sent, never counted.
 - The provider is resolved as `ask` resolves it (`pipeline.describe`, then `pipeline.route` on
   nbllm's loop): routing may probe local servers, and it starts the embedded model.
@@ -167,15 +167,15 @@ def _described_batch(values: Any, template: Any, provider: str | None, output_ty
                      options: dict[str, Any]) -> tuple[list[str | None], list[Any], "Call"]:
     """map's prompts for these inputs (None: a missing input) and the call described once."""
     from . import pipeline
-    from .batch import _Ask, _rows, _template
+    from .frames import Ask, rows_of, template_for
     from .errors import ConfigurationError
 
     for name in ("chat", "max_retries"):
         if name in options:
             raise ConfigurationError(f"estimate() does not take {name}=: each input is its own call.")
-    ask = _Ask("estimate", template, output_type)
-    data = _rows(values, "estimate")
-    prompts, index = _template(data, ask).prompts(data)
+    ask = Ask("estimate", template, output_type)
+    data = rows_of(values, "estimate")
+    prompts, index = template_for(data, ask).prompts(data)
     if output_type is not None:
         options = {**options, "output_type": output_type}
     first = next((p for p in prompts if p), None)

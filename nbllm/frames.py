@@ -36,7 +36,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -386,3 +386,58 @@ def checked_labels(labels: Any) -> list[str]:
         raise ConfigurationError("labels= needs at least two labels to choose between.")
     return labels
 
+
+# ---- what a run asks of each row (map, classify, extract, estimate) -------------------------
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a run asks of each row and what its result is: `where` names the function in errors,
+    `shape` (with `output_type`) makes typed columns, `labels` makes classify's Categorical Series."""
+
+    where: str
+    template: str | Template
+    output_type: Any = None
+    labels: tuple[str, ...] | None = None
+    shape: Shape | None = field(default=None, compare=False)
+    """The output type's columns, read once (a type that cannot be columns: one error, here)."""
+
+    def __post_init__(self) -> None:
+        if self.shape is None and self.output_type is not None:
+            object.__setattr__(self, "shape", Shape.of(self.output_type))
+
+
+def rows_of(values: Any, where: str) -> Any:
+    """The input as a Series or DataFrame (a list becomes a Series with a RangeIndex)."""
+    import pandas as pd
+    if isinstance(values, (pd.Series, pd.DataFrame)):
+        return values
+    if hasattr(values, "__iter__") and not isinstance(values, (str, bytes, dict)):
+        import numpy as np
+
+        items = list(values)
+        cells = np.empty(len(items), dtype=object)
+        for position, item in enumerate(items):  # each item one cell, even a list or a tuple
+            cells[position] = item
+        return pd.Series(cells, dtype=object)
+    raise ConfigurationError(f"{where}() takes a list or a pandas Series of values, or a DataFrame of rows, "
+                             f"not {type(values).__name__}.")
+
+
+def template_for(data: Any, ask: Ask) -> Template:
+    """The template parsed for this input; one clear error when it cannot fill a prompt per row."""
+    import pandas as pd
+    frame_input = isinstance(data, pd.DataFrame)
+    template = ask.template
+    if not isinstance(template, Template):
+        constants = {"labels": ", ".join(ask.labels)} if ask.labels else None
+        template = Template.parse(template, list(data.columns) if frame_input else None, constants)
+    kinds = {slot.kind for slot in template.slots}
+    if frame_input and "column" not in kinds:
+        raise ConfigurationError("The template names no column, so every row would get the same prompt: "
+                                 "put {column} where each row's value goes (columns: "
+                                 f"{', '.join(str(c) for c in data.columns) or 'none'}).")
+    if not frame_input and "value" not in kinds:
+        raise ConfigurationError("The template needs a {value} (or {}) placeholder where each value goes, "
+                                 "e.g. 'Summarise: {value}'. Write {{ and }} for literal braces.")
+    return template

@@ -354,7 +354,7 @@ def _prepare(conn: sqlite3.Connection, name: str, values: dict[str, Any], keys: 
 
 def _revive_into(job: Job, rows: dict[str, tuple[Any, ...]], output_type: Any, retry_failed: bool) -> None:
     """The stored rows of this run's inputs as the values a fresh run returns (`Answer`, `Failed`)."""
-    from .batch import Failed
+    from .outcomes import Failed
     from .errors import NotValid
     from .request import Answer
 
@@ -526,7 +526,7 @@ class Jobs:
             raise ConfigurationError(f"There is no job named {name!r}; jobs: {known}.")
         batches = next((json.loads(r[1]) for r in listed if r[0] == name and r[1]), [])
         if any(not b.get("collected") for b in batches):
-            from .batch_jobs import cancel_open, notice
+            from .provider_batches import cancel_open, notice
 
             for line in cancel_open(batches):
                 notice(f"job {name!r}: {line}")

@@ -45,13 +45,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import bridge
 from .errors import ConfigurationError, ModelError, NbllmError, NotRun, NotValid, OutputInvalid, scrub
 from .request import Answer, Call, Target
 
 if TYPE_CHECKING:
     from pydantic_ai.messages import ModelResponse
 
-__all__ = ["BatchTicket", "BatchStatus", "NotRun", "submit", "status", "collect", "cancel", "check", "protocol_for",
+__all__ = ["BatchTicket", "BatchStatus", "NotRun", "submit", "status", "collect", "cancel", "check", "protocol_for", "cancel_open", "cancel_record", "notice",
            "BATCH_DISCOUNT", "State"]
 
 State = Literal["submitted", "running", "done", "failed", "expired", "cancelled"]
@@ -577,3 +578,35 @@ def _request_failure(exc: BaseException, target: Target, result_status: str) -> 
     from .failures import describe_failure
 
     return describe_failure(exc, target.provider, target.url, target.spec)
+
+
+# ---- cancelling a job's open batches (jobs.drop, restart=True) -------------------------------
+
+
+def notice(text: str) -> None:
+    """One line in the notebook's output (or the terminal)."""
+    print(f"nbllm: {text}", flush=True)
+
+
+async def cancel_record(record: dict[str, Any]) -> str:
+    """Cancel one stored batch record (best effort): one line saying how it went."""
+    ticket = BatchTicket.from_dict(record["ticket"])
+    try:
+        status = await cancel(ticket)
+    except NbllmError as exc:
+        return f"could not cancel batch {ticket.batch_id} at {ticket.provider} ({exc}): cancel it there"
+    return f"cancelled batch {ticket.batch_id} at {ticket.provider} (it is {status.state})"
+
+
+def cancel_open(batches: list[dict[str, Any]]) -> list[str]:
+    """Cancel every batch not collected yet (best effort): one line each saying how it went."""
+    lines = []
+    for record in batches:
+        if record.get("collected"):
+            continue
+        if bridge.on_loop_thread():
+            lines.append(f"batch {record['ticket']['batch_id']} at {record['ticket']['provider']} was not "
+                         "cancelled (called from nbllm's loop): cancel it there")
+            continue
+        lines.append(bridge.run(cancel_record(record)))
+    return lines

@@ -13,7 +13,7 @@ per four. Measured against SmolLM2's tokenizer (tests/test_summaries.py): tables
 numbers about 1.0×, code 1.2×, prose 1.4×.
 
 `request_tokens` is one request's input by that estimate — prompt, system prompt, earlier turns,
-images, and the chat template's framing — and `schema_tokens` what an output type adds; estimates
+images, and the chat template's framing (what an output type adds: `counting.schema_tokens`); estimates
 (`nbllm.estimate`) and budgets both use them, so a budget reserves what an estimate's `usd_high` says.
 
 `context_window` is the model's context length where nbllm can know it offline:
@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .config import ProviderSettings
-    from .request import Target
 
-__all__ = ["estimate", "request_tokens", "schema_tokens", "context_window", "CHAT_FRAMING", "SYSTEM_FRAMING",
+__all__ = ["estimate", "request_tokens", "context_window", "CHAT_FRAMING", "SYSTEM_FRAMING",
            "IMAGE_TOKENS"]
 
 CHAT_FRAMING = 7
@@ -69,29 +68,6 @@ def request_tokens(prompt: str, system: str | None = None, history_texts: Iterab
     if system:
         total += estimate(system) + SYSTEM_FRAMING
     return total + IMAGE_TOKENS * images
-
-
-def schema_tokens(output_type: Any, target: "Target | None" = None) -> int:
-    """The tokens an output type adds to a request by `estimate`: the instructions it appends to the system
-    prompt (their framing too, as if there were no other system prompt), or the tool's / native schema.
-
-    With `target`, the form that target's model is asked in (as the estimate counts it); without one the
-    largest of the forms, so a bound that holds for any target. 0 for no output type."""
-    if output_type is None:
-        return 0
-    from .counting import output_schema, schema_forms
-
-    forms = [output_schema(target, output_type)] if target is not None else schema_forms(output_type)
-    return max(_schema_cost(instructions, approximate) for instructions, approximate in forms)
-
-
-def _schema_cost(instructions: str, approximate: str) -> int:
-    """Instructions join the system prompt after a blank line ("\n\n" is 2 tokens: `estimate` is additive
-    across newlines, so this is never below what joining them adds)."""
-    cost = estimate(approximate) if approximate else 0
-    if instructions:
-        cost += estimate("\n\n" + instructions) + SYSTEM_FRAMING
-    return cost
 
 
 def context_window(spec_name: str, model: str, settings: "ProviderSettings | None" = None) -> int | None:

@@ -18,7 +18,7 @@ import pytest
 from conftest import nbllm_shell, reset_nbllm, run_cell
 
 import nbllm
-from nbllm import estimates, tokens
+from nbllm import counting, estimates, tokens
 from nbllm.errors import ConfigurationError
 from nbllm.estimates import Estimate, estimate, estimate_prompt
 
@@ -468,8 +468,8 @@ def test_schema_tokens_covers_what_an_estimate_adds_for_the_schema(local_provide
     typed = estimate(["great"], "{value}", output_type=review, **options)
     added = typed.input_tokens - plain.input_tokens
     assert added > 10
-    assert added <= tokens.schema_tokens(review) <= added * 2  # a bound for any target, and not a wild one
-    assert tokens.schema_tokens(None) == 0
+    assert added <= counting.schema_tokens(review) <= added * 2  # a bound for any target, and not a wild one
+    assert counting.schema_tokens(None) == 0
 
 
 # ---- local servers: one HTTP helper, one set of error words; the embedded model's template ---------------
