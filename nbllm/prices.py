@@ -49,7 +49,7 @@ def is_local(spec: "ProviderSpec", settings: "ProviderSettings") -> bool:
     """Whether requests go to your own machine or network (they cost nothing): a local provider, or a
     cloud provider's client pointed at a loopback, private, link-local or `.local` address, or a
     bare host name (`http://gpu:8000/v1`)."""
-    from .health import self_hosted
+    from .health import self_hosted  # looked up per call: one rule, in health.py
 
     if spec.kind == "local":
         return True
@@ -124,10 +124,12 @@ def price_for(spec: "ProviderSpec", settings: "ProviderSettings", model: str | N
     """The price of `model` on this provider (see the module docstring for the order); None when unknown.
     Half a declaration (only `{P}_PRICE_INPUT`) takes the other half from the rule that would apply
     without it; with nothing to take it from, the price is unknown (never a free half)."""
+    from .health import self_hosted
+
     price_in, price_out = declared(spec, settings)
     otherwise = _LOCAL if is_local(spec, settings) else (
         None if spec.kind != "cloud" else _genai_price(spec.name, settings.base_url, model or settings.model,
-                                                       _self_hosted(spec, settings)))
+                                                       self_hosted(spec, settings)))
     if price_in is None and price_out is None:
         return otherwise
     if price_in is None or price_out is None:
@@ -136,12 +138,6 @@ def price_for(spec: "ProviderSpec", settings: "ProviderSettings", model: str | N
         price_in = otherwise.input_per_mtok if price_in is None else price_in
         price_out = otherwise.output_per_mtok if price_out is None else price_out
     return Price(price_in, price_out, "declared")
-
-
-def _self_hosted(spec: "ProviderSpec", settings: "ProviderSettings") -> bool:
-    from .health import self_hosted
-
-    return self_hosted(spec, settings)
 
 
 def answer_cost(spec: "ProviderSpec", settings: "ProviderSettings", model: str, responses: list[Any],

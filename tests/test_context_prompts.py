@@ -37,6 +37,12 @@ def _sent_images(server) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data)) for body in bodies for data in image_parts(body)]
 
 
+def _openai_at(server, monkeypatch) -> None:
+    """The openai provider, with a key, pointed at a local test server (its model names are what is tested)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+
+
 def _user_content(server) -> list:
     body = server.chat_requests()[-1]["body"]
     return next(m for m in body["messages"] if m["role"] == "user")["content"]
@@ -105,8 +111,7 @@ def test_a_frame_is_a_capped_summary_and_full_sends_it_all(local_provider) -> No
 
 
 def test_a_text_only_model_refuses_an_image_before_any_request(fake_server, monkeypatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.url + "/v1")
+    _openai_at(fake_server, monkeypatch)
     monkeypatch.setenv("OPENAI_MODEL", "gpt-oss-20b")  # a text-only family
     reset_nbllm()
     fig = _figure()
@@ -120,8 +125,7 @@ def test_a_text_only_model_refuses_an_image_before_any_request(fake_server, monk
 
 
 def test_a_chain_passes_a_text_only_link_over_for_one_that_takes_images(local_provider, monkeypatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
-    monkeypatch.setenv("OPENAI_BASE_URL", local_provider.url + "/v1")
+    _openai_at(local_provider, monkeypatch)
     reset_nbllm()
     fig = _figure()
     answer = nbllm.ask("Describe {fig}", provider="openai:gpt-oss-20b,lmstudio")
@@ -145,8 +149,7 @@ def test_a_local_server_refusing_the_image_is_reported_in_words(local_provider) 
 
 
 def test_a_stream_refuses_an_image_on_a_text_only_model_without_a_request(fake_server, monkeypatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.url + "/v1")
+    _openai_at(fake_server, monkeypatch)
     reset_nbllm()
     fig = _figure()
     stream = nbllm.stream("Describe {fig}", provider="openai:deepseek-chat", raise_errors=False)
@@ -201,8 +204,7 @@ def test_cell_magic_sends_a_figure_and_err_as_text(local_provider) -> None:
 
 
 def test_a_whole_table_beyond_the_models_context_is_refused_with_the_numbers(fake_server, monkeypatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.url + "/v1")
+    _openai_at(fake_server, monkeypatch)
     monkeypatch.setenv("OPENAI_MODEL", "gpt-4o-mini")  # 128,000 tokens in genai-prices' offline data
     reset_nbllm()
     frame = pd.DataFrame({"a": range(15_000), "b": [i * 0.5 for i in range(15_000)]})
