@@ -9,15 +9,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 EXTRAS=${NBLLM_EXTRAS:-test}
+# A pip config may list extra index folders that lack most packages; pip then warns once per package
+# ("Location '...' is ignored: it is neither a file nor a directory"). That is noise about the machine,
+# not about nbllm: those lines are dropped, everything else pip says (errors included) is kept.
+quiet_pip() {
+  "$@" 2>&1 | { grep -v -e "' is ignored: it is neither a file nor a directory\.$" || true; }
+}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  quiet_pip .venv/bin/python -m pip install -q --upgrade pip
 fi
 # Portable llama.cpp build: no -march=native, so the wheel this builds runs on any x86-64.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 # setuptools' "Editable installation ... be careful with folders" banner is noise here.
+# (pip's build environment inherits PYTHONWARNINGS; checked on a fresh venv with setuptools 84.)
 PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation" \
-  .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+  quiet_pip .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
 case ",${EXTRAS// /}," in
   *,embedded,*) .venv/bin/python scripts/check_embedded.py --repair ;;
 esac
