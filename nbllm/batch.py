@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import bridge, pipeline
+from . import bridge, pipeline, wire
 from .errors import BudgetExhausted, ConfigurationError, MapInterrupted
 from .frames import ERROR, Ask as _Ask, Shape, Slot, Template, as_literal, checked_labels, frame, record_template
 from .frames import rows_of as _rows, template_for as _template
@@ -156,7 +156,10 @@ async def _results(plan: _Plan) -> AsyncIterator[list[tuple[int, Any]]]:
         ready.append((position, result))
         arrived.set()
 
+    pool = wire.Pool()  # the map's own connections (closed below): later asks keep a small pool
+
     async def worker() -> None:
+        pool.use()
         for position in positions:  # a shared iterator: each position is taken once
             prompt = plan.prompts[position]
             if prompt is None:
@@ -183,7 +186,10 @@ async def _results(plan: _Plan) -> AsyncIterator[list[tuple[int, Any]]]:
     finally:
         for task in workers:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        try:
+            await asyncio.gather(*workers, return_exceptions=True)
+        finally:  # (also when that wait is itself cancelled)
+            await pool.aclose()
 
 
 def _budget_scope(limit: float | None) -> Any:

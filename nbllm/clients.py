@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import scrub_library_logs
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx2
 
-__all__ = ["shared_client", "cached_per_loop", "clear", "close_clients"]
+__all__ = ["shared_client", "http_client", "cached_per_loop", "clear", "close_clients"]
 
 _per_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
@@ -35,9 +37,65 @@ def cached_per_loop(key: Any, build: Any) -> Any:
 
 def shared_client() -> "httpx2.AsyncClient":
     """A plain client for probes and model lists (each request passes its own timeout)."""
+    return cached_per_loop(("probe",), lambda: http_client(timeout=5.0, follow_redirects=True))
+
+
+def http_client(**options: Any) -> "httpx2.AsyncClient":
+    """`httpx2.AsyncClient(**options)` whose TLS setup waits for its first https request.
+
+    Why: building the TLS context loads the system's CA certificates (25–50 ms here), which was a
+    fifth of the first `--status` and of the first local answer, and a local server speaks plain
+    http. So http goes through a transport whose TLS context trusts nothing (it fails closed, never
+    open: a redirect to https still goes to the https mount), and https through one built with
+    httpx2's own defaults on first use. With any proxy setting (`config.proxy_configured`: a
+    `*_proxy` variable, `no_proxy` included, or the system's proxies) the client is built as usual:
+    httpx2 mounts proxies and exceptions per host, and a proxy may itself be https."""
     import httpx2
 
-    return cached_per_loop(("probe",), lambda: httpx2.AsyncClient(timeout=5.0, follow_redirects=True))
+    from .config import proxy_configured
+
+    if proxy_configured():
+        return httpx2.AsyncClient(**options)
+    limits = options.get("limits", httpx2.Limits(max_connections=100, max_keepalive_connections=20))
+    return httpx2.AsyncClient(verify=_trusting_nothing(), mounts={"https://": _TLSOnFirstUse(limits)}, **options)
+
+
+_NO_CA: "ssl.SSLContext | None" = None
+
+
+def _trusting_nothing() -> "ssl.SSLContext":
+    """A TLS client context with certificate and host checks on and no CA loaded: every handshake fails."""
+    global _NO_CA
+    if _NO_CA is None:
+        import ssl
+
+        _NO_CA = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return _NO_CA
+
+
+class _TLSOnFirstUse:
+    """An httpx2 transport that builds the real https transport (httpx2's defaults) on its first request."""
+
+    def __init__(self, limits: Any) -> None:
+        self._limits = limits
+        self._transport: Any = None
+
+    async def handle_async_request(self, request: Any) -> Any:
+        if self._transport is None:
+            import httpx2
+
+            self._transport = httpx2.AsyncHTTPTransport(limits=self._limits)
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+    async def __aenter__(self) -> "_TLSOnFirstUse":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
 
 
 def clear() -> None:

@@ -29,6 +29,7 @@ nbllm itself (`GlobalSettings`, field in brackets):
     NBLLM_EMBEDDED_MODEL [embedded_model]  path of a GGUF file (default: the bundled SmolLM2)
     NBLLM_EMBEDDED_ARGS [embedded_args]    extra llama-cpp server options, as on a command line
     NBLLM_EMBEDDED_START_TIMEOUT [embedded_start_timeout]  seconds, above 0 (default 30)
+    EMBEDDED_SEED [embedded_seed]          the embedded server's sampling seed (default: random per start)
     NBLLM_CONFIG [config]       path of the user config file (environment or .env)
     NBLLM_MAX_CONTEXT_TOKENS [max_context_tokens]  token cap of a `{df}` summary in a prompt (default 2000)
     NBLLM_MAX_IMAGE_SIDE [max_image_side]  longest side of an image sent in a prompt, pixels (default 1568)
@@ -53,6 +54,7 @@ from typing import Any, NamedTuple
 
 from .catalog import ProviderSpec, all_specs, key_env_names
 from .errors import scrub
+from .warning_lines import NbllmWarning, install as plain_warning_lines
 from .settings_values import (
     FIELDS, GLOBALS, MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE, BadValue, Secret, decode, host_to_url, is_name, openai_base,
     os_reason, server_root, split_urls, to_path, validate_user_config,
@@ -68,8 +70,8 @@ __all__ = [
 log = logging.getLogger("nbllm")
 
 
-class NbllmConfigWarning(UserWarning):
-    """A configuration value was invalid and a default is used instead."""
+class NbllmConfigWarning(NbllmWarning):
+    """A configuration value was invalid and a default is used instead (printed as one plain line)."""
 
 
 # ---- the settings --------------------------------------------------------------------
@@ -153,6 +155,7 @@ class GlobalSettings:
     embedded_model: Path | None = None
     embedded_args: str = ""
     embedded_start_timeout: float = 30.0
+    embedded_seed: int | None = None
     config: Path | None = None
     max_context_tokens: int = MAX_CONTEXT_TOKENS
     max_image_side: int = MAX_IMAGE_SIDE
@@ -179,7 +182,8 @@ _warned_lock = threading.Lock()
 
 def config_warning(problem: str, key: tuple[str, ...] | None = None) -> None:
     """One `NbllmConfigWarning`, attributed to the first caller outside nbllm and IPython
-    (a user's cell or script), so the user sees their own line, not nbllm's source.
+    (a user's cell or script: filters and the once-per-place rule see that place); it prints
+    as the sentence alone (`nbllm.warning_lines`).
 
     With a `key` (variable and value, or a file's problem) it is said once per process
     until `forget_warnings()`: re-reading the same bad value must not repeat it each call.
@@ -193,6 +197,7 @@ def config_warning(problem: str, key: tuple[str, ...] | None = None) -> None:
     frame, level = sys._getframe(0), 1
     while frame is not None and any(part in os.path.abspath(frame.f_code.co_filename) for part in skipped):
         frame, level = frame.f_back, level + 1
+    plain_warning_lines()  # printed as the sentence alone, without the cell file's name and line
     warnings.warn(problem, NbllmConfigWarning, stacklevel=level)
     log.debug(problem)  # shown once, as a warning; not again through logging
 
@@ -238,6 +243,18 @@ def _environment(dotenv_path: str | os.PathLike[str] | None) -> tuple[dict[str, 
         merged[key] = value
         origin[key] = "env"
     return merged, origin, problem
+
+
+def proxy_configured() -> bool:
+    """Whether httpx2 would see proxy settings: a `*_proxy` variable (any case, `no_proxy` included:
+    httpx2 turns its hosts into mounts of their own) or, on macOS and Windows, the system's proxies
+    (`urllib.request.getproxies`, as httpx2 reads them). nbllm's shortcuts past httpx2 step aside
+    then (`clients.http_client`, `plainhttp`)."""
+    if sys.platform in ("darwin", "win32"):
+        import urllib.request
+
+        return bool(urllib.request.getproxies())
+    return any(value and name.lower().endswith("_proxy") for name, value in os.environ.items())
 
 
 def read_environment(dotenv_path: str | os.PathLike[str] | None = ".env") -> tuple[dict[str, str], dict[str, str]]:

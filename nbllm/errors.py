@@ -178,6 +178,20 @@ class NotValid(ValueError):
         self.problem, self.text = problem, text
 
 
+class PlainHTTPFailed(Exception):
+    """A plain-http exchange failed (`kind`: "refused", "connect" or "protocol"). Internal to
+    `plainhttp`, whose caller (`probes`) turns it into a `ProbeError` in httpx2's words."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+class NotPlainHTTP(Exception):
+    """The request needs what only httpx2 does (a redirect to https, say). Internal to `plainhttp`:
+    `probes` asks again through httpx2."""
+
+
 class NbllmError(Exception):
     """Base class of every error nbllm raises on purpose; its message is always scrubbed."""
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import plainhttp
 from .catalog import ProviderSpec
 from .clients import shared_client
 from .config import ProviderSettings, openai_base, server_root
@@ -58,18 +59,11 @@ class Found:
         return self.loaded or next(iter(self.models), None)
 
 
-_STATUS_WORDS = {
-    401: "unauthorized — check the API key",
-    403: "forbidden — check the API key and its permissions",
-    404: "not found — is this the right server and path?",
-    429: "rate limited — wait and retry",
-    503: "service unavailable (the server may still be loading its model)",
-}
-
-
 def describe_http_error(status: int) -> str:
-    words = _STATUS_WORDS.get(status) or ("server error" if status >= 500 else "request rejected")
-    return f"HTTP {status}: {words}"
+    """The status in the words every HTTP failure uses (`failures.status_words`); what to do is the caller's hint."""
+    from .failures import status_words
+
+    return status_words(status)
 
 
 def auth(settings: ProviderSettings) -> dict[str, str] | None:
@@ -85,7 +79,13 @@ async def get_json(url: str, timeout: float, headers: dict[str, str] | None = No
 async def request_json(method: str, url: str, body: Any, timeout: float,
                        headers: dict[str, str] | None = None) -> Any:
     """`method url` with `body` as JSON (None: no body) and the answer decoded: every conversation with a
-    local server (probes, listings, tokenizers) goes through here, so a failure reads the same everywhere."""
+    local server (probes, listings, tokenizers) goes through here, so a failure reads the same everywhere.
+    A GET on plain http goes by `plainhttp` (no httpx2 import for a first `--status`); the rest by httpx2."""
+    if method == "GET" and body is None and plainhttp.eligible(url, headers):
+        try:
+            return _decoded(*await _plain_get(url, timeout, headers), url)
+        except plainhttp.NotPlain:  # (redirected to https, say): httpx2 asks again from the start
+            pass
     import httpx2
 
     client = shared_client()
@@ -100,12 +100,35 @@ async def request_json(method: str, url: str, body: Any, timeout: float,
         raise ProbeError(f"timed out after {timeout:g} s at {url}", url) from None
     except httpx2.HTTPError as exc:
         raise ProbeError(f"{type(exc).__name__} at {url}: {exc}", url) from None
-    if response.status_code >= 400:
-        raise ProbeError(f"{describe_http_error(response.status_code)} at {url}", url, response.status_code)
+    return _decoded(response.status_code, response.content, url)
+
+
+async def _plain_get(url: str, timeout: float, headers: dict[str, str] | None) -> tuple[int, bytes]:
+    """`plainhttp.get` with its failures in the words httpx2's get above."""
+    failure: ProbeError | None = None
     try:
-        return response.json()
+        async with asyncio.timeout(timeout):
+            return await plainhttp.get(url, headers)
+    except TimeoutError:
+        failure = ProbeError(f"timed out after {timeout:g} s at {url}", url)
+    except plainhttp.Failed as exc:
+        if exc.kind == "refused":
+            failure = ProbeError(f"connection refused (nothing is listening) at {url}", url)
+        elif exc.kind == "connect":
+            failure = ProbeError(f"cannot connect ({exc}) at {url}", url)
+        else:
+            failure = ProbeError(f"RemoteProtocolError at {url}: {exc}", url)
+    raise failure
+
+
+def _decoded(status: int, content: bytes, url: str) -> Any:
+    """An answer's JSON; a failure status or a body that is not JSON is a ProbeError."""
+    if status >= 400:
+        raise ProbeError(f"{describe_http_error(status)} at {url}", url, status)
+    try:
+        return json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        raise ProbeError(f"answered with invalid JSON at {url}", url, response.status_code) from None
+        raise ProbeError(f"answered with invalid JSON at {url}", url, status) from None
 
 
 # ---- payload shapes -----------------------------------------------------------------

@@ -21,7 +21,7 @@ _PROVIDER_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "GROK_", "X
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test starts from an environment with no provider variables, no .env and
     its own user config file, and with nbllm's process-wide state reset."""
     for key in list(os.environ):
@@ -40,6 +40,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     closed = _closed_port_url()
     for prefix in ("LMSTUDIO", "OLLAMA", "LLAMACPP", "VLLM", "EMBEDDED"):
         monkeypatch.setenv(f"{prefix}_BASE_URL", closed)
+    if {"httpx2_mock", "respx_mock"} & set(request.fixturenames):
+        # respx sees httpx2's requests only: a test that mocks it sends probes through httpx2 too
+        # (nbllm.plainhttp's own path is tested against real servers).
+        from nbllm import plainhttp
+
+        monkeypatch.setattr(plainhttp, "enabled", False)
     reset_nbllm()
     yield
     reset_nbllm()
@@ -84,13 +90,27 @@ def nbllm_shell() -> Iterator[Any]:
             shell.user_ns.pop(name, None)
 
 
-def run_cell(shell: Any, cell: str) -> tuple[Any, list[dict[str, Any]], str]:
-    """Run a cell as a rich front end would see it: its result, its displays, and all it printed."""
+def execute_in_kernel(nb: Any, env: dict[str, str], cwd: Path, timeout: int = 60, allow_errors: bool = False) -> None:
+    """Run notebook `nb` in place in a fresh ipykernel (this interpreter) with `env`, then shut the kernel down."""
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(cwd))
+    try:
+        NotebookClient(nb, km=km, timeout=timeout, allow_errors=allow_errors).execute()
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def run_cell(shell: Any, cell: str, store_history: bool = False) -> tuple[Any, list[dict[str, Any]], str]:
+    """Run a cell as a rich front end would see it: its result, its displays, and all it printed
+    (`store_history`: as a notebook runs it, numbered and in `In`)."""
     from IPython.utils.capture import capture_output
 
     with capture_output() as captured:
         publisher = shell.display_pub
-        result = shell.run_cell(cell)
+        result = shell.run_cell(cell, store_history=store_history)
     return result, publisher.outputs, captured.stdout + captured.stderr
 
 

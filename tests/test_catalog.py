@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata  # (before a test narrows sys.path)
 import logging
+import sys
 
 import pytest
 
@@ -82,24 +84,41 @@ def test_plug_in_provider_joins_health_and_factory(restore_catalog, monkeypatch)
     assert model.model_name == "served" and str(model.client.base_url).startswith("http://127.0.0.1:9/v1")
 
 
-class _EntryPoint:
-    def __init__(self, name, obj):
-        self.name, self._obj = name, obj
+def _plugin_package(folder, entry_points: str) -> None:
+    """An installed distribution on `folder` (dist-info with METADATA and entry_points.txt) and its module."""
+    (folder / "nbllm_tgi_plugin.py").write_text(
+        "from nbllm.catalog import ProviderSpec\n"
+        "def specs():\n"
+        "    return [ProviderSpec(name='tgi', label='TGI', kind='local', default_model='m',\n"
+        "                         base_url='http://localhost:3000/v1')]\n")
+    info = folder / "nbllm_tgi_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nbllm-tgi-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
 
-    def load(self):
-        if isinstance(self._obj, Exception):
-            raise self._obj
-        return self._obj
 
-
-def test_entry_points_register_providers_and_broken_ones_are_logged(restore_catalog, monkeypatch, caplog):
-    import importlib.metadata
-
-    good = ProviderSpec(name="tgi", label="TGI", kind="local", default_model="m", base_url="http://localhost:3000/v1")
-    points = [_EntryPoint("tgi", lambda: [good]), _EntryPoint("broken", ImportError("no module named nothing"))]
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points if group == "nbllm.providers" else [])
+def test_entry_points_register_providers_and_broken_ones_are_logged(restore_catalog, monkeypatch, caplog, tmp_path):
+    _plugin_package(tmp_path, "[nbllm.providers]\ntgi = nbllm_tgi_plugin:specs\nbroken = no_module_named_nothing:specs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(catalog, "_ENTRY_POINTS_LOADED", False)
     with caplog.at_level(logging.WARNING, logger="nbllm"):
         names = provider_names()
     assert names[-1] == "tgi" and names[:7] == BUILT_INS
     assert any("broken" in r.getMessage() and "could not be loaded" in r.getMessage() for r in caplog.records)
+
+
+def test_the_plugin_look_finds_only_a_declared_group(monkeypatch, tmp_path):
+    """No distribution names the group: no importlib.metadata lookup; one that does (among others
+    with entry points of their own): found."""
+    from nbllm import plugins
+
+    other = tmp_path / "other-1.0.dist-info"
+    other.mkdir()
+    (other / "entry_points.txt").write_text("[console_scripts]\nother = other:main\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert plugins._may_declare("nbllm.providers") is False
+    assert plugins._may_declare("console_scripts") is True
+    _plugin_package(tmp_path, "[nbllm.providers]\ntgi = nbllm_tgi_plugin:specs\n")
+    assert plugins._may_declare("nbllm.providers") is True
+    assert [ep.name for ep in plugins.provider_entry_points()] == ["tgi"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import _PROVIDER_PREFIXES, nbllm_shell, reset_nbllm
+from conftest import _PROVIDER_PREFIXES, execute_in_kernel, nbllm_shell, reset_nbllm
 from fakeserver import FakeLLMServer
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
@@ -249,8 +249,6 @@ def test_no_secret_in_llm_cells_or_the_saved_notebook(shell, leaky, tmp_path):
 
 @pytest.mark.kernel
 def test_no_secret_in_a_notebook_run_by_a_real_kernel(tmp_path):
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
 
     with FakeLLMServer(mode="echo_auth") as bad, FakeLLMServer() as good:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PROVIDER_PREFIXES)}
@@ -276,12 +274,7 @@ def test_no_secret_in_a_notebook_run_by_a_real_kernel(tmp_path):
             "nbllm.history(None)",
         ]
         notebook = new_notebook(cells=[new_code_cell(s) for s in sources])
-        km = KernelManager(kernel_name="python3")
-        km.start_kernel(env=env, cwd=str(tmp_path))
-        try:
-            NotebookClient(notebook, km=km, timeout=60, allow_errors=True).execute()
-        finally:
-            km.shutdown_kernel(now=True)
+        execute_in_kernel(notebook, env, tmp_path, allow_errors=True)
     assert bad.chat_requests() and {k.lower(): v for k, v in bad.chat_requests()[-1]["headers"].items()}[
         "authorization"] == f"Basic {BASIC}"
     errors = [o for c in notebook.cells for o in c.outputs if o.output_type == "error"]
@@ -302,6 +295,7 @@ def test_the_sdks_module_loggers_are_scrubbed_too(local_provider, caplog):
     """A logger's filter never sees its children's records: `openai._base_client`, `groq._base_client`
     must carry the filter themselves (a library that logs a header would otherwise leak it)."""
     import groq._base_client  # noqa: F401  (the SDKs' module loggers exist once they are imported)
+    import openai._base_client  # noqa: F401  (a local ask goes by the wire path: nothing else imports it)
 
     nbllm.ask("hi")  # building a client puts the filters on
     with caplog.at_level(logging.DEBUG):
