@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import call_events
 from .errors import might_hold_secret, scrub
 from .store import BatchedWriter, cast_usage, connect, data_file, read_file, shortened
 
@@ -210,6 +211,7 @@ def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcom
     `call` is the `pipeline.Call` that was answered; `outcome` overrides the one read
     from the answer (the pipeline passes "interrupted").
     """
+    call_events.ended(answer)  # every call ends here: faces (the panel) update what they show
     if not history.enabled:
         return
     try:
@@ -236,7 +238,7 @@ def record(call: Any, answer: Any, options: dict[str, Any] | None = None, outcom
 
 
 class CallLog:
-    """`nbllm.history(limit=20)` → the latest calls as a DataFrame (oldest first).
+    """`nbllm.history(limit=20)` → the latest calls as a DataFrame (oldest first); `plot=True` charts them.
 
     `nbllm.history.disable()` / `.enable()` switch logging for this process (they win
     over `NBLLM_LOG`), `.enabled` says whether calls are logged, `.path` where,
@@ -246,7 +248,15 @@ class CallLog:
     def __init__(self) -> None:
         self._override: bool | None = None
 
-    def __call__(self, limit: int | None = 20, provider: str | None = None) -> "pd.DataFrame":
+    def __call__(self, limit: int | None = 20, provider: str | None = None, plot: bool = False) -> "pd.DataFrame":
+        """The latest `limit` calls (None: all), of one `provider` if given; `plot=True` also draws them
+        over time (`plots.history_chart`, matplotlib imported only then)."""
+        if plot:
+            from .plots import history_chart
+
+            frame = self(limit, provider)
+            history_chart(frame)
+            return frame
         import pandas as pd
 
         if limit is not None and (not isinstance(limit, int) or limit < 1):

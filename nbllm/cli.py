@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import replace
 from typing import Any
 
 from .commands import PROVIDERS_DESCRIPTION, Outcome, add_provider_arguments, run_providers
@@ -109,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("nbllm: interrupted", file=sys.stderr)
             return 130
-    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)):
+    warned = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, NbllmConfigWarning)))
+    for message in warned:
         print(scrub(message), file=sys.stderr)
+    if warned and outcome.message:  # (--list lists the problems too: each is said once, on stderr)
+        outcome = replace(outcome, message="\n".join(line for line in outcome.message.splitlines()
+                                                     if line not in warned))
     try:
         _print_outcome(outcome, bool(args.json))
     except BrokenPipeError:  # `nbllm providers --list | head`: the reader left, nothing is wrong

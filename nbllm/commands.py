@@ -41,8 +41,8 @@ def add_provider_arguments(parser: argparse.ArgumentParser, face: Face = "cli") 
     actions.add_argument("--status", action="store_true",
                          help="probe every provider and show the default, a summary and a table (the default action)")
     actions.add_argument("--list", action="store_true",
-                         help="show every environment variable each provider reads, whether it is set and where "
-                              "from (keys masked)")
+                         help="show, per provider, what is set (keys masked) and the defaults used otherwise, "
+                              "then the NBLLM_* variables that are set; --all: every variable")
     actions.add_argument("--enable", metavar="NAME", help="enable provider NAME")
     actions.add_argument("--disable", metavar="NAME", help="disable provider NAME (the default falls back to auto)")
     actions.add_argument("--test", metavar="NAME",
@@ -82,6 +82,9 @@ def add_provider_arguments(parser: argparse.ArgumentParser, face: Face = "cli") 
     parser.add_argument("--on", metavar="{transient,any}",
                         help="with --alias: which failures move down its chain: transient (default: connection "
                              "failures, timeouts, 429, 5xx) or any")
+    parser.add_argument("--all", action="store_true",
+                        help="with --list: every variable of every provider and every NBLLM_* variable, each "
+                             "with its default")
     parser.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                         help="with --status, --health-check or --test: the probe timeout "
                              "(default NBLLM_HEALTH_TIMEOUT, else 2 s)")
@@ -173,6 +176,8 @@ def _usage_mistake(args: argparse.Namespace) -> str | None:
         return "--on goes with --alias NAME=TARGET, e.g. --alias robust=openai,embedded --on any."
     if args.alias and not _split_alias(args.alias)[1]:
         return "--alias takes NAME=TARGET in one word, e.g. --alias fast=groq:llama-3.1-8b-instant."
+    if getattr(args, "all", False) and not args.list:
+        return "--all goes with --list (--list --all shows every variable)."
     probes = args.status or args.health_check or args.test or not has_action(args)
     if args.timeout is not None and not probes:
         return "--timeout goes with --status, --health-check or --test NAME (it bounds their probes)."
@@ -220,7 +225,7 @@ def _run(args: argparse.Namespace, persist: bool) -> Outcome:
     if args.test:
         return _test(args.test, args.timeout)
     if args.list:
-        return _list()
+        return _list(bool(getattr(args, "all", False)))
     if args.reinit:
         return _reinit()
     if args.health_check:
@@ -271,22 +276,22 @@ def _health(timeout: float | None) -> Outcome:
     return Outcome(str(summary), tables.health_table(health, tables.HEALTH_TABLE_COLUMNS), data, error)
 
 
-def _list() -> Outcome:
-    from . import tables
+def _list(everything: bool = False) -> Outcome:
     from .registry import get_registry
+    from .settings_listing import listing
 
     registry = get_registry()
-    variables = tables.table(tables.variable_rows(), tables.VARIABLE_COLUMNS)
+    shown = listing(everything, registry)
     aliases, more = _aliases(files=True)
     problems = [p for name in registry.names() for p in registry.settings(name).problems]
     problems += [*registry.global_settings.problems, *registry.endpoint_problems]
     files = registry.endpoint_files()
-    shown = ", ".join(f"{path} ({'exists' if exists else 'not found'})" for path, exists in files)
-    message = "\n".join([f"user config file: {registry.config_path}", f"endpoints files: {shown}", *problems])
-    data = {"config_file": str(registry.config_path), "variables": variables.records(), "problems": problems,
+    listed = ", ".join(f"{path} ({'exists' if exists else 'not found'})" for path, exists in files)
+    message = "\n".join([f"user config file: {registry.config_path}", f"endpoints files: {listed}", *problems])
+    data = {"config_file": str(registry.config_path), "variables": shown["records"], "problems": problems,
             "endpoints_files": [{"path": str(path), "exists": exists} for path, exists in files],
             "aliases": aliases}
-    return Outcome(message, variables, data, more=more)
+    return Outcome(message, shown["providers"], data, more=[*shown["more"], *more])
 
 
 def _set_enabled(name: str, enabled: bool, persist: bool) -> Outcome:

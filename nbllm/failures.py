@@ -9,8 +9,13 @@ Each failure gets its own words and hint, and says whether a retry may help:
 | a timeout (connect, read, whole reply)  | "timed out after N s …"                 | yes       |
 | the reply was cut mid-body / reset      | "the reply was cut off …"               | yes       |
 | HTTP 429 / 5xx                          | "HTTP 429: rate limited …"              | yes (with the server's Retry-After) |
-| HTTP 401/403, 404, 400                  | one sentence, with the key/model hint   | no        |
+| HTTP 401/403, 404, 400                  | "HTTP 401: the server refused …"        | no        |
 | a malformed answer                      | "the server sent a malformed answer"    | no        |
+
+An HTTP failure is one sentence: the status and what it means, the server's own message
+quoted from its JSON error body (shortened, keys masked), then what to do, once
+("openai at https://api.openai.com/v1: HTTP 401: the server refused the credentials (the
+server says: "Incorrect API key provided: ***") — check OPENAI_API_KEY").
 
 pydantic-ai 2.x already sorts provider errors into categories (`ModelConnectionError`
 with its `phase`, `ModelTimeoutError`, `ModelHTTPError` with `status_code`, `headers`,
@@ -28,14 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from typing import Any
 
 from .catalog import ProviderSpec, key_names
 from .errors import ModelError, scrub
-from .probes import describe_http_error
 
-__all__ = ["describe_failure", "http_failure", "malformed", "timed_out", "server_said"]
+__all__ = ["describe_failure", "http_failure", "malformed", "timed_out", "server_said", "server_message",
+           "status_words", "what_to_do"]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -64,7 +70,7 @@ def _http_error(chain: list[BaseException]) -> Any:
 def server_said(exc: BaseException) -> str:
     """The message in the error body of the HTTP reply behind `exc` (any status), scrubbed; "" without one."""
     http = _http_error(_chain(exc))
-    return scrub(_body_text(getattr(http, "body", None)))[:300] if http is not None else ""
+    return server_message(getattr(http, "body", None), 300) if http is not None else ""
 
 
 def _names(chain: list[BaseException]) -> str:
@@ -91,25 +97,93 @@ def _http(exc: Any, provider: str, url: str | None, spec: ProviderSpec | None) -
     return error
 
 
+_WHAT = {
+    400: "the request was rejected",
+    401: "the server refused the credentials",
+    403: "access is forbidden",
+    404: "not found",
+    408: "the server gave up waiting for the request",
+    413: "the request is too large",
+    422: "the request was rejected",
+    429: "rate limited",
+    502: "bad gateway (a proxy got no answer from the server behind it)",
+    503: "service unavailable (the server may still be loading its model)",
+    504: "gateway timeout (a proxy waited too long for the server behind it)",
+}
+"""What each status means, in a few words (no advice: that is the hint, said once)."""
+SERVER_SAID_CHARS = 160
+"""The longest part of a server's own message an error quotes (cut at a word, with "…")."""
+
+
+def status_words(status: int) -> str:
+    """`HTTP 401: the server refused the credentials`: the status and what it means, nothing to do yet."""
+    words = _WHAT.get(status) or ("server error" if status >= 500 else "the request was rejected")
+    return f"HTTP {status}: {words}"
+
+
+def what_to_do(status: int, spec: ProviderSpec, retry_after: float | None = None) -> str:
+    """The hint for an HTTP `status` from `spec`'s server: the one rule calls and model listings share."""
+    return _what_to_do(status, spec.env_prefix, key_names(spec), retry_after, spec.kind == "local")
+
+
+def _what_to_do(status: int, prefix: str, keys: str, retry_after: float | None, local: bool) -> str:
+    """The one thing to try for `status` (the hint after " — ")."""
+    if status == 401:
+        return f"check {keys}"
+    if status == 403:
+        return f"check {keys} and what it is allowed to use"
+    if status == 404:
+        return f"check the model name ({prefix}_MODEL) and base URL ({prefix}_BASE_URL)"
+    if status == 413:
+        return "send a shorter prompt or smaller images"
+    if status == 429:
+        wait = f"wait {retry_after:g} s" if retry_after else "wait a little"
+        return f"{wait} and try again, or send fewer requests at once"
+    if status in (408, 503):
+        return "try again in a moment"
+    if status >= 500:
+        return "try again later; if it keeps failing, look at the server's log" if local else "try again later"
+    return f"check the model ({prefix}_MODEL) and the options sent (max_tokens, temperature)"
+
+
 def http_failure(status: int, body: Any, headers: Any, provider: str, url: str | None,
                  spec: ProviderSpec | None) -> ModelError:
-    """An HTTP error status as one ModelError: `body` the reply's text, bytes or parsed JSON, `headers` any
-    mapping (its `retry-after` read, in seconds or as an HTTP date)."""
-    message = describe_http_error(status)
-    body = _body_text(body)
-    if body and status < 500:
-        message += f" ({body[:200]})"
+    """An HTTP error status as one ModelError whose text is one sentence: the status and what it means,
+    the server's own message when its body has one (shortened, keys masked), then what to do, once.
+
+    `body` is the reply's text, bytes or parsed JSON; `headers` any mapping (its `retry-after` read, in
+    seconds or as an HTTP date). Both paths use it: pydantic-ai's `ModelHTTPError` and nbllm's wire path.
+    """
+    said = server_message(body)
+    message = status_words(status) + (f' (the server says: "{said}")' if said else "")
     prefix = _prefix(provider, spec)
-    hint = None
-    if status in (401, 403):
-        hint = f"check {key_names(spec) if spec is not None else prefix + '_API_KEY'}"  # key_env's too
-        message = f"HTTP {status}: the server refused the credentials" + (f" ({body[:200]})" if body else "")
-    elif status == 404:
-        hint = f"check the model name ({prefix}_MODEL) and base URL ({prefix}_BASE_URL)"
+    keys = key_names(spec) if spec is not None else f"{prefix}_API_KEY"  # key_env's too
     retryable = status == 429 or status >= 500
     retry_after = _retry_after(headers.get("retry-after") or headers.get("Retry-After")) if retryable else None
+    hint = _what_to_do(status, prefix, keys, retry_after, spec is not None and spec.kind == "local")
     return ModelError(provider, message, url=url, hint=hint, retryable=retryable, retry_after=retry_after,
                       status=status)
+
+
+_ECHOED_KEY = re.compile(r"[\w\-]*\*{3,}[\w\-*]*")
+"""A key a server echoes back in part (`Incorrect API key provided: sk-abc12*****wxyz`): masked whole.
+Only a run of asterisks marks one (a model named `hf-internal-testing/…` is no key); whole keys are
+`scrub`'s."""
+
+
+def server_message(body: Any, limit: int = SERVER_SAID_CHARS) -> str:
+    """The server's own words in an error body, on one line, keys masked and cut at a word to `limit`:
+    `error.message` (OpenAI, Anthropic, Gemini, vLLM), `message`, `detail` (FastAPI), `error` as text;
+    a plain-text body as it is; "" for nothing, or for an HTML page (a proxy's, no message to quote)."""
+    text = _body_text(body)
+    if not text or text.lstrip().startswith("<"):
+        return ""
+    text = _ECHOED_KEY.sub("***", scrub(text)).rstrip(". ")
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "…"
 
 
 def malformed(provider: str, url: str | None, detail: str) -> ModelError:
@@ -141,18 +215,35 @@ def _seconds(value: str | None) -> float | None:
 
 
 def _body_text(body: Any) -> str:
-    """A server's error body in one line: its `error.message` (or `message`) when it has one, else its text."""
-    if isinstance(body, (str, bytes)) and body.lstrip()[:1] in ("{", b"{"):  # Mistral's SDK keeps the raw JSON
+    """A server's error body in one line: its message when it has one (see `server_message`), else its text."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str) and body.lstrip()[:1] in ("{", "["):  # Mistral's SDK and the wire path keep the raw JSON
         try:
             body = json.loads(body)
         except ValueError:
             pass
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message") if isinstance(error, dict) else error
-        body = message if isinstance(message, str) else body
-    text = body if isinstance(body, str) else (str(body) if body else "")
+    message = _message_in(body)
+    text = message if message is not None else (body if isinstance(body, str) else "")
     return " ".join(text.split())
+
+
+def _message_in(body: Any, depth: int = 0) -> str | None:
+    """The message text inside a parsed error body, or None when it holds none."""
+    if depth > 3:
+        return None
+    if isinstance(body, str):
+        return body
+    if isinstance(body, list):  # Gemini: [{"error": {...}}]; FastAPI: "detail": [{"msg": ...}]
+        found = [m for m in (_message_in(item, depth + 1) for item in body[:3]) if m]
+        return "; ".join(found) if found else None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail", "msg", "error_description", "title"):
+            if key in body:
+                found = _message_in(body[key], depth + 1)
+                if found:
+                    return found
+    return None
 
 
 def describe_failure(exc: BaseException, provider: str, url: str | None, spec: ProviderSpec | None = None,

@@ -141,8 +141,10 @@ def _servers(settings: ProviderSettings) -> tuple[str, ...]:
 
 
 def _hint(spec: ProviderSpec, error: ProbeError) -> str | None:
-    if error.status in (401, 403):
-        return f"{key_names(spec)} was refused"
+    if error.status is not None and error.status >= 400:
+        from .failures import what_to_do
+
+        return what_to_do(error.status, spec)
     if error.status is None and spec.kind == "local":
         return spec.install_hint
     return None

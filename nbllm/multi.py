@@ -156,15 +156,17 @@ async def _fan_out(prompt: "str | Prompt", providers: Any, options: dict[str, An
 
 
 def _frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
+    """The rows as a `plots.Comparison`: a DataFrame whose `.plot()` draws latency and cost per provider."""
     import pandas as pd
 
+    from .plots import Comparison
     from .store import cast_usage
 
     typed = bool(rows) and "valid" in rows[0]
     frame = cast_usage(pd.DataFrame(rows, columns=TYPED_COLUMNS if typed else COMPARE_COLUMNS))
     if typed:
         frame["valid"] = frame["valid"].astype(bool)
-    return frame
+    return Comparison(frame)
 
 
 # ---- compare -----------------------------------------------------------------------------
@@ -179,6 +181,7 @@ def compare(prompt: "str | Sequence[Any]", providers: str | list[str] | None = N
     and `budget=` (USD for these requests together; with the kernel's `nbllm.budget`, both must cover each).
     With `output_type=X` there are two more columns, `output` (the validated value) and `valid`
     (which providers produced a valid X); `answer` is the value's JSON, or the raw text when invalid.
+    `.plot()` on the result draws latency and cost per provider (matplotlib).
     """
     return _frame(bridge.run(_fan_out(prepared(prompt, options, 2), providers, options)))
 

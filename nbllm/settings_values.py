@@ -25,7 +25,7 @@ from .errors import BadValue, scrub
 __all__ = [
     "BadValue", "TRUE_WORDS", "FALSE_WORDS", "BOOL_FORM", "to_bool", "to_text", "to_url", "to_urls", "split_urls",
     "to_choice", "to_path",
-    "to_args", "to_number", "number_form", "show_number", "check_number", "Secret", "Field", "FIELDS",
+    "to_args", "to_number", "number_form", "show_number", "check_number", "option_number", "Secret", "Field", "FIELDS",
     "Variable", "GLOBALS", "validate_user_config", "is_name", "server_root", "openai_base", "host_to_url", "decode",
     "os_reason",
 ]
@@ -199,16 +199,38 @@ def to_number(text: str, low: float | None = None, high: float | None = None, wh
 
 
 def check_number(value: object, low: float | None, high: float | None, whole: bool) -> None:
-    """A per-call number (`temperature=5`) under the rules of its variable; ValueError says "must …"."""
+    """A per-call number (`temperature=5`) under the rules of its variable; ValueError says "must …"
+    with the accepted form (`temperature="hot"`: "must be a number between 0 and 2")."""
+    form = number_form(low, high, whole)
     if whole and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError("must be a whole number")
+        raise ValueError(f"must be {form}")
     if not whole:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("must be a number")
+            raise ValueError(f"must be {form}")
         if not math.isfinite(value):
-            raise ValueError("must be a finite number")
+            raise ValueError(f"must be a finite number{form.removeprefix('a number')}")
     if (low is not None and value < low) or (high is not None and value > high):  # type: ignore[operator]
         raise ValueError(f"must be between {show_number(low)} and {show_number(high)}")
+
+
+def option_number(low: float | None = None, high: float | None = None, whole: bool = False,
+                  unit: str = "", low_open: bool = False) -> Callable[[str], float | int]:
+    """An argparse `type=` for a magic's number option (`-t`, `--max-tokens`): text that is not a number is
+    said in nbllm's words with the accepted form ("expected a number between 0 and 2, got 'hot'"), not
+    argparse's ("invalid float value: 'hot'"). A number out of range passes: the call's own check says
+    which option and which range, as it does for `nbllm.ask(temperature=5)`."""
+    import argparse
+
+    form = "expected " + number_form(low, high, whole, low_open, unit)
+
+    def parse(text: str) -> float | int:
+        try:
+            return to_number(text, whole=whole)
+        except BadValue:
+            raise argparse.ArgumentTypeError(f"{form}, got {text!r}") from None
+
+    parse.__name__ = "whole number" if whole else "number"  # what argparse names in its own messages
+    return parse
 
 
 # ---- a key --------------------------------------------------------------------------
@@ -315,6 +337,9 @@ GLOBALS: dict[str, Variable] = {v.name: v for v in (
     Variable("NBLLM_EMBEDDED_MODEL", "embedded_model", to_path, "the bundled model (SmolLM2)"),
     Variable("NBLLM_EMBEDDED_ARGS", "embedded_args", to_args, "no extra options"),
     Variable("NBLLM_EMBEDDED_START_TIMEOUT", "embedded_start_timeout", _seconds, "the default 30 seconds"),
+    # The embedded provider's own, named like its EMBEDDED_BASE_URL: unset, each server start draws a seed.
+    Variable("EMBEDDED_SEED", "embedded_seed", partial(to_number, low=0, high=2**32 - 2, whole=True),
+             "a new random seed each time its server starts"),
     Variable("NBLLM_CONFIG", "config", to_path, "the default file in nbllm's user config directory"),
     Variable("NBLLM_MAX_CONTEXT_TOKENS", "max_context_tokens", partial(to_number, low=50, high=1_000_000, whole=True),
              f"the default {MAX_CONTEXT_TOKENS}"),

@@ -55,14 +55,7 @@ def spend(by: str = "provider", since: str | None = None, plot: bool = False) ->
 
 
 def _draw(frame: "pd.DataFrame", by: str) -> Any:
-    """A bar of USD per group; calls with an unknown cost are named in the title."""
-    import matplotlib.pyplot as plt
+    """A bar of USD per group (`plots.spend_chart`: matplotlib is imported there, only now)."""
+    from .plots import spend_chart
 
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(frame) + 2), 3.2))
-    ax.bar([str(i) for i in frame.index], frame["cost_usd"], color="#4c72b0")
-    ax.set_ylabel("USD")
-    unknown = int(frame["unknown_cost"].sum())
-    ax.set_title(f"nbllm spend by {by}" + (f" ({unknown} calls of unknown cost not counted)" if unknown else ""))
-    ax.tick_params(axis="x", rotation=30 if len(frame) > 4 else 0)
-    fig.tight_layout()
-    return fig
+    return spend_chart(frame, by)

@@ -168,7 +168,8 @@ def shorten(text: str, width: int) -> str:
     """`text` in at most `width` characters, ending in "…" when cut.
 
     Cut at a word boundary (a URL is one word: kept whole or left out, never halved); an
-    error's hint (after " — ") is kept and its start shortened instead. A single word
+    error's hint (after " — ") is kept and its start shortened instead (or left out when
+    the hint alone needs the room). A single word
     longer than `width` is the only thing cut inside.
     """
     if len(text) <= width:
@@ -179,6 +180,8 @@ def shorten(text: str, width: int) -> str:
     if sep and len(hint) + len(sep) + 1 <= width:
         room = width - len(sep) - len(hint)
         return _cut_words(head, room, whole=True) + sep + hint
+    if sep and width >= _MIN_CELL_WIDTH:  # no room for both: what to do matters more than what happened
+        return "… " + _cut_words(hint, width - 2)
     return _cut_words(text, width)
 
 
@@ -223,17 +226,21 @@ def terminal_width() -> int | None:
 def to_text(data: Any, width: int | None = None) -> str:
     """A plain-text rendering for terminals: every column, text left-aligned, numbers
     right-aligned, long cells shortened (`shorten`) so each line fits `width` (default: the
-    terminal's). A width given or a terminal's is a hard limit (every column but the row's name
-    and status narrows to fit); without either, TEXT_TABLE_WIDTH is a goal that keeps URLs
-    and model names readable."""
+    terminal's). A width given or a terminal's is a hard limit: columns no row fills go, the
+    note joins the error column, then the least useful columns are left out (a last line names
+    them) rather than squeezed into fragments, and the rest narrows to fit. Without either,
+    TEXT_TABLE_WIDTH is a goal that keeps URLs and model names readable."""
     t = as_table(data)
     strict = width is not None or terminal_width() is not None
     width = width or terminal_width() or TEXT_TABLE_WIDTH
+    left_out: list[str] = []
+    if strict:
+        t, left_out = _fit_columns(_without_empty(t), width)
     columns = [t.headings.get(c, c) for c in t.columns]
     numeric = [_numeric(t.column(c)) for c in t.columns]
     cells = [[_text_cell(value) for value in row] for row in t.rows]
     natural = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
-    floors = [_MIN_ERROR_WIDTH if c == "error" else _MIN_CELL_WIDTH for c in t.columns]
+    floors = [_floor(c) for c in t.columns]
     long = [c in _LONG for c in t.columns]
     numeric = [right or c in _WHOLE for right, c in zip(numeric, t.columns)]  # kept whole, like numbers
     aligned = [_numeric(t.column(c)) for c in t.columns]
@@ -244,7 +251,73 @@ def to_text(data: Any, width: int | None = None) -> str:
                  for v, w, right in zip(values, widths, aligned)]
         return _GAP.join(parts).rstrip()
 
-    return "\n".join([line(columns), *(line(row) for row in cells)])
+    lines = [line(columns), *(line(row) for row in cells)]
+    if left_out:
+        lines.append(shorten(f"(left out to fit {width} columns: {', '.join(left_out)})", width))
+    return "\n".join(lines)
+
+
+_LEAVE_OUT = ("models", "enabled", "connected", "kind", "base_url", "latency_ms")
+"""Columns a narrow terminal drops first to last: each is said elsewhere (the status word, the
+error) or by `--json`; the row's name, status, model and error stay."""
+
+
+def _floor(column: str) -> int:
+    return _MIN_ERROR_WIDTH if column == "error" else _MIN_CELL_WIDTH
+
+
+def _cell_empty(value: Any) -> bool:
+    return _text_cell(value) == ""
+
+
+def _without_empty(t: Table) -> Table:
+    """`t` without the columns no row fills (the first, naming the rows, always stays)."""
+    if not t.rows:
+        return t
+    return _dropping(t, [c for i, c in enumerate(t.columns) if i and all(_cell_empty(row[i]) for row in t.rows)])
+
+
+def _needed(t: Table) -> int:
+    """The width `t` takes with every column at its floor (whole columns and numbers at their own width)."""
+    total = len(_GAP) * (len(t.columns) - 1)
+    for c in t.columns:
+        values = t.column(c)
+        own = max([len(t.headings.get(c, c)), *(len(_text_cell(v)) for v in values)])
+        whole = c in _WHOLE or _numeric(values)
+        total += own if whole else max(len(t.headings.get(c, c)), min(own, _floor(c)))
+    return total
+
+
+def _fit_columns(t: Table, width: int) -> tuple[Table, list[str]]:
+    """`t` narrowed by columns for a `width`-wide terminal: the note into the error column, then
+    `_LEAVE_OUT` in turn until every column gets its floor (those that fit again afterwards come
+    back); the headings of those left out."""
+    if _needed(t) > width and "note" in t.columns and "error" in t.columns:
+        t = _note_into_error(t)
+    dropped: list[str] = []
+    for name in _LEAVE_OUT:
+        if _needed(_dropping(t, dropped)) <= width:
+            break
+        if name in t.columns:
+            dropped.append(name)
+    for name in reversed(dropped[:-1]):  # a narrow column dropped early may fit beside the rest
+        if _needed(_dropping(t, [d for d in dropped if d != name])) <= width:
+            dropped.remove(name)
+    return _dropping(t, dropped), [t.headings.get(name, name) for name in t.columns if name in dropped]
+
+
+def _dropping(t: Table, names: list[str]) -> Table:
+    keep = [i for i, c in enumerate(t.columns) if c not in names]
+    return Table([t.columns[i] for i in keep], [[row[i] for i in keep] for row in t.rows], t.headings)
+
+
+def _note_into_error(t: Table) -> Table:
+    """One column for what to know about a row: its error and its note ("starts on first use")."""
+    error, note = t.columns.index("error"), t.columns.index("note")
+    rows = [[" · ".join(p for p in (_text_cell(row[error]), _text_cell(row[note])) if p) if i == error else v
+             for i, v in enumerate(row) if i != note] for row in t.rows]
+    headings = {**t.headings, "error": t.headings.get("error", "error") + " / note"}
+    return Table([c for c in t.columns if c != "note"], rows, headings)
 
 
 def _fit(natural: list[int], headings: list[int], numeric: list[bool], long: list[bool], least: list[int],
@@ -297,15 +370,24 @@ def _text_cell(value: Any) -> str:
 
 HTML_CELL_CHARS = 48
 """Characters a cell shows in HTML before it is shortened (the whole text on hover and in "details")."""
-_CELL = "text-align:left; padding:2px 8px; vertical-align:top; white-space:nowrap"
-_NUMBER = "text-align:right; padding:2px 8px; vertical-align:top; white-space:nowrap"
+HTML_NAME_CHARS = 28
+"""Characters a URL or model name shows in HTML: the scheme and then the path go first, a model
+path keeps its last part (the model's own name)."""
+_CELL = "text-align:left; padding:2px 6px; vertical-align:top; white-space:nowrap"
+_NUMBER = "text-align:right; padding:2px 6px; vertical-align:top; white-space:nowrap"
+_WRAP = ("text-align:left; padding:2px 6px; vertical-align:top; white-space:normal; overflow-wrap:normal;"
+         " word-break:normal; min-width:14em")
+"""Sentences (errors, notes) wrap between words when the page is narrow, never inside a word."""
+_NAMES = ("model", "base_url", "target")
+"""One-word cells (a URL, a model path): never wrapped, shortened at a "/" or the scheme."""
 _DETAILS = "white-space:normal; word-break:normal; overflow-wrap:normal; max-width:40em"
 
 
 def to_html(data: Any, caption: str | None = None, *, table_class: str = "nbllm-table") -> str:
     """HTML for notebooks: text left-aligned, the status a coloured word, long cells shortened
-    (the whole text in `title` and behind a "details" toggle); every text escaped."""
-    t = as_table(data)
+    (the whole text in `title` and behind a "details" toggle), no column that no row fills;
+    every text escaped."""
+    t = _without_empty(as_table(data))
     numeric = [_numeric(t.column(c)) for c in t.columns]
     head = "".join(f"<th style='{_NUMBER if right else _CELL}'>{_escape(t.headings.get(c, c))}</th>"
                    for c, right in zip(t.columns, numeric))
@@ -322,12 +404,43 @@ def _td(column: str, value: Any, right: bool) -> str:
         colour = _STATUS_COLOURS.get(text.split(" (")[0])
         inner = f"<span style='color:{colour}; font-weight:bold'>{_escape(text)}</span>" if colour else _escape(text)
         return f"<td style='{_CELL}'>{inner}</td>"
-    if len(text) <= HTML_CELL_CHARS:
+    if right or column in _WHOLE:
         return f"<td style='{_NUMBER if right else _CELL}'>{_escape(text)}</td>"
+    if column in _NAMES and " " not in text:
+        short = _short_name(text, column == "base_url")
+        if short == text:
+            return f"<td style='{_CELL}'>{_escape(text)}</td>"
+        return f"<td style='{_CELL}' title=\"{_escape(text)}\">{_escape(short)}</td>"
+    if len(text) <= HTML_CELL_CHARS:
+        return f"<td style='{_WRAP}'>{_escape(text)}</td>"
     short = _escape(shorten(text, HTML_CELL_CHARS))
     full = _escape(text)
-    return (f"<td style='{_CELL}' title=\"{full}\"><details><summary>{short}</summary>"
+    return (f"<td style='{_WRAP}' title=\"{full}\"><details><summary>{short}</summary>"
             f"<div style='{_DETAILS}'>{full}</div></details></td>")
+
+
+def _short_name(text: str, url: bool) -> str:
+    """A URL or model path in at most HTML_NAME_CHARS, cut only at its "/" (the whole on hover):
+    a URL loses its scheme, then its path from the end (its host stays whole); a model path keeps
+    its last parts, the model's own name."""
+    if len(text) <= HTML_NAME_CHARS:
+        return text
+    if url:
+        rest = text.split("://", 1)[-1]
+        parts = rest.split("/")
+        kept = parts[0]
+        for part in parts[1:]:
+            if len(kept) + len(part) + 3 > HTML_NAME_CHARS:
+                return kept + "/…" if len(kept) < len(rest) else kept
+            kept += "/" + part
+        return kept
+    parts = text.split("/")
+    kept = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(kept) + len(part) + 3 > HTML_NAME_CHARS:
+            return "…/" + kept
+        kept = part + "/" + kept
+    return kept
 
 
 def _escape(text: str) -> str:

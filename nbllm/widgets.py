@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from . import bridge, session
+from . import bridge, call_events, session
 from .catalog import AUTO, all_specs, parse_chain
 from .errors import NbllmError, display_url, scrub
-from .health import ProviderHealth, known_without_probe, probed, unfinished
+from .health import NOT_STARTED, ProviderHealth, known_without_probe, probed, unfinished
 from .registry import get_registry
 from .session import Selection
 from . import tables
@@ -52,11 +52,18 @@ DEFAULT_MODEL = ""
 """Model selector value meaning "the provider's own default" (configured, or detected at call time)."""
 
 _TABLE_HEADINGS = [
-    ("provider", "provider"), ("status", "status"), ("enabled", "enabled"), ("connected", "connected"),
-    ("model", "model"), ("latency_ms", "ms"), ("base_url", "base URL"), ("error", "error"), ("note", "note"),
+    ("provider", "provider"), ("status", "status"), ("model", "model"), ("latency_ms", "ms"),
+    ("base_url", "base URL"), ("error", "error"), ("note", "note"),
 ]
+"""The panel's columns: the status word already says disabled or down, so no enabled/connected
+columns take the width the error (what to do) needs."""
 PANEL_MARGIN = 2.0
 """Seconds the panel waits for a provider beyond the health timeout before marking it timed out."""
+MIN_CHECKING_SECONDS = 0.4
+"""Refresh shows "checking…" at least this long: a check that answers at once would otherwise
+flash by unseen, and the click would look ignored."""
+RECHECK_SECONDS = 10.0
+"""The shortest time between two looks at one provider that calls ask for (see `_on_call_ended`)."""
 
 
 def panel() -> "ProviderPanel":
@@ -88,6 +95,11 @@ class ProviderPanel(widgets.VBox):
         self._list_future: concurrent.futures.Future | None = None
         self._models_listed = threading.Event()
         self._models_listed.set()
+        self._started = 0.0  # when the latest Refresh began (time.monotonic)
+        self._rechecking: set[str] = set()  # providers re-checked because a call told something new
+        self._rechecked_at: dict[str, float] = {}
+        self._rows_updated = threading.Event()
+        self._rows_updated.set()
 
         self.provider_select = widgets.Dropdown(description="Provider", options=[(AUTO, AUTO)], value=AUTO)
         self.model_select = widgets.Dropdown(description="Model", options=[("provider default", DEFAULT_MODEL)])
@@ -99,14 +111,23 @@ class ProviderPanel(widgets.VBox):
         self.check_label = widgets.HTML()
         self.default_line = widgets.HTML()
         self.table = widgets.HTML()
+        self.provider_select.layout.width = "300px"
+        self.model_select.layout.width = "280px"
         for w in (self.provider_select, self.model_select):
-            w.style.description_width = "70px"
-            w.layout.width = "360px"
+            w.style.description_width = "60px"
         self.refresh_button.layout.width = "110px"
-        self.list_button.layout.width = "130px"
-        controls = widgets.HBox([self.provider_select, self.model_select, self.list_button, self.refresh_button,
-                                 self.check_label])
-        super().__init__(children=[controls, self.models_note, self.default_line, self.table], **kwargs)
+        self.list_button.layout.width = "120px"
+        # One line of controls (about 810 px, a notebook's width at 1280 px with the file browser open);
+        # narrower, whole controls move to a second line — never squeezed to "…".
+        controls = widgets.HBox([self.provider_select, self.model_select, self.list_button, self.refresh_button],
+                                layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        for w in controls.children:
+            w.layout.flex = "0 0 auto"
+        controls.add_class("nbllm-controls")
+        self.check_label.add_class("nbllm-summary")
+        # The check's one-line summary sits above the table it summarises (beside Refresh it wrapped).
+        super().__init__(children=[controls, self.models_note, self.default_line, self.check_label, self.table],
+                         **kwargs)
         for widget in _walk(self):
             _handle_on_main_shell(widget)
         self.add_class("nbllm-panel")
@@ -120,7 +141,8 @@ class ProviderPanel(widgets.VBox):
         self.model_select.observe(self._on_model_chosen, names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
         self.list_button.on_click(lambda _button: self.list_models())
-        self._unsubscribe: Callable[[], None] | None = _subscribe(self)
+        self._unsubscribe: Callable[[], None] | None = _weakly(self, session.observe, "_on_selection")
+        self._stop_listening: Callable[[], None] | None = _weakly(self, call_events.listen, "_on_call_ended")
         self.refresh()
 
     # ---- public -------------------------------------------------------------
@@ -134,8 +156,8 @@ class ProviderPanel(widgets.VBox):
             self._checked.clear()
             if self._future is not None and not self._future.done():
                 self._future.cancel()
-            self.refresh_button.disabled = True
-            self.check_label.value = _small(CHECKING)
+            self._started = time.monotonic()
+            self._show_checking(True)
             with self._syncing_widgets():
                 self._fill_providers(checking=True)
             self._render_table(checking=True)
@@ -149,6 +171,10 @@ class ProviderPanel(widgets.VBox):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the latest check has been applied to the widgets (for scripts and tests)."""
         return self._checked.wait(timeout)
+
+    def wait_rows(self, timeout: float | None = None) -> bool:
+        """Block until the rows a finished call made stale have been checked again (for tests)."""
+        return self._rows_updated.wait(timeout)
 
     def list_models(self) -> concurrent.futures.Future | None:
         """Ask the chosen cloud provider for its models on nbllm's loop (the "list models" button).
@@ -185,6 +211,10 @@ class ProviderPanel(widgets.VBox):
         if unsubscribe is not None:
             unsubscribe()
             self._unsubscribe = None
+        stop_listening = getattr(self, "_stop_listening", None)
+        if stop_listening is not None:
+            stop_listening()
+            self._stop_listening = None
         for future in (getattr(self, "_future", None), getattr(self, "_list_future", None)):
             if future is not None and not future.done():
                 future.cancel()
@@ -309,7 +339,17 @@ class ProviderPanel(widgets.VBox):
 
     # ---- the background check -------------------------------------------------
     def _on_checked(self, future: concurrent.futures.Future, generation: int, timeout: float) -> None:
-        """Done-callback on nbllm's loop thread: apply the results unless a newer check started."""
+        """Done-callback on nbllm's loop thread: apply the results (after "checking…" has shown
+        for MIN_CHECKING_SECONDS) unless a newer check started."""
+        wait = MIN_CHECKING_SECONDS - (time.monotonic() - self._started)
+        if wait > 0 and not future.cancelled():
+            timer = threading.Timer(wait, self._apply_check, (future, generation, timeout))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._apply_check(future, generation, timeout)
+
+    def _apply_check(self, future: concurrent.futures.Future, generation: int, timeout: float) -> None:
         with self._lock:
             if generation != self._generation or future.cancelled():
                 return
@@ -317,8 +357,7 @@ class ProviderPanel(widgets.VBox):
             stamp = time.strftime("%H:%M:%S")
             if error is None:
                 self._health = future.result()
-                available = sum(1 for h in self._health.values() if h.available)
-                self.check_label.value = _small(f"checked {stamp} · {available} of {len(self._health)} available")
+                self.check_label.value = _small(_summary(self._health, stamp))
             else:
                 if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
                     self.check_label.value = _small(f"timed out after {timeout:g} s ({stamp})")
@@ -334,8 +373,66 @@ class ProviderPanel(widgets.VBox):
                     self._show_selection(session.current())
                 self._render_table()
             finally:
-                self.refresh_button.disabled = False
+                self._show_checking(False)
                 self._checked.set()
+
+    def _show_checking(self, checking: bool) -> None:
+        """Refresh itself says a check runs: "Checking…" with a spinning icon, and disabled."""
+        with self.refresh_button.hold_sync():
+            self.refresh_button.disabled = checking
+            self.refresh_button.description = "Checking…" if checking else "Refresh"
+            self.refresh_button.icon = "spinner spin" if checking else "refresh"
+        if checking:
+            self.check_label.value = _small(CHECKING)
+
+    # ---- what calls tell --------------------------------------------------------
+    def _on_call_ended(self, answer: Any) -> None:
+        """Listener of every finished call (on the thread that ended it; returns at once): a call
+        that answered from a provider whose row says otherwise (the embedded model has started, a
+        server is back), or failed on one shown available, has that one row checked again."""
+        provider = getattr(answer, "provider", None)
+        if str(getattr(answer, "reason", "") or "").startswith("replayed"):
+            return  # the cache answered: nothing was learnt about the provider
+        with self._lock:
+            health = self._health.get(provider) if isinstance(provider, str) else None
+            refreshing = self._future is not None and not self._future.done()
+            if health is None or refreshing or provider in self._rechecking:
+                return
+            failed = bool(getattr(answer, "error", None))
+            # An answer where the row says down or "starts on first use"; a failure where it says available.
+            # (A fleet's row always has a note: its calls change nothing shown.) At most one look per
+            # provider every RECHECK_SECONDS: a map failing on a rate limit does not probe it per row.
+            if not (health.available and failed or not failed and (not health.available or health.note == NOT_STARTED)):
+                return
+            now = time.monotonic()
+            if now - self._rechecked_at.get(provider, -RECHECK_SECONDS) < RECHECK_SECONDS:
+                return
+            self._rechecked_at[provider] = now
+            self._rechecking.add(provider)
+            self._rows_updated.clear()
+            generation = self._generation
+        registry = get_registry()
+        timeout = registry.health_timeout
+        check = registry.check([provider], timeout, bound=timeout + PANEL_MARGIN)
+        future = asyncio.run_coroutine_threadsafe(check, bridge.get_loop())
+        future.add_done_callback(lambda f: self._on_rechecked(f, provider, generation))
+
+    def _on_rechecked(self, future: concurrent.futures.Future, provider: str, generation: int) -> None:
+        """Apply one provider's new row unless a Refresh started since (its rows are newer)."""
+        with self._lock:
+            try:
+                if generation != self._generation or future.cancelled() or future.exception() is not None:
+                    return
+                self._health[provider] = future.result()[provider]
+                self.check_label.value = _small(_summary(self._health, time.strftime("%H:%M:%S")))
+                with self._syncing_widgets():
+                    self._fill_providers()
+                    self._show_selection(session.current())
+                self._render_table()
+            finally:
+                self._rechecking.discard(provider)
+                if not self._rechecking:
+                    self._rows_updated.set()
 
     # ---- rendering ------------------------------------------------------------
     def _render_default(self, selection: Selection) -> None:
@@ -367,21 +464,29 @@ class _Syncing:
         self.owner._syncing = self.previous
 
 
-def _subscribe(owner: ProviderPanel) -> Callable[[], None]:
-    """Follow the default without keeping the panel alive: the observer holds a weak
-    reference and drops itself once the panel is gone; `close()` unsubscribes at once."""
+def _weakly(owner: ProviderPanel, subscribe: Callable[[Callable[[Any], None]], Callable[[], None]],
+            method: str) -> Callable[[], None]:
+    """`subscribe(callback)` with a callback that calls `owner.<method>(value)` without keeping the panel
+    alive: it holds a weak reference and drops itself once the panel is gone. Returns the unsubscriber
+    (`close()` calls it at once)."""
     ref = weakref.ref(owner)
-    unsubscribe: list[Callable[[], None]] = []
+    stop: list[Callable[[], None]] = []
 
-    def observer(selection: Selection) -> None:
+    def callback(value: Any) -> None:
         target = ref()
         if target is None:
-            unsubscribe[0]()
+            stop[0]()
         else:
-            target._on_selection(selection)
+            getattr(target, method)(value)
 
-    unsubscribe.append(session.observe(observer))
-    return unsubscribe[0]
+    stop.append(subscribe(callback))
+    return stop[0]
+
+
+def _summary(health: dict[str, ProviderHealth], stamp: str) -> str:
+    """The header's one line: `3 of 17 available · checked 08:39:19`."""
+    available = sum(1 for h in health.values() if h.available)
+    return f"<span style='white-space:nowrap'>{available} of {len(health)} available · checked {stamp}</span>"
 
 
 def _handle_on_main_shell(widget: widgets.Widget) -> None:
@@ -465,6 +570,8 @@ def _default_model_label(provider: str, health: ProviderHealth | None) -> str:
     settings = registry.settings(provider)
     if health is not None and health.model_detected and settings.model_is_default:
         return f"{health.model_id} (loaded)"
+    if health is not None and health.note and health.model_id and settings.model_is_default:
+        return f"{health.model_id} ({health.note})"  # the embedded model: named before its server starts
     if registry.spec(provider).kind == "local" and settings.model_is_default:
         return "detect at call time"
     return f"{settings.model} (configured)"

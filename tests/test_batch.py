@@ -17,7 +17,7 @@ from nbllm import retry
 from nbllm.retry import retry_delay
 from nbllm.errors import ConfigurationError
 
-from conftest import reset_nbllm
+from conftest import execute_in_kernel, reset_nbllm
 from fakeserver import FakeLLMServer
 
 
@@ -301,7 +301,6 @@ def test_a_saved_notebook_keeps_the_final_progress(tmp_path):
     import os
 
     import nbformat
-    from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
 
     from conftest import _PROVIDER_PREFIXES
@@ -314,14 +313,7 @@ def test_a_saved_notebook_keeps_the_final_progress(tmp_path):
         nb = new_notebook(cells=[new_code_cell(
             "import nbllm\nresult = nbllm.map(['a', 'b', 'c'], 'Q: {value}', provider='lmstudio')\nprint(list(result))"
         )])
-        from jupyter_client.manager import KernelManager
-
-        km = KernelManager(kernel_name="python3")
-        km.start_kernel(env=env, cwd=str(tmp_path))
-        try:
-            NotebookClient(nb, km=km, timeout=60).execute()
-        finally:
-            km.shutdown_kernel(now=True)
+        execute_in_kernel(nb, env, tmp_path)
     nbformat.validate(nb)
     outputs = nb.cells[0].outputs
     bars = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

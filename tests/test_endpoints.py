@@ -482,7 +482,10 @@ def test_list_shows_the_endpoints_files_and_the_endpoints_variables(files, capsy
     nbllm.add_provider("gpu", base_url="http://127.0.0.1:9/v1")
     code, out, _ = cli(capsys, "--list")
     assert code == 0 and f"{user_file} (exists)" in out
-    for variable in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL", "GPU_ENABLED"):
+    for variable in ("GPU_API_KEY", "GPU_MODEL", "GPU_BASE_URL"):
+        assert variable in out
+    code, out, _ = cli(capsys, "--list", "--all")  # every variable, the shared defaults too
+    for variable in ("GPU_ENABLED", "GPU_TIMEOUT", "GPU_PRICE_INPUT"):
         assert variable in out
     code, out, _ = cli(capsys, "--list", "--json")
     data = json.loads(out)

@@ -14,7 +14,7 @@ import pytest
 import nbllm
 from nbllm import session
 from nbllm.session import Selection
-from nbllm.widgets import CHECKING, DEFAULT_MODEL, ProviderPanel, _subscribe
+from nbllm.widgets import CHECKING, DEFAULT_MODEL, ProviderPanel, _weakly
 
 SECRET = "sk-nbllm-PANEL-SECRET-4242"
 WAIT = 10.0  # generous upper bound for a check to be applied; never a timing assertion
@@ -319,7 +319,7 @@ def test_observer_does_not_keep_a_forgotten_panel_alive():
 
     before = len(session._observers)
     target = Target()
-    _subscribe(target)  # type: ignore[arg-type]
+    _weakly(target, session.observe, "_on_selection")  # type: ignore[arg-type]
     nbllm.use("ollama")
     assert target.seen == [Selection("ollama", None)]
     del target
@@ -435,3 +435,126 @@ def test_list_models_does_not_apply_to_local_servers_or_auto(lmstudio, panels):
         assert p.list_models() is None
     asked = len(lmstudio.requests)
     assert p.list_models() is None and len(lmstudio.requests) == asked
+
+
+# ---- issue 15: the checking state, rows that follow calls, a model list never blank ----------
+
+def test_refresh_shows_checking_on_the_button_until_the_check_is_applied(make_server, panels, monkeypatch):
+    server = make_server(mode="hang")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("NBLLM_HEALTH_TIMEOUT", "0.5")
+    p = panels()
+    assert (p.refresh_button.description, p.refresh_button.icon) == ("Refresh", "refresh")
+    p.refresh()
+    # Seen at once, on the button itself and beside it, while the hanging probe runs.
+    assert p.refresh_button.description == "Checking…" and "spin" in p.refresh_button.icon
+    assert p.refresh_button.disabled and CHECKING in p.check_label.value
+    assert p.wait(WAIT)
+    assert (p.refresh_button.description, p.refresh_button.icon, p.refresh_button.disabled) == \
+        ("Refresh", "refresh", False)
+    assert "available · checked" in p.check_label.value and "white-space:nowrap" in p.check_label.value
+
+
+def test_a_check_that_answers_at_once_still_shows_checking_for_a_moment(panels, monkeypatch):
+    import time
+
+    from nbllm import widgets
+
+    p = panels()
+    started = time.monotonic()
+    p.refresh()
+    assert p.wait(WAIT)
+    assert time.monotonic() - started >= widgets.MIN_CHECKING_SECONDS * 0.9  # never a flash nobody sees
+
+
+def _row(p: ProviderPanel, name: str) -> str:
+    return next(r for r in p.table.value.split("<tr>") if f">{name}<" in r)
+
+
+def test_a_server_that_goes_down_during_a_call_gets_its_row_updated(make_server, panels, monkeypatch):
+    server = make_server(models=["alpha-7b"], loaded="alpha-7b", reply="up")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    p = panels()
+    assert p.health["lmstudio"].available and "LM Studio — available" == labels(p)["lmstudio"]
+    server.die()  # refuses new connections and drops kept-alive ones, as a server that went away
+    assert server.dead.wait(WAIT)
+    with pytest.raises(nbllm.NbllmError):
+        nbllm.ask("still there?", provider="lmstudio")
+    assert p.wait_rows(WAIT)
+    assert p.health["lmstudio"].status == "down"
+    assert labels(p)["lmstudio"] == "LM Studio — down" and ">down<" in _row(p, "lmstudio")
+
+
+def test_a_server_that_answers_a_call_again_gets_its_row_updated(make_server, panels, monkeypatch):
+    from fakeserver import FakeLLMServer
+
+    first = make_server(models=["alpha-7b"], loaded="alpha-7b")
+    port = first.port
+    first.stop()
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", first.url + "/v1")
+    monkeypatch.setenv("LMSTUDIO_MAX_RETRIES", "0")
+    p = panels()
+    assert p.health["lmstudio"].status == "down"
+    with FakeLLMServer(port=port, models=["alpha-7b"], loaded="alpha-7b", reply="back again"):
+        assert nbllm.ask("are you back?", provider="lmstudio").text == "back again"
+        assert p.wait_rows(WAIT)
+        assert p.health["lmstudio"].available
+        assert labels(p)["lmstudio"] == "LM Studio — available" and "alpha-7b" in _row(p, "lmstudio")
+        p.provider_select.value = "lmstudio"
+        assert "alpha-7b" in model_values(p)
+
+
+def test_a_call_that_changes_nothing_checks_nothing_again(lmstudio, panels, monkeypatch):
+    from nbllm.registry import ProviderRegistry
+
+    p = panels()
+    checks: list[object] = []
+    real_check = ProviderRegistry.check
+
+    def counted(self, names=None, *args, **kwargs):
+        if kwargs.get("bound") is not None:  # the panel's (routing's own model detection passes none)
+            checks.append(names)
+        return real_check(self, names, *args, **kwargs)
+
+    monkeypatch.setattr(ProviderRegistry, "check", counted)
+    assert nbllm.ask("hello", provider="lmstudio").text == "answer from the panel's pick"
+    assert p.wait_rows(0)  # an available row that answered: nothing is stale
+    assert checks == []
+    lmstudio.set(fail_first=4, status=400)  # a failure on a row shown available: that row alone again
+    with pytest.raises(nbllm.NbllmError):
+        nbllm.ask("hello", provider="lmstudio")
+    assert p.wait_rows(WAIT) and checks == [["lmstudio"]]
+    assert p.health["lmstudio"].available  # (its probes still answer: only chats fail)
+    for _ in range(3):  # more failures at once (a map on a failing server): no more looks for a while
+        with pytest.raises(nbllm.NbllmError):
+            nbllm.ask("hello", provider="lmstudio")
+    assert p.wait_rows(WAIT) and checks == [["lmstudio"]]
+
+
+def test_the_model_list_names_the_embedded_model_before_it_starts(panels, monkeypatch):
+    monkeypatch.delenv("EMBEDDED_BASE_URL", raising=False)  # nbllm runs it (not started by a check)
+    p = panels()
+    health = p.health["embedded"]
+    assert health.note == "starts on first use" and health.model_id
+    p.provider_select.value = "embedded"
+    options = list(p.model_select.options)
+    assert all(label.strip() for label, _value in options)
+    assert options[0] == (f"{health.model_id} (starts on first use)", DEFAULT_MODEL)
+
+
+def test_every_providers_model_list_has_a_named_entry(lmstudio, panels, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    p = panels()
+    for name in nbllm.providers():
+        p.provider_select.value = name
+        assert p.model_select.options and all(label.strip() for label, _v in p.model_select.options), name
+
+
+def test_a_closed_panel_stops_listening_to_calls(panels):
+    from nbllm import call_events
+
+    p = panels()
+    before = len(call_events._listeners)
+    p.close()
+    assert len(call_events._listeners) == before - 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keyword
 import re
 import shlex
+import sys
 import time
 from argparse import ArgumentParser, Namespace
 from typing import Any
@@ -22,7 +23,7 @@ from traitlets import Bool, Enum, Float, Int, observe
 from ..display import FORMATS, AnswerView, convert, rich_frontend
 from ..errors import CellError, Interrupted, NbllmError
 from ..interpolate import interpolate
-from ..settings_values import MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE
+from ..settings_values import MAX_CONTEXT_TOKENS, MAX_IMAGE_SIDE, option_number
 
 __all__ = ["LLMMagics", "split_line"]
 
@@ -124,9 +125,11 @@ class LLMMagics(Magics):
     @argument("-p", "--provider", help="provider to ask (default: the kernel-wide default, see %%llm_providers)")
     @argument("-m", "--model", help="model id (default: the provider's configured model)")
     @argument("-s", "--system", help="system prompt")
-    @argument("-t", "--temperature", type=float, help="sampling temperature, 0..2")
-    @argument("--max-tokens", type=int, metavar="N", help="largest answer, in tokens")
-    @argument("--timeout", type=float, metavar="SECONDS", help="seconds allowed for this request")
+    @argument("-t", "--temperature", type=option_number(0, 2), help="sampling temperature, 0..2")
+    @argument("--max-tokens", type=option_number(1, 1_000_000, whole=True), metavar="N",
+              help="largest answer, in tokens")
+    @argument("--timeout", type=option_number(0, 3600, low_open=True, unit="seconds"), metavar="SECONDS",
+              help="seconds allowed for this request")
     @argument("-f", "--format", choices=FORMATS, default=None,
               help="markdown (default), text, code (into the next cell), json (parsed object), html")
     @argument("-o", "--out", metavar="NAME", help="store the answer (text, or parsed object) in variable NAME")
@@ -154,9 +157,10 @@ class LLMMagics(Magics):
         `{name}`, `{obj.attr}` and `{obj[key]}` are filled from the notebook's variables;
         `{{` and `}}` are literal braces; anything that does not resolve (JSON, code) is
         sent as written. The answer streams into one display whose metadata records the
-        provider, model, token usage and latency. `%llm question` returns the answer
-        (a parsed object with -f json, the validated object with --schema) instead of
-        displaying it. With `--schema NAME` the answer is asked for as that type and
+        provider, model, token usage and latency. `%llm question` as a statement is shown
+        the same way (streamed: in a terminal the text prints as it arrives); `x = %llm question`
+        returns the answer (a parsed object with -f json, the validated object with --schema)
+        instead of displaying it. With `--schema NAME` the answer is asked for as that type and
         validated whole (one retry feeds the error back); `-o` gets the object, the display
         is a table; an answer that stays invalid is one line, its text is shown and -o's
         variable is set to None. (IPython reads a line with
@@ -189,12 +193,15 @@ class LLMMagics(Magics):
             return _estimate(self.shell, args, prompt, options, show=cell is not None)
         if args.compare is not None or args.consensus is not None:
             return _many(self.shell, args, prompt, options, show=cell is not None)
+        # `%llm question` as a statement is shown as %%llm shows it (streamed, rendered), not as the quoted
+        # repr of a str after a silent wait; `x = %llm question` returns the value.
+        returns = cell is None and not _shown_by_shell()
         if args.schema is not None:
             fmt = fmt if fmt in ("markdown", "text", "html") else "markdown"
-            return self._ask_typed(self._describe(prompt, options, "ask"), fmt, args, line=cell is None)
-        streaming = cell is not None and self.stream and not args.no_stream
+            return self._ask_typed(self._describe(prompt, options, "ask"), fmt, args, line=returns)
+        streaming = not returns and self.stream and not args.no_stream
         call = self._describe(prompt, options, "stream" if streaming else "ask")
-        if cell is None:
+        if returns:
             return self._ask_line(call, fmt, args.out)
         self._ask_cell(call, fmt, args.out, stream=streaming)
         return None
@@ -378,6 +385,35 @@ class LLMMagics(Magics):
             self.shell.user_ns[out] = value
         if fmt == "code" and ok and isinstance(value, str) and value.strip():
             self.shell.set_next_input(value, replace=False)
+
+
+def _shown_by_shell() -> bool:
+    """Whether the value of the `%llm` line being run goes to the display (`%llm question` as a cell's last
+    statement) or nowhere (a statement before others), not to code (`x = %llm question`, a call from Python).
+
+    Why ask: an answer on screen is better shown the way `%%llm` shows one — streamed as it arrives,
+    Markdown in a notebook, text in a terminal — than as a str's quoted repr after a silent wait (or not
+    at all); a value that is used must be returned. The instruction after the call, in the code that
+    called `run_line_magic`, tells: IPython compiles the statement whose value it displays in "single"
+    mode, where it is the one that prints it; a statement's value that is dropped is popped. Anything
+    else reads as "returned".
+    """
+    import dis
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    frame = sys._getframe(1)
+    magic = InteractiveShell.run_line_magic.__code__
+    while frame is not None and frame.f_code is not magic:
+        frame = frame.f_back
+    caller = frame.f_back if frame is not None else None
+    if caller is None:
+        return False
+    # The first instruction past the running call (f_lasti may point at the call or at its inline caches).
+    following = next((i for i in dis.get_instructions(caller.f_code) if i.offset > caller.f_lasti), None)
+    # (A `;` after `%llm question` is part of the question: the line is the magic's, IPython never sees it.)
+    return following is not None and (following.opname in ("PRINT_EXPR", "POP_TOP") or (  # 3.12+: INTRINSIC_PRINT
+        following.opname == "CALL_INTRINSIC_1" and following.argrepr == "INTRINSIC_PRINT"))
 
 
 def _estimate(shell: Any, args: Namespace, prompt: Any, options: dict[str, Any], show: bool) -> Any:

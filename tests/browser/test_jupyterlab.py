@@ -3,7 +3,12 @@
 JupyterLab runs on 127.0.0.1 with LM Studio pointed at a fake OpenAI-compatible
 server and every other local provider at a closed port; the kernel starts with
 Ollama (down) as its default, so only a choice made in the rendered Dropdown can
-make the next prompt reach the fake server. Screenshot: artifacts/browser/panel.png.
+make the next prompt reach the fake server. Screenshot: artifacts/browser/panel-pick.png.
+
+At 1280×900 (a laptop's browser) the status table (`%llm_providers --status`) and the
+panel's table must be readable at a glance: no cell taller than three lines of text and
+every provider row in one viewport, measured in the page. Screenshots:
+artifacts/browser/status.png and artifacts/browser/panel.png.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = Path(__file__).with_name("panel.ipynb")
-SCREENSHOT = REPO / "artifacts" / "browser" / "panel.png"
+STATUS_NOTEBOOK = Path(__file__).with_name("status.ipynb")
+SCREENSHOT = REPO / "artifacts" / "browser" / "panel-pick.png"
+STATUS_SHOT = REPO / "artifacts" / "browser" / "status.png"
+FIT_SHOT = REPO / "artifacts" / "browser" / "panel.png"
+LAPTOP = {"width": 1280, "height": 900}
 REPLY = "Bonjour from the fake LM Studio (7f3a-panel)"
 TOKEN = "nbllm-browser-test"
 SETTLE_SECONDS = 2.0 + 2.0 + 5.0
@@ -58,6 +67,7 @@ def lab_url(llm_server: FakeLLMServer, tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "root"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / "panel.ipynb")
+    shutil.copy(STATUS_NOTEBOOK, root / "status.ipynb")
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # No news or update toasts over the page.
@@ -202,3 +212,72 @@ def _assert_table_settled(page) -> None:
     default = page.locator(".nbllm-panel .nbllm-default").inner_text()
     assert "Kernel-wide default: ollama" in default
     assert "ollama is down" in default
+
+
+_MEASURE = """table => {
+    const px = v => parseFloat(v) || 0;
+    const cells = [...table.querySelectorAll('th, td')].map(cell => {
+        const style = getComputedStyle(cell);
+        const line = style.lineHeight === 'normal' ? 1.2 * px(style.fontSize) : px(style.lineHeight);
+        const padding = px(style.paddingTop) + px(style.paddingBottom) + px(style.borderTopWidth)
+            + px(style.borderBottomWidth);
+        return {text: cell.innerText.slice(0, 60), height: cell.getBoundingClientRect().height,
+                limit: 3 * line + padding + 1};
+    });
+    const rows = [...table.querySelectorAll('tbody tr')].map(row => row.getBoundingClientRect());
+    return {cells, rows: rows.length, span: rows.length ? rows[rows.length - 1].bottom - rows[0].top : 0,
+            viewport: window.innerHeight};
+}"""
+
+
+def _assert_fits(table, what: str) -> int:
+    """No cell of `table` taller than three lines of its text, and all its rows within one viewport."""
+    table.scroll_into_view_if_needed()
+    got = table.evaluate(_MEASURE)
+    tall = [c for c in got["cells"] if c["height"] > c["limit"]]
+    assert not tall, f"{what}: cells taller than three lines: {tall[:5]}"
+    assert got["rows"] >= 8, f"{what}: only {got['rows']} provider rows"
+    assert got["span"] <= got["viewport"], f"{what}: {got['rows']} rows take {got['span']:.0f} px of {got['viewport']}"
+    return got["rows"]
+
+
+def test_status_table_and_panel_fit_one_laptop_screen(lab_url: str, page) -> None:
+    page.set_viewport_size(LAPTOP)
+    page.goto(lab_url.replace("/panel.ipynb", "/status.ipynb"))
+    page.get_by_text("| Idle").wait_for()
+    page.get_by_role("menuitem", name="Run").click()
+    page.locator('[data-command="runmenu:run-all"]').click()
+
+    status = page.locator(".jp-OutputArea-output table.nbllm-table").first
+    status.wait_for()
+    assert "not configured" in status.inner_text() and "available" in status.inner_text()
+    _assert_fits(status, "the status table")
+    th = status.locator("th").first.evaluate("cell => getComputedStyle(cell).textAlign")
+    assert th in ("left", "start"), th
+    STATUS_SHOT.parent.mkdir(parents=True, exist_ok=True)
+    status.scroll_into_view_if_needed()
+    page.screenshot(path=str(STATUS_SHOT))
+
+    panel = page.locator(".nbllm-panel")
+    table = panel.locator(".nbllm-health")
+    panel.locator(".nbllm-health", has_text="panel-model").wait_for()
+    page.locator(".nbllm-panel button", has_text="Refresh").wait_for()  # the first check applied
+    _assert_fits(table, "the panel's table")
+    # The header is one row of whole controls (none shortened to "…"); the check's summary is one line.
+    header = panel.locator(".nbllm-controls")
+    button = header.locator("button", has_text="Refresh")
+    assert header.bounding_box()["height"] <= button.bounding_box()["height"] * 1.6
+    clipped = header.evaluate("""box => [...box.querySelectorAll('button, select')]
+        .filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.innerText || el.value)""")
+    assert not clipped, f"controls too narrow for their labels: {clipped}"
+    summary = panel.locator(".nbllm-summary")
+    assert "available · checked" in summary.inner_text()
+    lines = summary.evaluate("el => el.querySelector('.widget-html-content span span').getClientRects().length")
+    assert lines == 1, f"the summary took {lines} lines: {summary.inner_text()}"
+
+    # Refresh shows that it is checking, then goes back.
+    button.click()
+    page.locator(".nbllm-panel button", has_text="Checking…").wait_for()
+    page.locator(".nbllm-panel button", has_text="Refresh").wait_for()
+    page.evaluate("el => el.scrollIntoView({block: 'start'})", panel.element_handle())
+    page.screenshot(path=str(FIT_SHOT))
