@@ -8,40 +8,24 @@ the pipeline knowing they exist. Listeners run on the thread that ended the call
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from typing import Any
+
+from .listeners import Listeners
 
 __all__ = ["listen", "ended"]
 
 Listener = Callable[[Any], None]
 """Called with the call's `Answer` (its `provider`, `error`, `reason`)."""
 
-_listeners: list[Listener] = []
-_lock = threading.Lock()
-log = logging.getLogger("nbllm")
+_listeners: Listeners[Any] = Listeners("call listener")
 
 
 def listen(listener: Listener) -> Callable[[], None]:
     """Call `listener(answer)` whenever a call ends; returns the function that stops it."""
-    with _lock:
-        _listeners.append(listener)
-
-    def stop() -> None:
-        with _lock:
-            if listener in _listeners:
-                _listeners.remove(listener)
-
-    return stop
+    return _listeners.add(listener)
 
 
 def ended(answer: Any) -> None:
     """Tell every listener that a call ended with `answer` (a listener's failure is logged, never raised)."""
-    with _lock:
-        listeners = list(_listeners)
-    for listener in listeners:
-        try:
-            listener(answer)
-        except Exception:  # a face's bookkeeping must never fail the call
-            log.debug("a call listener failed", exc_info=True)
+    _listeners.tell(answer)

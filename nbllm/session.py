@@ -7,7 +7,6 @@ is how a magic in one cell moves a widget in another.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,11 +14,10 @@ from typing import Any, Callable
 from .catalog import AUTO, parse_chain
 from .config import config_warning
 from .errors import ConfigurationError, scrub
+from .listeners import Listeners
 from .registry import ProviderRegistry, get_registry
 
 __all__ = ["Selection", "current", "use", "observe", "reset_default", "Conversation", "conversation"]
-
-log = logging.getLogger("nbllm")
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ Observer = Callable[[Selection], Any]
 
 _lock = threading.RLock()
 _current: Selection | None = None
-_observers: list[Observer] = []
+_observers: "Listeners[Selection]" = Listeners("observer", loud=True)
 
 
 def current() -> Selection:
@@ -103,29 +101,16 @@ def use(provider: str, model: str | None = None, save: bool = False) -> Selectio
     with _lock:
         changed = selection != _current
         _current = selection
-        observers = list(_observers)
     if save:
         registry.save_default(selection.provider, selection.model)
     if changed:
-        for callback in observers:
-            try:
-                callback(selection)
-            except Exception:  # one broken observer must not block the others
-                log.exception("nbllm: observer %r failed", callback)
+        _observers.tell(selection)
     return selection
 
 
 def observe(callback: Observer) -> Callable[[], None]:
     """Call `callback(selection)` on every change; returns a function that unsubscribes."""
-    with _lock:
-        _observers.append(callback)
-
-    def unsubscribe() -> None:
-        with _lock:
-            if callback in _observers:
-                _observers.remove(callback)
-
-    return unsubscribe
+    return _observers.add(callback)
 
 
 def reset_default() -> None:

@@ -127,6 +127,7 @@ def test_nbllm_config_in_dotenv_names_the_user_config_file(tmp_path, monkeypatch
 @pytest.mark.parametrize("variable, value, form, instead", [
     ("OLLAMA_TEMPERATURE", "hot", "expected a number between 0 and 2", "the default 0.7"),
     ("OLLAMA_MAX_TOKENS", "1.5", "expected a whole number between 1 and 1,000,000", "the default 1024"),
+    ("OLLAMA_MAX_TOKENS", "many", "expected a whole number between 1 and 1,000,000", "the default 1024"),
     ("OLLAMA_WEIGHT", "3", "expected a number between 0 and 1", "the default 1.0"),
     ("OLLAMA_BASE_URL", "localhost:11434", "expected an http:// or https:// URL", "the default 'http://"),
     ("OLLAMA_BASE_URL", "http://host:port/v1", "expected an http:// or https:// URL", "the default 'http://"),
