@@ -87,11 +87,22 @@ class Contender:
 
         return runner.run(timed())
 
+    async def _ask(self, which: str, prompt: str) -> str:
+        """The answer's text from server `which` of `urls` ("fast", "slow", or "single": the fast one on a
+        client of its own)."""
+        raise NotImplementedError
+
+    async def one(self, prompt: str) -> str:
+        return await self._ask("fast", prompt)
+
+    async def one_slow(self, prompt: str) -> str:
+        return await self._ask("slow", prompt)
+
     async def alone(self, prompt: str) -> str:
         """One request on its own: a client that the map rounds did not use (its pool holds one connection,
         as nbllm's shared pool does now that a map brings its own; 32 idle connections left by a map
         make each request check them all, 0.8 → 1.9 ms with httpx2 alone)."""
-        return await self.one(prompt)
+        return await self._ask("single", prompt)
 
     def first_chunk(self, runner: asyncio.Runner, prompt: str) -> float:
         return runner.run(self.first(prompt))
@@ -106,21 +117,11 @@ class Floor(Contender):
                                                                           max_keepalive_connections=64))
         self.single = httpx2.AsyncClient(timeout=60)
 
-    async def _post(self, url: str, prompt: str) -> str:
-        response = await self.client.post(url + "/chat/completions", json=chat_body(prompt))
+    async def _ask(self, which: str, prompt: str) -> str:
+        client = self.single if which == "single" else self.client
+        response = await client.post(self.urls[which] + "/chat/completions", json=chat_body(prompt))
         response.raise_for_status()
         return response.json()["choices"][0]["message"]["content"]
-
-    async def one(self, prompt: str) -> str:
-        return await self._post(self.urls["fast"], prompt)
-
-    async def alone(self, prompt: str) -> str:
-        response = await self.single.post(self.urls["single"] + "/chat/completions", json=chat_body(prompt))
-        response.raise_for_status()
-        return response.json()["choices"][0]["message"]["content"]
-
-    async def one_slow(self, prompt: str) -> str:
-        return await self._post(self.urls["slow"], prompt)
 
     async def first(self, prompt: str) -> float:
         seen = 0.0
@@ -141,18 +142,9 @@ class OpenAISDK(Contender):
         super().__init__(urls)
         self.clients = {k: AsyncOpenAI(base_url=u, api_key="none") for k, u in urls.items()}
 
-    async def _create(self, which: str, prompt: str) -> str:
+    async def _ask(self, which: str, prompt: str) -> str:
         done = await self.clients[which].chat.completions.create(model=MODEL, messages=chat_body(prompt)["messages"])
         return done.choices[0].message.content or ""
-
-    async def one(self, prompt: str) -> str:
-        return await self._create("fast", prompt)
-
-    async def alone(self, prompt: str) -> str:
-        return await self._create("single", prompt)
-
-    async def one_slow(self, prompt: str) -> str:
-        return await self._create("slow", prompt)
 
     async def first(self, prompt: str) -> float:
         seen = 0.0
@@ -182,15 +174,6 @@ class PydanticDirect(Contender):
         response = await self.request(self.models[which], [self.message.user_text_prompt(prompt)])
         return response.text or ""
 
-    async def one(self, prompt: str) -> str:
-        return await self._ask("fast", prompt)
-
-    async def alone(self, prompt: str) -> str:
-        return await self._ask("single", prompt)
-
-    async def one_slow(self, prompt: str) -> str:
-        return await self._ask("slow", prompt)
-
     async def first(self, prompt: str) -> float:
         from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
 
@@ -216,19 +199,16 @@ class LiteLLM(Contender):
         litellm.suppress_debug_info = True
         self.litellm = litellm
 
-    async def _ask(self, which: str, prompt: str, **extra: Any) -> Any:
+    async def _completion(self, which: str, prompt: str, **extra: Any) -> Any:
         return await self.litellm.acompletion(model=f"openai/{MODEL}", api_base=self.urls[which], api_key="none",
                                               messages=chat_body(prompt)["messages"], **extra)
 
-    async def one(self, prompt: str) -> str:
-        return (await self._ask("fast", prompt)).choices[0].message.content
-
-    async def one_slow(self, prompt: str) -> str:
-        return (await self._ask("slow", prompt)).choices[0].message.content
+    async def _ask(self, which: str, prompt: str) -> str:
+        return (await self._completion(which, prompt)).choices[0].message.content
 
     async def first(self, prompt: str) -> float:
         seen = 0.0
-        async for chunk in await self._ask("stream", prompt, stream=True):
+        async for chunk in await self._completion("stream", prompt, stream=True):
             if not seen and chunk.choices and chunk.choices[0].delta.content:
                 seen = time.monotonic()
         return seen

@@ -56,8 +56,8 @@ def http_client(**options: Any) -> "httpx2.AsyncClient":
 
     if proxy_configured():
         return httpx2.AsyncClient(**options)
-    limits = options.get("limits", httpx2.Limits(max_connections=100, max_keepalive_connections=20))
-    return httpx2.AsyncClient(verify=_trusting_nothing(), mounts={"https://": _TLSOnFirstUse(limits)}, **options)
+    https = _TLSOnFirstUse({"limits": options["limits"]} if "limits" in options else {})
+    return httpx2.AsyncClient(verify=_trusting_nothing(), mounts={"https://": https}, **options)
 
 
 _NO_CA: "ssl.SSLContext | None" = None
@@ -76,15 +76,15 @@ def _trusting_nothing() -> "ssl.SSLContext":
 class _TLSOnFirstUse:
     """An httpx2 transport that builds the real https transport (httpx2's defaults) on its first request."""
 
-    def __init__(self, limits: Any) -> None:
-        self._limits = limits
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options  # the client's `limits`, if it was given any (else httpx2's default)
         self._transport: Any = None
 
     async def handle_async_request(self, request: Any) -> Any:
         if self._transport is None:
             import httpx2
 
-            self._transport = httpx2.AsyncHTTPTransport(limits=self._limits)
+            self._transport = httpx2.AsyncHTTPTransport(**self._options)
         return await self._transport.handle_async_request(request)
 
     async def aclose(self) -> None:

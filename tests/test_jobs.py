@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -329,8 +330,6 @@ def test_a_job_survives_kill_minus_9(tmp_path):
     the kernel unanswered, so every answer given was one the dead kernel received. The new kernel
     must send each of the others once and return all 200 in order: every input answered exactly once.
     """
-    from jupyter_client.manager import KernelManager
-
     answered: Counter[str] = Counter()
     gate = threading.Event()
     gate.set()
@@ -356,12 +355,8 @@ def test_a_job_survives_kill_minus_9(tmp_path):
                    OLLAMA_BASE_URL=closed, LLAMACPP_BASE_URL=closed, EMBEDDED_BASE_URL=closed,
                    NBLLM_CONFIG=str(tmp_path / "config.json"), NBLLM_HISTORY=str(tmp_path / "h.sqlite"),
                    NBLLM_CACHE=str(tmp_path / "c.sqlite"), NBLLM_JOBS=str(tmp_path / "jobs.sqlite"))
-        first = KernelManager(kernel_name="python3")
-        first.start_kernel(env=env, cwd=str(tmp_path))
+        first, client = _kernel(env, tmp_path)
         try:
-            client = first.client()
-            client.start_channels()
-            client.wait_for_ready(timeout=60)
             client.execute(cell)
             deadline = time.monotonic() + 60
             while sum(answered.values()) < 100 and time.monotonic() < deadline:
@@ -380,12 +375,8 @@ def test_a_job_survives_kill_minus_9(tmp_path):
         assert received_first > sum(before.values())  # some were in flight, unanswered, at the kill
         kernel[0] = 2
         gate.set()
-        second = KernelManager(kernel_name="python3")
-        second.start_kernel(env=env, cwd=str(tmp_path))
+        second, client = _kernel(env, tmp_path)
         try:
-            client = second.client()
-            client.start_channels()
-            client.wait_for_ready(timeout=60)
             printed = _run_and_print(client, cell)
             client.stop_channels()
         finally:
@@ -395,6 +386,18 @@ def test_a_job_survives_kill_minus_9(tmp_path):
     later = [r["body"]["messages"][-1]["content"] for r in server.chat_requests()[received_first:]]
     assert Counter(later) == Counter(f"Q p{i}" for i in range(200) if f"Q p{i}" not in before)
     assert answered == Counter(f"Q p{i}" for i in range(200))  # every input answered exactly once
+
+
+def _kernel(env: dict[str, str], cwd: Path) -> tuple[Any, Any]:
+    """A fresh ipykernel (this interpreter) with `env`, and its client, ready for cells."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(cwd))
+    client = km.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    return km, client
 
 
 def _run_and_print(client: Any, code: str, timeout: float = 90) -> str:
