@@ -282,12 +282,10 @@ async def check_providers(
     # Import what the probes need off this loop, then build the HTTP client, before any
     # clock starts: in a fresh kernel an import can wait seconds on the main thread's
     # (Run All importing pydantic-ai for %%llm), and that wait is no provider's fault.
-    needs_httpx = not all(spec.probe == "key" or plainhttp.eligible(settings.base_url or "http://localhost",
-                                                                    probes.auth(settings)) for spec, settings in items)
-    missing = _modules_to_import([spec for spec, _ in items], needs_httpx)
+    missing = _modules_to_import(items)
     if missing:
         await asyncio.to_thread(_import_all, missing)
-    if needs_httpx:
+    if "httpx2" in sys.modules:
         probes.shared_client()
     if bound is None:
         results = await asyncio.gather(*(check_provider(spec, st, timeout, prepare) for spec, st in items))
@@ -322,10 +320,12 @@ def unfinished(spec: ProviderSpec, settings: ProviderSettings, bound: float,
     return base
 
 
-def _modules_to_import(specs: list[ProviderSpec], needs_httpx: bool) -> list[str]:
-    """The modules of `prepare` hooks, and httpx2 when a probe needs more than plain http (`plainhttp`),
-    if not imported yet."""
-    names = (["httpx2"] if needs_httpx else []) + [spec.prepare.partition(":")[0] for spec in specs if spec.prepare]
+def _modules_to_import(items: list[tuple[ProviderSpec, ProviderSettings]]) -> list[str]:
+    """The modules of `prepare` hooks, and httpx2 when a probe needs more than plain http
+    (`plainhttp`), if not imported yet."""
+    plain = all(spec.probe == "key" or plainhttp.eligible(settings.base_url or "http://localhost", probes.auth(settings))
+                for spec, settings in items)
+    names = ([] if plain else ["httpx2"]) + [spec.prepare.partition(":")[0] for spec, _ in items if spec.prepare]
     return [name for name in dict.fromkeys(names) if name not in sys.modules]
 
 
